@@ -1,0 +1,180 @@
+//! `AnomalyModel`: an ONNX model, the feature vector it expects and how its revisions roll out.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// An anomaly model served over the Open Inference Protocol v2, scored per key at each close of
+/// the window tier named in its feature contract.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "vigil.dev",
+    version = "v1alpha1",
+    kind = "AnomalyModel",
+    namespaced,
+    status = "AnomalyModelStatus",
+    shortname = "am",
+    category = "vigil",
+    derive = "PartialEq",
+    doc = "An ONNX anomaly model with its feature contract, threshold and rollout.",
+    printcolumn(name = "Revision", type_ = "string", json_path = ".spec.revision"),
+    printcolumn(name = "Serving", type_ = "string", json_path = ".status.servingRevision"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AnomalyModelSpec {
+    /// Revision label of this artifact, e.g. `"3"`; served as the model version.
+    pub revision: String,
+    /// The model file and its digest.
+    pub artifact: Artifact,
+    /// Model format. Only `Onnx`.
+    #[serde(default)]
+    pub format: ModelFormat,
+    /// Which features, in which order and scale, form the input tensor.
+    pub input: FeatureContract,
+    /// Which output is the score and when it is anomalous.
+    pub output: ModelOutput,
+    /// Dynamic batching in the model server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batching: Option<Batching>,
+    /// Canary or shadow rollout of a second revision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<Rollout>,
+}
+
+/// A model file.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Artifact {
+    /// Where the file is: `file://`, `configmap://<name>/<key>`, `s3://`, `https://`.
+    pub uri: String,
+    /// Hex SHA-256 of the file; verified before the model is served.
+    #[x_kube(validation = Rule::new("self.matches('^[0-9a-f]{64}$')").message("sha256 is 64 lower-case hex digits"))]
+    pub sha256: String,
+}
+
+/// Model formats.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum ModelFormat {
+    /// ONNX, run by ONNX Runtime.
+    #[default]
+    Onnx,
+}
+
+/// The input tensor: `[batch, features.len()]` f32, or `[batch, lookback, features.len()]`
+/// for sequence models.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FeatureContract {
+    /// Input tensor name, e.g. `X`.
+    pub tensor: String,
+    /// Window tier whose features are scored, e.g. `analysis`.
+    pub window: String,
+    /// Features in tensor order, as `<field>.<feature>`, e.g. `value.mean`.
+    #[x_kube(validation = Rule::new("size(self) >= 1").message("at least one feature is required"))]
+    pub features: Vec<String>,
+    /// Standardisation `(x - mean) / scale` applied before scoring, one entry per feature.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub normalization: Option<Normalization>,
+    /// For sequence models: how many consecutive windows of a key form one input.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub lookback: Option<u32>,
+}
+
+/// Per-feature standardisation.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Normalization {
+    /// Subtracted, per feature.
+    pub mean: Vec<f64>,
+    /// Divided by, per feature.
+    pub scale: Vec<f64>,
+}
+
+/// The score output.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ModelOutput {
+    /// Output tensor name, e.g. `scores`.
+    pub tensor: String,
+    /// Whether higher or lower scores are anomalous.
+    #[serde(default)]
+    pub anomalous_when: ScoreDirection,
+    /// Score past which a window is anomalous.
+    pub threshold: f64,
+}
+
+/// Orientation of a model score.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum ScoreDirection {
+    /// Higher is more anomalous (e.g. reconstruction error).
+    #[default]
+    Above,
+    /// Lower is more anomalous (e.g. Isolation Forest `decision_function`).
+    Below,
+}
+
+/// Dynamic batching.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Batching {
+    /// Largest batch. Default 256.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_batch_size: Option<u32>,
+    /// Longest a request waits for others, in microseconds. Default 500.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_queue_delay_us: Option<u64>,
+}
+
+/// A second revision served beside the stable one.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Rollout {
+    /// The candidate revision's artifact.
+    pub candidate: CandidateRevision,
+    /// `Canary`: a share of keys is scored by the candidate; `Shadow`: the candidate scores
+    /// everything but its results are only recorded.
+    pub strategy: RolloutStrategy,
+    /// Share of keys (0-100) routed to the candidate when `Canary`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub weight: Option<i32>,
+}
+
+/// The candidate of a rollout.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CandidateRevision {
+    /// Revision label.
+    pub revision: String,
+    /// The candidate's file.
+    pub artifact: Artifact,
+}
+
+/// Rollout strategies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum RolloutStrategy {
+    /// Route `weight`% of keys to the candidate.
+    Canary,
+    /// Score with both; only the stable revision alerts.
+    Shadow,
+}
+
+/// Observed state of an AnomalyModel.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AnomalyModelStatus {
+    /// `Ready`, `Progressing` and `Degraded`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The `.metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// The revision the model server serves as stable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serving_revision: Option<String>,
+}

@@ -1,0 +1,371 @@
+//! `StreamPipeline`: where events come from, how they are decoded, which event-time windows are
+//! computed over them, and where alerts, KPIs and dead letters go.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::core::Duration;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::Feature;
+
+/// A streaming anomaly-detection pipeline: a Kafka source, an event format, event-time windows
+/// and sinks. The operator runs it as a StatefulSet of detectors in one Kafka consumer group;
+/// `vigil run` runs the same YAML locally.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "vigil.dev",
+    version = "v1alpha1",
+    kind = "StreamPipeline",
+    namespaced,
+    status = "StreamPipelineStatus",
+    shortname = "sp",
+    category = "vigil",
+    derive = "PartialEq",
+    doc = "A streaming anomaly-detection pipeline: Kafka source, event format, event-time windows and sinks.",
+    scale(
+        spec_replicas_path = ".spec.parallelism",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(name = "Topics", type_ = "string", json_path = ".spec.source.kafka.topics"),
+    printcolumn(name = "Parallelism", type_ = "integer", json_path = ".spec.parallelism"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new("self.windows.all(w, self.windows.exists_one(v, v.name == w.name))").message("window names must be unique"))]
+pub struct StreamPipelineSpec {
+    /// Where events are read from.
+    pub source: SourceSpec,
+    /// How event bytes are decoded into keyed, timestamped numeric fields.
+    pub format: EventFormat,
+    /// Event-time window tiers computed for every key, e.g. `fast` (30s/15s) and `analysis`
+    /// (300s/60s). Rules name the tier they read.
+    #[x_kube(validation = Rule::new("size(self) >= 1").message("at least one window is required"))]
+    pub windows: Vec<WindowSpec>,
+    /// Features computed per field and window. Default: all of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub features: Option<Vec<Feature>>,
+    /// Number of detector replicas in the consumer group. The operator clamps it to the number
+    /// of partitions of the source topics. Default 1.
+    #[serde(default = "default_parallelism")]
+    #[schemars(range(min = 1))]
+    pub parallelism: i32,
+    /// Where alerts, window aggregates (KPIs) and undecodable or too-late events are written.
+    pub sinks: SinksSpec,
+    /// Periodic checkpoints of window and rule state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpointing: Option<CheckpointSpec>,
+    /// What happens to state when the detectors are upgraded. Default `Stateless`.
+    #[serde(default)]
+    pub upgrade_mode: UpgradeMode,
+}
+
+fn default_parallelism() -> i32 {
+    1
+}
+
+/// The event source. Only Kafka exists today.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SourceSpec {
+    /// A Kafka consumer group reading one or more topics.
+    pub kafka: KafkaSource,
+}
+
+/// A Kafka source read by a consumer group with cooperative-sticky partition assignment.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KafkaSource {
+    /// Comma-separated `host:port` list (librdkafka `bootstrap.servers`). Optional here: the
+    /// operator and `vigil run --bootstrap-servers` may supply it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap_servers: Option<String>,
+    /// Topics to consume.
+    #[x_kube(validation = Rule::new("size(self) >= 1").message("at least one topic is required"))]
+    pub topics: Vec<String>,
+    /// Consumer group id (librdkafka `group.id`). Offsets are committed to it after the events
+    /// they carry have been processed and their outputs produced.
+    pub consumer_group: String,
+    /// Where a group with no committed offset starts (librdkafka `auto.offset.reset`).
+    /// Default `Earliest`.
+    #[serde(default)]
+    pub start_offset: StartOffset,
+    /// TLS and SASL settings. Default: plaintext.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security: Option<KafkaSecurity>,
+    /// Extra librdkafka consumer properties, e.g. `fetch.min.bytes`. They override Vigil's
+    /// defaults; `group.id`, `enable.auto.commit` and `bootstrap.servers` are not allowed here.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub properties: BTreeMap<String, String>,
+}
+
+/// Where a consumer group with no committed offset starts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum StartOffset {
+    /// The oldest retained offset.
+    #[default]
+    Earliest,
+    /// Only events produced after the group starts.
+    Latest,
+}
+
+/// Kafka security settings (librdkafka `security.protocol`, `sasl.mechanism`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KafkaSecurity {
+    /// `PLAINTEXT`, `SSL`, `SASL_PLAINTEXT` or `SASL_SSL`.
+    pub protocol: SecurityProtocol,
+    /// SASL mechanism when the protocol uses SASL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sasl_mechanism: Option<SaslMechanism>,
+    /// Name of a Secret with keys `username` and `password` (SASL), mounted by the operator
+    /// and read from `VIGIL_KAFKA_USERNAME` / `VIGIL_KAFKA_PASSWORD` by detectors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret: Option<String>,
+    /// Name of a Secret with key `ca.crt` used to verify the brokers (SSL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret: Option<String>,
+}
+
+/// librdkafka `security.protocol`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum SecurityProtocol {
+    /// No TLS, no authentication.
+    Plaintext,
+    /// TLS.
+    Ssl,
+    /// SASL without TLS.
+    SaslPlaintext,
+    /// SASL over TLS.
+    SaslSsl,
+}
+
+/// librdkafka `sasl.mechanism`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum SaslMechanism {
+    /// `PLAIN`.
+    #[serde(rename = "PLAIN")]
+    Plain,
+    /// `SCRAM-SHA-256`.
+    #[serde(rename = "SCRAM-SHA-256")]
+    ScramSha256,
+    /// `SCRAM-SHA-512`.
+    #[serde(rename = "SCRAM-SHA-512")]
+    ScramSha512,
+}
+
+/// How event bytes become keyed, timestamped numeric fields. Events are JSON objects; fields are
+/// addressed with dotted paths (`value.eventTimeMillis`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new("has(self.wide) != has(self.narrow)").message("exactly one of wide or narrow must be set"))]
+pub struct EventFormat {
+    /// Path of the entity key (a string or number), e.g. `id`. Windows and rules are per key.
+    /// When absent, the Kafka message key is used, and `default` when that is empty too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_field: Option<String>,
+    /// Path and format of the event time.
+    pub event_time: EventTimeField,
+    /// Wide events: several numeric fields per event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wide: Option<WideLayout>,
+    /// Narrow events: one parameter and its value per event, e.g.
+    /// `{"id":"GT#4202137","parameter":"CurrentDownstream","value":{"eventTimeMillis":1548081433725,"value":2137.0}}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub narrow: Option<NarrowLayout>,
+}
+
+/// Where the event time is and how it is written.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EventTimeField {
+    /// Path of the event time, e.g. `timestamp` or `value.eventTimeMillis`.
+    pub field: String,
+    /// How it is written. Default `Auto` (numbers are epoch milliseconds, strings RFC 3339 or
+    /// `YYYY-MM-DD HH:MM:SS` in UTC).
+    #[serde(default)]
+    pub format: TimeFormat,
+}
+
+/// Encodings of the event time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum TimeFormat {
+    /// Numbers as epoch milliseconds; strings as RFC 3339, else `YYYY-MM-DD HH:MM:SS` (UTC).
+    #[default]
+    Auto,
+    /// Integer milliseconds since the Unix epoch.
+    EpochMillis,
+    /// Seconds since the Unix epoch (may have a fraction).
+    EpochSeconds,
+    /// RFC 3339, e.g. `2014-02-19T10:50:00Z`.
+    Rfc3339,
+    /// `YYYY-MM-DD HH:MM:SS` with an optional fraction, taken as UTC (the NAB format).
+    DateTime,
+}
+
+/// Wide events: each listed field is a numeric series of the key.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WideLayout {
+    /// Numeric fields to read.
+    #[x_kube(validation = Rule::new("size(self) >= 1").message("at least one field is required"))]
+    pub fields: Vec<FieldMapping>,
+}
+
+/// A numeric field: the name rules use and where to read it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FieldMapping {
+    /// Name used by rules and features (`<name>.mean`). Letters, digits and `_`.
+    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z_][A-Za-z0-9_]*$')").message("field names are identifiers: letters, digits and _"))]
+    pub name: String,
+    /// Dotted path in the event. Default: the name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+/// Narrow events: the parameter name selects the series, the value path holds its number.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NarrowLayout {
+    /// Path of the parameter name, e.g. `parameter`.
+    pub parameter_field: String,
+    /// Path of the numeric value, e.g. `value.value`.
+    pub value_field: String,
+    /// Parameters to keep, as field names for rules. Empty: keep every parameter seen.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parameters: Vec<String>,
+}
+
+/// An event-time window tier. Tumbling when `slide` is absent or equal to `size`, hopping when
+/// smaller. Window starts are aligned to the epoch: `start = t - t % slide`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new("!has(self.slide) || duration(self.slide) <= duration(self.size)").message("slide must not exceed size"))]
+#[x_kube(validation = Rule::new("duration(self.size) > duration('0s')").message("size must be positive"))]
+pub struct WindowSpec {
+    /// Tier name that rules refer to, e.g. `fast`.
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("window names are DNS labels"))]
+    pub name: String,
+    /// Window length, e.g. `30s`.
+    pub size: Duration,
+    /// Distance between window starts, e.g. `15s`. Must divide `size`. Default: `size`
+    /// (tumbling).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slide: Option<Duration>,
+    /// Bound on out-of-orderness: the watermark is the greatest event time seen minus this.
+    /// A window fires when the watermark passes its end. Default `0s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_out_of_orderness: Option<Duration>,
+    /// How long after firing a window still accepts late events (each one re-emits the
+    /// updated result). Later events go to the dead-letter sink with reason `late`. Default `0s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_lateness: Option<Duration>,
+    /// A partition with no events for this long (processing time) stops holding the watermark
+    /// back. Default `30s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<Duration>,
+}
+
+/// Output topics.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SinksSpec {
+    /// Alerts as CloudEvents 1.0 JSON (firing and resolved).
+    pub alerts: TopicSink,
+    /// Window aggregates per key, one record per fired window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kpis: Option<TopicSink>,
+    /// Undecodable and too-late events: original bytes, reason in the `vigil.reason` header.
+    /// Without it such events are only counted and logged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter: Option<TopicSink>,
+}
+
+/// A Kafka topic written by the pipeline.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TopicSink {
+    /// Topic name.
+    pub topic: String,
+}
+
+/// Checkpoint settings.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CheckpointSpec {
+    /// Time between checkpoints. Default `60s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<Duration>,
+    /// Object-store URL where savepoints are written, e.g. `s3://bucket/vigil` or `file:///data`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+}
+
+/// What detectors do with their state across an upgrade (the names of the Flink operator).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum UpgradeMode {
+    /// Windows and baselines start empty; consumption resumes from committed offsets, which
+    /// never pass an event still held in an open window, so no window loses events.
+    #[default]
+    Stateless,
+    /// Take a savepoint before stopping and restore it on start.
+    Savepoint,
+}
+
+/// Observed state of a StreamPipeline, written by the operator.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamPipelineStatus {
+    /// `Ready`, `Progressing` and `Degraded`, per the Kubernetes API conventions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The `.metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Detector replicas running (scale subresource).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+    /// Label selector of the detector pods (scale subresource).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// Partitions of the source topics, as last read from Kafka.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partitions: Option<i32>,
+    /// DetectionRules included in the rendered detector config.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<String>,
+}
+
+impl WindowSpec {
+    /// Window size in milliseconds.
+    pub fn size_ms(&self) -> i64 {
+        super::duration_ms(&self.size)
+    }
+
+    /// Slide in milliseconds (the size when tumbling).
+    pub fn slide_ms(&self) -> i64 {
+        self.slide.as_ref().map_or(self.size_ms(), super::duration_ms)
+    }
+
+    /// Maximum out-of-orderness in milliseconds.
+    pub fn max_out_of_orderness_ms(&self) -> i64 {
+        self.max_out_of_orderness.as_ref().map_or(0, super::duration_ms)
+    }
+
+    /// Allowed lateness in milliseconds.
+    pub fn allowed_lateness_ms(&self) -> i64 {
+        self.allowed_lateness.as_ref().map_or(0, super::duration_ms)
+    }
+
+    /// Idle timeout in milliseconds (default 30 s).
+    pub fn idle_timeout_ms(&self) -> i64 {
+        self.idle_timeout.as_ref().map_or(30_000, super::duration_ms)
+    }
+}
