@@ -1,0 +1,271 @@
+//! Validation of a `StreamPipeline` spec into the runtime form the engine uses: parsed paths,
+//! window tiers in milliseconds, the feature set. Pure; errors name the offending field.
+
+use std::collections::HashMap;
+
+use vigil_api::v1alpha1::{Feature, StreamPipeline, TimeFormat};
+
+/// A spec that cannot run, with the field path (`spec.windows[1].slide`) and the reason.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct InvalidSpec {
+    /// Dotted path of the offending field, e.g. `spec.windows[0].slide`.
+    pub field: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl InvalidSpec {
+    /// Builds an error for `field`.
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self { field: field.into(), reason: reason.into() }
+    }
+}
+
+/// A dotted path into a JSON event, split into segments (`value.eventTimeMillis`).
+pub type FieldPath = Vec<String>;
+
+/// Splits a dotted path; empty segments are an error.
+pub fn parse_path(field: &str, path: &str) -> Result<FieldPath, InvalidSpec> {
+    let segments: Vec<String> = path.split('.').map(str::to_string).collect();
+    if segments.iter().any(String::is_empty) {
+        return Err(InvalidSpec::new(field, format!("`{path}` is not a dotted path (empty segment)")));
+    }
+    Ok(segments)
+}
+
+/// How numeric fields are laid out in an event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Layout {
+    /// Several named numeric fields per event.
+    Wide {
+        /// (field name, path) pairs.
+        fields: Vec<(String, FieldPath)>,
+    },
+    /// One parameter name and its value per event.
+    Narrow {
+        /// Path of the parameter name.
+        parameter: FieldPath,
+        /// Path of the value.
+        value: FieldPath,
+        /// Parameters kept; empty keeps every one.
+        allowed: Vec<String>,
+    },
+}
+
+/// One window tier, in milliseconds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TierConfig {
+    /// Tier name, e.g. `fast`.
+    pub name: String,
+    /// Window size.
+    pub size_ms: i64,
+    /// Distance between window starts.
+    pub slide_ms: i64,
+    /// Pane length: `gcd(size, slide)`. Each event updates one pane; a window is the merge of
+    /// `size / pane` consecutive panes (Li et al., "No pane, no gain", SIGMOD Record 2005).
+    pub pane_ms: i64,
+    /// Watermark delay (bounded out-of-orderness).
+    pub max_out_of_orderness_ms: i64,
+    /// Allowed lateness after a window fired.
+    pub allowed_lateness_ms: i64,
+    /// Processing-time idleness after which a partition stops holding the watermark back.
+    pub idle_timeout_ms: i64,
+}
+
+/// The validated pipeline.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PipelineConfig {
+    /// `metadata.name` of the StreamPipeline.
+    pub name: String,
+    /// Path of the entity key; `None` uses the Kafka message key.
+    pub key: Option<FieldPath>,
+    /// Path of the event time.
+    pub event_time: FieldPath,
+    /// Encoding of the event time.
+    pub time_format: TimeFormat,
+    /// Field layout.
+    pub layout: Layout,
+    /// Window tiers, in spec order.
+    pub tiers: Vec<TierConfig>,
+    /// Features computed per field and window.
+    pub features: Vec<Feature>,
+}
+
+/// Largest number of panes per window; more would make every fired window expensive.
+pub const MAX_PANES_PER_WINDOW: i64 = 1024;
+
+fn gcd(a: i64, b: i64) -> i64 {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+impl PipelineConfig {
+    /// Validates a StreamPipeline.
+    ///
+    /// # Errors
+    /// [`InvalidSpec`] naming the first offending field.
+    pub fn from_resource(p: &StreamPipeline) -> Result<Self, InvalidSpec> {
+        let spec = &p.spec;
+        let name = p.metadata.name.clone().unwrap_or_else(|| "pipeline".into());
+        let f = &spec.format;
+        let key = f
+            .key_field
+            .as_deref()
+            .map(|k| parse_path("spec.format.keyField", k))
+            .transpose()?;
+        let event_time = parse_path("spec.format.eventTime.field", &f.event_time.field)?;
+        let layout = match (&f.wide, &f.narrow) {
+            (Some(w), None) => {
+                if w.fields.is_empty() {
+                    return Err(InvalidSpec::new("spec.format.wide.fields", "at least one field is required"));
+                }
+                let mut fields = Vec::new();
+                for (i, m) in w.fields.iter().enumerate() {
+                    let at = format!("spec.format.wide.fields[{i}]");
+                    if fields.iter().any(|(n, _)| n == &m.name) {
+                        return Err(InvalidSpec::new(format!("{at}.name"), format!("duplicate field `{}`", m.name)));
+                    }
+                    let path = parse_path(&format!("{at}.path"), m.path.as_deref().unwrap_or(&m.name))?;
+                    fields.push((m.name.clone(), path));
+                }
+                Layout::Wide { fields }
+            }
+            (None, Some(n)) => Layout::Narrow {
+                parameter: parse_path("spec.format.narrow.parameterField", &n.parameter_field)?,
+                value: parse_path("spec.format.narrow.valueField", &n.value_field)?,
+                allowed: n.parameters.clone(),
+            },
+            _ => return Err(InvalidSpec::new("spec.format", "exactly one of wide or narrow must be set")),
+        };
+        if spec.windows.is_empty() {
+            return Err(InvalidSpec::new("spec.windows", "at least one window is required"));
+        }
+        let mut tiers: Vec<TierConfig> = Vec::new();
+        for (i, w) in spec.windows.iter().enumerate() {
+            let at = format!("spec.windows[{i}]");
+            let (size, slide) = (w.size_ms(), w.slide_ms());
+            if tiers.iter().any(|t| t.name == w.name) {
+                return Err(InvalidSpec::new(format!("{at}.name"), format!("duplicate window `{}`", w.name)));
+            }
+            if size <= 0 {
+                return Err(InvalidSpec::new(format!("{at}.size"), "must be positive"));
+            }
+            if slide <= 0 || slide > size {
+                return Err(InvalidSpec::new(format!("{at}.slide"), format!("must be in (0, size]; got {slide} ms for size {size} ms")));
+            }
+            let pane = gcd(size, slide);
+            if size / pane > MAX_PANES_PER_WINDOW {
+                return Err(InvalidSpec::new(
+                    format!("{at}.slide"),
+                    format!("gcd(size, slide) = {pane} ms gives {} panes per window, more than {MAX_PANES_PER_WINDOW}", size / pane),
+                ));
+            }
+            for (field, v) in [
+                ("maxOutOfOrderness", w.max_out_of_orderness_ms()),
+                ("allowedLateness", w.allowed_lateness_ms()),
+                ("idleTimeout", w.idle_timeout_ms()),
+            ] {
+                if v < 0 {
+                    return Err(InvalidSpec::new(format!("{at}.{field}"), "must not be negative"));
+                }
+            }
+            tiers.push(TierConfig {
+                name: w.name.clone(),
+                size_ms: size,
+                slide_ms: slide,
+                pane_ms: pane,
+                max_out_of_orderness_ms: w.max_out_of_orderness_ms(),
+                allowed_lateness_ms: w.allowed_lateness_ms(),
+                idle_timeout_ms: w.idle_timeout_ms(),
+            });
+        }
+        let mut features = spec.features.clone().unwrap_or_else(|| Feature::ALL.to_vec());
+        features.sort();
+        features.dedup();
+        Ok(Self { name, key, event_time, time_format: f.event_time.format, layout, tiers, features })
+    }
+
+    /// Index of a tier by name.
+    pub fn tier(&self, name: &str) -> Option<usize> {
+        self.tiers.iter().position(|t| t.name == name)
+    }
+
+    /// Whether any configured feature needs a quantile sketch.
+    pub fn needs_sketch(&self) -> bool {
+        self.features.iter().any(|f| f.needs_sketch())
+    }
+}
+
+/// Numeric field names interned to small ids. Wide layouts fix the set up front; narrow
+/// layouts add parameters as they are first seen (unless the spec lists them).
+#[derive(Debug, Clone, Default)]
+pub struct FieldTable {
+    names: Vec<String>,
+    ids: HashMap<String, u16>,
+    fixed: bool,
+}
+
+/// Most distinct fields per pipeline; more parameters than this are dead-lettered.
+pub const MAX_FIELDS: usize = 4096;
+
+impl FieldTable {
+    /// The table for a layout.
+    pub fn for_layout(layout: &Layout) -> Self {
+        let mut t = Self::default();
+        match layout {
+            Layout::Wide { fields } => {
+                for (n, _) in fields {
+                    t.intern(n);
+                }
+                t.fixed = true;
+            }
+            Layout::Narrow { allowed, .. } => {
+                for n in allowed {
+                    t.intern(n);
+                }
+                t.fixed = !allowed.is_empty();
+            }
+        }
+        t
+    }
+
+    /// The id of `name`, adding it when the table is open. `None` when the table is fixed and
+    /// does not know the name, or is full.
+    pub fn intern(&mut self, name: &str) -> Option<u16> {
+        if let Some(&id) = self.ids.get(name) {
+            return Some(id);
+        }
+        if self.fixed || self.names.len() >= MAX_FIELDS {
+            return None;
+        }
+        let id = self.names.len() as u16;
+        self.names.push(name.to_string());
+        self.ids.insert(name.to_string(), id);
+        Some(id)
+    }
+
+    /// The id of a known field.
+    pub fn get(&self, name: &str) -> Option<u16> {
+        self.ids.get(name).copied()
+    }
+
+    /// Whether new names can still be added.
+    pub fn is_open(&self) -> bool {
+        !self.fixed
+    }
+
+    /// The name of a field id.
+    pub fn name(&self, id: u16) -> &str {
+        &self.names[id as usize]
+    }
+
+    /// Number of fields known.
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    /// Whether no field is known.
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+}

@@ -1,0 +1,20 @@
+//! Vigil's data path: events from Kafka are decoded, assigned to event-time windows per key,
+//! aggregated into features, evaluated by detection rules and turned into alerts.
+//!
+//! The stages, each in its own module:
+//! - [`decode`]: event bytes -> [`decode::Event`] (key, event time, numeric fields).
+//! - [`window`]: tumbling/hopping window assignment, watermarks, allowed lateness.
+//! - [`features`]: incremental aggregates per window (count ... p99).
+//! - [`rules`]: pure evaluation of detection rules and the alert lifecycle.
+//! - [`engine`]: ties the pure stages together; no I/O, time is passed in.
+//! - [`source`] / [`sink`]: the Kafka consumer group and producers around the engine.
+//! - [`telemetry`]: Prometheus metrics of the data path.
+//!
+//! [`engine::Engine`] is what both `vigil run` (Kafka) and `vigil score` (a CSV, no Kafka) drive.
+
+pub mod config;
+pub mod decode;
+pub mod engine;
+pub mod features;
+pub mod rules;
+pub mod window;

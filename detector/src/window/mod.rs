@@ -1,0 +1,246 @@
+//! Event-time windows: tumbling and hopping window assignment over panes, per-partition
+//! watermarks with idleness, allowed lateness and per-tier timers. Pure data structures; the
+//! engine decides when to call them.
+//!
+//! A tier with size `S` and slide `L` keeps panes of `P = gcd(S, L)`; an event updates exactly
+//! one pane and a window `[s, s + S)` is the merge of its `S / P` panes. A window fires when the
+//! tier's watermark reaches its end; it is kept for `allowedLateness` more, during which a late
+//! event updates it and it fires again. Window starts are epoch-aligned: `s = t - t mod L`.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use crate::config::TierConfig;
+use crate::features::{Agg, FeatureValues};
+
+/// Identifier of a key's state in the engine.
+pub type KeyId = u32;
+
+/// `floor(t / m) * m`, correct for negative times.
+pub fn align(t: i64, m: i64) -> i64 {
+    t - t.rem_euclid(m)
+}
+
+/// Starts of the windows of a tier containing event time `t`, latest first.
+pub fn window_starts(cfg: &TierConfig, t: i64) -> impl Iterator<Item = i64> + '_ {
+    let last = align(t, cfg.slide_ms);
+    (0..)
+        .map(move |i| last - i * cfg.slide_ms)
+        .take_while(move |s| *s > t - cfg.size_ms)
+}
+
+/// End of the last window that contains the pane starting at `pane_start`.
+pub fn last_window_end(cfg: &TierConfig, pane_start: i64) -> i64 {
+    align(pane_start, cfg.slide_ms) + cfg.size_ms
+}
+
+/// Whether an event at `t` is too late for every window of the tier: the last window holding
+/// it has ended more than `allowedLateness` before the watermark.
+pub fn is_late(cfg: &TierConfig, watermark: i64, t: i64) -> bool {
+    watermark != i64::MIN && last_window_end(cfg, align(t, cfg.pane_ms)) + cfg.allowed_lateness_ms <= watermark
+}
+
+/// Aggregates of one pane of one key: one [`Agg`] per field id.
+#[derive(Debug, Clone)]
+pub struct Pane {
+    /// Pane start (epoch ms).
+    pub start: i64,
+    /// Smallest Kafka offset that contributed (for safe offset commits).
+    pub first_offset: i64,
+    aggs: Vec<Agg>,
+}
+
+/// The open panes of one key in one tier.
+#[derive(Debug, Clone, Default)]
+pub struct KeyWindows {
+    panes: VecDeque<Pane>,
+    /// End of the last window of this key fired by a timer (timers fire in end order).
+    pub last_fired_end: i64,
+}
+
+/// What [`KeyWindows::add`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Added {
+    /// The event opened a pane the key did not have.
+    pub new_pane: bool,
+}
+
+impl KeyWindows {
+    /// Empty state.
+    pub fn new() -> Self {
+        Self { panes: VecDeque::new(), last_fired_end: i64::MIN }
+    }
+
+    /// Adds one value of field `field` at event time `t` from Kafka offset `offset`.
+    pub fn add(&mut self, cfg: &TierConfig, t: i64, field: u16, v: f64, offset: i64, with_sketch: bool) -> Added {
+        let start = align(t, cfg.pane_ms);
+        // Events mostly arrive in order: look at the newest pane first.
+        let (idx, new_pane) = match self.panes.back() {
+            Some(p) if p.start == start => (self.panes.len() - 1, false),
+            Some(p) if p.start < start => {
+                self.panes.push_back(Pane { start, first_offset: offset, aggs: Vec::new() });
+                (self.panes.len() - 1, true)
+            }
+            None => {
+                self.panes.push_back(Pane { start, first_offset: offset, aggs: Vec::new() });
+                (0, true)
+            }
+            Some(_) => match self.panes.binary_search_by_key(&start, |p| p.start) {
+                Ok(i) => (i, false),
+                Err(i) => {
+                    self.panes.insert(i, Pane { start, first_offset: offset, aggs: Vec::new() });
+                    (i, true)
+                }
+            },
+        };
+        let pane = &mut self.panes[idx];
+        pane.first_offset = pane.first_offset.min(offset);
+        let f = field as usize;
+        if pane.aggs.len() <= f {
+            pane.aggs.resize_with(f + 1, || Agg::new(with_sketch));
+        }
+        pane.aggs[f].add(t, v);
+        Added { new_pane }
+    }
+
+    /// Features per field of the window `[start, start + size)`, from the panes held now.
+    /// Fields without values in the window are left out.
+    pub fn window(&self, cfg: &TierConfig, start: i64, with_sketch: bool) -> Vec<(u16, FeatureValues)> {
+        let end = start + cfg.size_ms;
+        let from = self.panes.partition_point(|p| p.start < start);
+        let mut merged: Vec<Agg> = Vec::new();
+        for pane in self.panes.range(from..).take_while(|p| p.start < end) {
+            if merged.len() < pane.aggs.len() {
+                merged.resize_with(pane.aggs.len(), || Agg::new(with_sketch));
+            }
+            for (m, a) in merged.iter_mut().zip(&pane.aggs) {
+                m.merge(a);
+            }
+        }
+        merged
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| a.count() > 0)
+            .map(|(i, a)| (i as u16, a.features(cfg.size_ms)))
+            .collect()
+    }
+
+    /// Drops panes whose every window is past `allowedLateness` at `watermark`.
+    pub fn purge(&mut self, cfg: &TierConfig, watermark: i64) {
+        while let Some(p) = self.panes.front() {
+            if last_window_end(cfg, p.start) + cfg.allowed_lateness_ms <= watermark {
+                self.panes.pop_front();
+            } else {
+                break;
+            }
+        }
+    }
+
+    /// Smallest Kafka offset still held in a pane.
+    pub fn min_offset(&self) -> Option<i64> {
+        self.panes.iter().map(|p| p.first_offset).min()
+    }
+
+    /// Number of panes held.
+    pub fn pane_count(&self) -> usize {
+        self.panes.len()
+    }
+
+    /// Approximate bytes held (struct sizes plus sketches).
+    pub fn state_bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self
+                .panes
+                .iter()
+                .map(|p| {
+                    std::mem::size_of::<Pane>()
+                        + p.aggs.iter().map(|a| std::mem::size_of::<Agg>() + a.heap_bytes()).sum::<usize>()
+                })
+                .sum::<usize>()
+    }
+}
+
+/// Window-end timers of one tier: which keys have a window ending at each time.
+#[derive(Debug, Default)]
+pub struct Timers {
+    by_end: BTreeMap<i64, Vec<KeyId>>,
+}
+
+impl Timers {
+    /// Registers a window end for a key (duplicates are tolerated and skipped on firing).
+    pub fn register(&mut self, end: i64, key: KeyId) {
+        self.by_end.entry(end).or_default().push(key);
+    }
+
+    /// Removes and returns the earliest timer with `end <= watermark`.
+    pub fn pop_due(&mut self, watermark: i64) -> Option<(i64, Vec<KeyId>)> {
+        let entry = self.by_end.first_entry()?;
+        if *entry.key() <= watermark { Some(entry.remove_entry()) } else { None }
+    }
+
+    /// Number of pending window ends.
+    pub fn len(&self) -> usize {
+        self.by_end.len()
+    }
+
+    /// Whether no timer is pending.
+    pub fn is_empty(&self) -> bool {
+        self.by_end.is_empty()
+    }
+}
+
+/// Event-time progress of one partition.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PartitionClock {
+    /// Kafka partition.
+    pub partition: i32,
+    /// Greatest event time seen.
+    pub max_event_time: i64,
+    /// Processing time of the last event (ms).
+    pub last_active_ms: i64,
+}
+
+/// Per-partition event-time clocks combined into one input watermark: the minimum over active
+/// partitions; a partition idle for longer than the idle timeout does not hold it back. When
+/// every partition is idle the maximum is used, so the last windows of a stream that stopped
+/// still fire.
+#[derive(Debug, Default, Clone)]
+pub struct PartitionClocks {
+    clocks: Vec<PartitionClock>,
+}
+
+impl PartitionClocks {
+    /// Records an event of `partition` at event time `t`, processed at `now_ms`.
+    pub fn observe(&mut self, partition: i32, t: i64, now_ms: i64) {
+        match self.clocks.iter_mut().find(|c| c.partition == partition) {
+            Some(c) => {
+                c.max_event_time = c.max_event_time.max(t);
+                c.last_active_ms = now_ms;
+            }
+            None => self.clocks.push(PartitionClock { partition, max_event_time: t, last_active_ms: now_ms }),
+        }
+    }
+
+    /// Forgets a partition (revoked in a rebalance).
+    pub fn remove(&mut self, partition: i32) {
+        self.clocks.retain(|c| c.partition != partition);
+    }
+
+    /// Greatest event time that every active partition has reached; `None` before any event.
+    pub fn combined(&self, now_ms: i64, idle_timeout_ms: i64) -> Option<i64> {
+        let active = self
+            .clocks
+            .iter()
+            .filter(|c| now_ms - c.last_active_ms < idle_timeout_ms)
+            .map(|c| c.max_event_time)
+            .min();
+        active.or_else(|| self.clocks.iter().map(|c| c.max_event_time).max())
+    }
+
+    /// The clocks, for metrics.
+    pub fn clocks(&self) -> &[PartitionClock] {
+        &self.clocks
+    }
+}
+
+#[cfg(test)]
+mod tests;
