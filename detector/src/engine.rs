@@ -1,1 +1,611 @@
+//! The detection engine of one pipeline: record bytes in, alerts, window results and dead
+//! letters out. Pure and single-threaded: no I/O, no clock (processing time is passed in as
+//! `now_ms`), so `vigil run` (Kafka), `vigil score` (a CSV) and the tests drive the same code.
+//!
+//! State is kept per (partition, key): a key's windows only see the events of one partition,
+//! which holds when producers key messages by entity, as Kafka Streams and Flink assume too.
 
+use std::collections::HashMap;
+
+use vigil_api::v1alpha1::{DetectionRule, DetectionRuleSpec, Feature};
+
+use crate::config::{FieldTable, InvalidSpec, PipelineConfig};
+use crate::decode::{DecodeError, Decoder};
+use crate::features::FeatureValues;
+use crate::rules::alert::{self, Alert, AlertStatus};
+use crate::rules::{CompiledRule, RuleError, RuleSet, RuleState, WindowView};
+use crate::window::{self, KeyId, KeyWindows, PartitionClocks, TimerKind, Timers};
+
+/// One consumed record.
+#[derive(Debug, Clone, Copy)]
+pub struct RawRecord<'a> {
+    /// Kafka partition (0 for files).
+    pub partition: i32,
+    /// Offset in the partition (row number for files).
+    pub offset: i64,
+    /// Kafka message key.
+    pub key: Option<&'a [u8]>,
+    /// Message value.
+    pub payload: &'a [u8],
+}
+
+/// Why an event went to the dead-letter sink.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DeadLetterReason {
+    /// It could not be decoded.
+    Decode(DecodeError),
+    /// It arrived after every window it belongs to closed for good.
+    Late {
+        /// Event time of the event.
+        event_time_ms: i64,
+        /// The lowest watermark among the tiers.
+        watermark_ms: i64,
+    },
+}
+
+impl DeadLetterReason {
+    /// Short machine-readable kind for the `vigil.reason` header: `decode` or `late`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DeadLetterReason::Decode(_) => "decode",
+            DeadLetterReason::Late { .. } => "late",
+        }
+    }
+}
+
+impl std::fmt::Display for DeadLetterReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeadLetterReason::Decode(e) => write!(f, "decode: {e}"),
+            DeadLetterReason::Late { event_time_ms, watermark_ms } => write!(
+                f,
+                "late: event time {event_time_ms} ms is behind the watermark {watermark_ms} ms by more than every window's allowed lateness"
+            ),
+        }
+    }
+}
+
+/// An event sent to the dead-letter sink, with its original bytes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    /// Source partition.
+    pub partition: i32,
+    /// Source offset.
+    pub offset: i64,
+    /// Why.
+    pub reason: DeadLetterReason,
+    /// Original message key.
+    pub key: Option<Vec<u8>>,
+    /// Original message value.
+    pub payload: Vec<u8>,
+}
+
+/// A fired window of one key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WindowResult {
+    /// Tier name.
+    pub tier: String,
+    /// Entity key.
+    pub key: String,
+    /// Window start, epoch ms.
+    pub start: i64,
+    /// Window end (exclusive), epoch ms.
+    pub end: i64,
+    /// `<field>.<feature>` -> value (NaN features left out).
+    pub features: Vec<(String, f64)>,
+    /// A re-emission after a late event (allowed lateness).
+    pub update: bool,
+}
+
+impl WindowResult {
+    /// JSON record for the KPI topic.
+    pub fn to_json(&self) -> Vec<u8> {
+        let features: serde_json::Map<String, serde_json::Value> =
+            self.features.iter().map(|(k, v)| (k.clone(), (*v).into())).collect();
+        serde_json::to_vec(&serde_json::json!({
+            "window": self.tier, "key": self.key, "start": self.start, "end": self.end,
+            "update": self.update, "features": features,
+        }))
+        .unwrap_or_default()
+    }
+}
+
+/// What processing produced; drained by the caller.
+#[derive(Debug, Default)]
+pub struct Outputs {
+    /// Alert transitions.
+    pub alerts: Vec<Alert>,
+    /// Fired windows (only when [`EngineOptions::emit_windows`]).
+    pub windows: Vec<WindowResult>,
+    /// Dead letters.
+    pub dead_letters: Vec<DeadLetter>,
+    /// Per-event anomaly scores, one per processed record (only when
+    /// [`EngineOptions::event_scores`]); 0 for dead-lettered records.
+    pub event_scores: Vec<f64>,
+}
+
+impl Outputs {
+    /// Empties every list, keeping capacity.
+    pub fn clear(&mut self) {
+        self.alerts.clear();
+        self.windows.clear();
+        self.dead_letters.clear();
+        self.event_scores.clear();
+    }
+}
+
+/// Engine switches.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EngineOptions {
+    /// Emit every fired window (for a KPI sink).
+    pub emit_windows: bool,
+    /// Score every event against the windows it is in (for `vigil score`).
+    pub event_scores: bool,
+}
+
+/// Monotonic counters of the engine, read by telemetry.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Records processed.
+    pub records: u64,
+    /// Records that could not be decoded.
+    pub decode_errors: u64,
+    /// Events too late for every tier (dead-lettered).
+    pub late_dropped: u64,
+    /// Late events that updated a fired window.
+    pub late_updates: u64,
+    /// Windows fired (first firings).
+    pub windows_fired: u64,
+    /// Alerts that started firing.
+    pub alerts_firing: u64,
+    /// Alerts resolved.
+    pub alerts_resolved: u64,
+}
+
+struct KeyState {
+    name: Box<str>,
+    partition: i32,
+    windows: Vec<KeyWindows>,
+    rules: Vec<RuleState>,
+}
+
+struct TierState {
+    watermark: i64,
+    timers: Timers,
+}
+
+struct LoadedRule {
+    compiled: CompiledRule,
+    spec: DetectionRuleSpec,
+}
+
+/// The detection engine of one pipeline.
+pub struct Engine {
+    cfg: PipelineConfig,
+    decoder: Decoder,
+    table: FieldTable,
+    rules: Vec<LoadedRule>,
+    keys: HashMap<i32, HashMap<Box<str>, KeyId>>,
+    states: Vec<Option<KeyState>>,
+    free: Vec<KeyId>,
+    tiers: Vec<TierState>,
+    clocks: PartitionClocks,
+    next_offsets: HashMap<i32, i64>,
+    with_sketch: bool,
+    values: Vec<(u16, f64)>,
+    counters: Counters,
+    opts: EngineOptions,
+}
+
+impl Engine {
+    /// Builds an engine for a validated pipeline and its rules. Invalid rules are returned
+    /// and left out; `models` names the AnomalyModels model rules may refer to.
+    pub fn new(cfg: PipelineConfig, rules: &[&DetectionRule], models: &[String], opts: EngineOptions) -> (Self, Vec<RuleError>) {
+        let table = FieldTable::for_layout(&cfg.layout);
+        let mut engine = Self {
+            decoder: Decoder::new(&cfg),
+            table,
+            rules: Vec::new(),
+            keys: HashMap::new(),
+            states: Vec::new(),
+            free: Vec::new(),
+            tiers: cfg.tiers.iter().map(|_| TierState { watermark: i64::MIN, timers: Timers::default() }).collect(),
+            clocks: PartitionClocks::default(),
+            next_offsets: HashMap::new(),
+            with_sketch: cfg.needs_sketch(),
+            values: Vec::with_capacity(8),
+            counters: Counters::default(),
+            opts,
+            cfg,
+        };
+        let errors = engine.replace_rules(rules, models);
+        (engine, errors)
+    }
+
+    /// Builds an engine from resources.
+    ///
+    /// # Errors
+    /// The pipeline's [`InvalidSpec`]; invalid rules are returned in the `Ok` value.
+    pub fn from_resources(
+        pipeline: &vigil_api::v1alpha1::StreamPipeline,
+        rules: &[&DetectionRule],
+        models: &[String],
+        opts: EngineOptions,
+    ) -> Result<(Self, Vec<RuleError>), InvalidSpec> {
+        Ok(Self::new(PipelineConfig::from_resource(pipeline)?, rules, models, opts))
+    }
+
+    /// Replaces the rules without touching window state. A rule whose name and spec are
+    /// unchanged keeps its per-key state (`for` timers, baselines, firing alerts); a changed or
+    /// new rule starts fresh. Returns the rules that did not compile (they are left out).
+    pub fn replace_rules(&mut self, rules: &[&DetectionRule], models: &[String]) -> Vec<RuleError> {
+        let (set, errors) = RuleSet::compile(rules, &self.cfg, &mut self.table, models);
+        let specs: HashMap<&str, &DetectionRuleSpec> =
+            rules.iter().filter_map(|r| r.metadata.name.as_deref().map(|n| (n, &r.spec))).collect();
+        let new: Vec<LoadedRule> = set
+            .rules
+            .into_iter()
+            .map(|compiled| {
+                let spec = specs.get(compiled.name.as_str()).map(|s| (*s).clone()).expect("compiled rules come from the input");
+                LoadedRule { compiled, spec }
+            })
+            .collect();
+        // Old index of each surviving rule, or None for a fresh one.
+        let carry: Vec<Option<usize>> = new
+            .iter()
+            .map(|n| self.rules.iter().position(|o| o.compiled.name == n.compiled.name && o.spec == n.spec))
+            .collect();
+        for ks in self.states.iter_mut().flatten() {
+            let mut old = std::mem::take(&mut ks.rules);
+            ks.rules = carry.iter().map(|c| c.map(|i| std::mem::take(&mut old[i])).unwrap_or_default()).collect();
+        }
+        self.rules = new;
+        errors
+    }
+
+    /// The pipeline configuration.
+    pub fn config(&self) -> &PipelineConfig {
+        &self.cfg
+    }
+
+    /// Names of the rules running.
+    pub fn rule_names(&self) -> Vec<&str> {
+        self.rules.iter().map(|r| r.compiled.name.as_str()).collect()
+    }
+
+    /// Counters so far.
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+
+    /// Current watermark of each tier (`i64::MIN` before the first).
+    pub fn watermarks(&self) -> Vec<(&str, i64)> {
+        self.cfg.tiers.iter().zip(&self.tiers).map(|(c, t)| (c.name.as_str(), t.watermark)).collect()
+    }
+
+    /// Greatest event time seen per partition.
+    pub fn partition_clocks(&self) -> &PartitionClocks {
+        &self.clocks
+    }
+
+    /// Number of live keys.
+    pub fn key_count(&self) -> usize {
+        self.states.iter().flatten().count()
+    }
+
+    /// Approximate bytes of window and rule state per live key.
+    pub fn state_bytes_per_key(&self) -> usize {
+        let live: Vec<&KeyState> = self.states.iter().flatten().collect();
+        if live.is_empty() {
+            return 0;
+        }
+        let total: usize = live
+            .iter()
+            .map(|k| {
+                std::mem::size_of::<KeyState>()
+                    + k.name.len()
+                    + k.windows.iter().map(KeyWindows::state_bytes).sum::<usize>()
+                    + k.rules.iter().map(RuleState::state_bytes).sum::<usize>()
+                    // the key's hash-map entry: boxed name pointer, length and id
+                    + 24
+            })
+            .sum();
+        total / live.len()
+    }
+
+    /// Processes one record at processing time `now_ms`, appending what it produced to `out`.
+    pub fn process(&mut self, rec: &RawRecord<'_>, now_ms: i64, out: &mut Outputs) {
+        self.counters.records += 1;
+        let next = self.next_offsets.entry(rec.partition).or_insert(rec.offset + 1);
+        *next = (*next).max(rec.offset + 1);
+        let mut values = std::mem::take(&mut self.values);
+        let decoded = self.decoder.decode(rec.payload, rec.key, &mut self.table, &mut values);
+        let event = match decoded {
+            Ok(e) => e,
+            Err(e) => {
+                self.counters.decode_errors += 1;
+                self.dead_letter(rec, DeadLetterReason::Decode(e), out);
+                self.values = values;
+                return;
+            }
+        };
+        let t = event.event_time_ms;
+        self.clocks.observe(rec.partition, t, now_ms);
+        let key_id = self.key_id(rec.partition, &event.key);
+        let mut applied = false;
+        // Fired windows a late event updates; fired after the loop (rare, so no allocation
+        // on the common path).
+        let mut late_updates: Vec<(usize, i64)> = Vec::new();
+        for (tier, tc) in self.cfg.tiers.iter().enumerate() {
+            let wm = self.tiers[tier].watermark;
+            if window::is_late(tc, wm, t) {
+                continue;
+            }
+            applied = true;
+            let ks = self.states[key_id as usize].as_mut().expect("live key");
+            let mut new_pane = false;
+            for &(field, v) in &values {
+                new_pane |= ks.windows[tier].add(tc, t, field, v, rec.offset, self.with_sketch).new_pane;
+            }
+            for start in window::window_starts(tc, t) {
+                let end = start + tc.size_ms;
+                if end > wm {
+                    if new_pane {
+                        self.tiers[tier].timers.register(end, key_id, TimerKind::Fire);
+                    }
+                } else if end + tc.allowed_lateness_ms > wm {
+                    late_updates.push((tier, start));
+                }
+            }
+        }
+        for (tier, start) in late_updates {
+            self.counters.late_updates += 1;
+            self.fire(tier, key_id, start, true, now_ms, out);
+        }
+        if !applied {
+            self.counters.late_dropped += 1;
+            let watermark_ms = self.tiers.iter().map(|t| t.watermark).min().unwrap_or(i64::MIN);
+            self.dead_letter(rec, DeadLetterReason::Late { event_time_ms: t, watermark_ms }, out);
+        } else if self.opts.event_scores {
+            let s = self.event_score(key_id, t);
+            out.event_scores.push(s);
+        }
+        self.values = values;
+        self.advance(now_ms, out);
+    }
+
+    /// Advances watermarks at processing time `now_ms` (idle partitions stop holding them
+    /// back) and fires due windows. Call it periodically when no records arrive.
+    pub fn advance(&mut self, now_ms: i64, out: &mut Outputs) {
+        for tier in 0..self.tiers.len() {
+            let tc = &self.cfg.tiers[tier];
+            let Some(combined) = self.clocks.combined(now_ms, tc.idle_timeout_ms) else {
+                continue;
+            };
+            let wm = combined.saturating_sub(tc.max_out_of_orderness_ms);
+            if wm <= self.tiers[tier].watermark {
+                continue;
+            }
+            self.tiers[tier].watermark = wm;
+            self.fire_due(tier, wm, now_ms, out);
+        }
+    }
+
+    /// Fires every pending window, as if the watermark reached the end of time (end of a
+    /// bounded input).
+    pub fn flush(&mut self, now_ms: i64, out: &mut Outputs) {
+        for tier in 0..self.tiers.len() {
+            self.tiers[tier].watermark = i64::MAX;
+            self.fire_due(tier, i64::MAX, now_ms, out);
+        }
+    }
+
+    fn fire_due(&mut self, tier: usize, wm: i64, now_ms: i64, out: &mut Outputs) {
+        let tc = self.cfg.tiers[tier].clone();
+        while let Some((at, timers)) = self.tiers[tier].timers.pop_due(wm) {
+            for (key_id, kind) in timers {
+                let Some(ks) = self.states[key_id as usize].as_mut() else { continue };
+                if kind == TimerKind::Cleanup {
+                    ks.windows[tier].purge(&tc, wm);
+                    continue;
+                }
+                if ks.windows[tier].last_fired_end >= at {
+                    continue; // duplicate registration
+                }
+                ks.windows[tier].last_fired_end = at;
+                self.counters.windows_fired += 1;
+                self.fire(tier, key_id, at - tc.size_ms, false, now_ms, out);
+                if let Some(ks) = self.states[key_id as usize].as_mut() {
+                    ks.windows[tier].purge(&tc, wm);
+                    if tc.allowed_lateness_ms > 0 && at.saturating_add(tc.allowed_lateness_ms) > wm {
+                        self.tiers[tier].timers.register(at + tc.allowed_lateness_ms, key_id, TimerKind::Cleanup);
+                    }
+                }
+            }
+        }
+    }
+
+    fn fire(&mut self, tier: usize, key_id: KeyId, start: i64, update: bool, now_ms: i64, out: &mut Outputs) {
+        let tc = &self.cfg.tiers[tier];
+        let end = start + tc.size_ms;
+        let Some(ks) = self.states[key_id as usize].as_mut() else { return };
+        let fields = ks.windows[tier].window(tc, start, self.with_sketch);
+        if fields.is_empty() {
+            return;
+        }
+        let named = |ids: &mut dyn Iterator<Item = &(u16, FeatureValues)>| -> Vec<(String, f64)> {
+            let mut v = Vec::new();
+            for (id, fv) in ids {
+                for f in &self.cfg.features {
+                    let x = fv.get(*f);
+                    if !x.is_nan() {
+                        v.push((format!("{}.{}", self.table.name(*id), f), x));
+                    }
+                }
+            }
+            v
+        };
+        if self.opts.emit_windows {
+            out.windows.push(WindowResult {
+                tier: tc.name.clone(),
+                key: ks.name.to_string(),
+                start,
+                end,
+                features: named(&mut fields.iter()),
+                update,
+            });
+        }
+        if update {
+            // Rule state advances in window-end order; re-emitted windows only update KPIs.
+            return;
+        }
+        let view = WindowView { key: &ks.name, start, end, fields: &fields, table: &self.table };
+        for (idx, rule) in self.rules.iter().enumerate() {
+            let rule = &rule.compiled;
+            if rule.tier != tier {
+                continue;
+            }
+            let state = &mut ks.rules[idx];
+            if state.last_end.is_some_and(|e| e >= end) {
+                continue;
+            }
+            let eval = rule.evaluate(&view, state);
+            let transition = alert::step(rule, state, &eval, end);
+            rule.observe(&view, state);
+            state.last_end = Some(end);
+            let Some(status) = transition else { continue };
+            match status {
+                AlertStatus::Firing => self.counters.alerts_firing += 1,
+                AlertStatus::Resolved => self.counters.alerts_resolved += 1,
+            }
+            let features = match rule.field() {
+                Some(f) => named(&mut fields.iter().filter(|(id, _)| *id == f)),
+                None => named(&mut fields.iter()),
+            };
+            let mut a = Alert {
+                status,
+                fingerprint: alert::fingerprint(&self.cfg.name, &rule.name, &ks.name),
+                pipeline: self.cfg.name.clone(),
+                rule: rule.name.clone(),
+                key: ks.name.to_string(),
+                severity: rule.severity,
+                window: tc.name.clone(),
+                window_start: start,
+                window_end: end,
+                value: Some(eval.value).filter(|v| !v.is_nan()),
+                score: eval.score,
+                features: features.into_iter().collect(),
+                labels: Default::default(),
+                annotations: Default::default(),
+                active_since: state.pending_since.unwrap_or(end),
+                event_time: end,
+                detection_time: now_ms,
+            };
+            let mut labels = alert::render(&rule.labels, &a);
+            labels.insert("severity".into(), rule.severity.as_str().into());
+            labels.insert("rule".into(), rule.name.clone());
+            labels.insert("key".into(), a.key.clone());
+            a.annotations = alert::render(&rule.annotations, &a);
+            a.labels = labels;
+            out.alerts.push(a);
+        }
+    }
+
+    /// The highest score of any rule on the latest window of each tier containing `t`, from
+    /// the events seen so far (rows `0..=i` only).
+    fn event_score(&mut self, key_id: KeyId, t: i64) -> f64 {
+        let Some(ks) = self.states[key_id as usize].as_mut() else { return 0.0 };
+        let mut best = 0.0f64;
+        for (tier, tc) in self.cfg.tiers.iter().enumerate() {
+            let start = window::align(t, tc.slide_ms);
+            let fields = ks.windows[tier].window(tc, start, self.with_sketch);
+            let view = WindowView { key: &ks.name, start, end: start + tc.size_ms, fields: &fields, table: &self.table };
+            for (idx, rule) in self.rules.iter().enumerate() {
+                if rule.compiled.tier == tier {
+                    best = best.max(rule.compiled.evaluate(&view, &mut ks.rules[idx]).score);
+                }
+            }
+        }
+        best
+    }
+
+    fn key_id(&mut self, partition: i32, key: &str) -> KeyId {
+        if let Some(&id) = self.keys.get(&partition).and_then(|m| m.get(key)) {
+            return id;
+        }
+        let state = KeyState {
+            name: key.into(),
+            partition,
+            windows: self.cfg.tiers.iter().map(|_| KeyWindows::new()).collect(),
+            rules: self.rules.iter().map(|_| RuleState::default()).collect(),
+        };
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.states[id as usize] = Some(state);
+                id
+            }
+            None => {
+                self.states.push(Some(state));
+                (self.states.len() - 1) as KeyId
+            }
+        };
+        self.keys.entry(partition).or_default().insert(key.into(), id);
+        id
+    }
+
+    fn dead_letter(&mut self, rec: &RawRecord<'_>, reason: DeadLetterReason, out: &mut Outputs) {
+        out.dead_letters.push(DeadLetter {
+            partition: rec.partition,
+            offset: rec.offset,
+            reason,
+            key: rec.key.map(<[u8]>::to_vec),
+            payload: rec.payload.to_vec(),
+        });
+        if self.opts.event_scores {
+            out.event_scores.push(0.0);
+        }
+    }
+
+    /// Drops the state of revoked partitions. Their committed offsets never pass an event still
+    /// held in an open window (see [`Self::committable_offsets`]), so the next owner rebuilds
+    /// those windows by re-reading from the committed offset.
+    pub fn revoke_partitions(&mut self, partitions: &[i32]) {
+        for p in partitions {
+            if let Some(keys) = self.keys.remove(p) {
+                for (_, id) in keys {
+                    self.states[id as usize] = None;
+                    self.free.push(id);
+                }
+            }
+            self.clocks.remove(*p);
+            self.next_offsets.remove(p);
+        }
+    }
+
+    /// Per partition, the offset that is safe to commit: the smallest offset still held in an
+    /// open window of any key of the partition, or one past the last processed record when no
+    /// window holds any. Committing it loses no window contents on restart or rebalance.
+    pub fn committable_offsets(&self) -> Vec<(i32, i64)> {
+        let mut min: HashMap<i32, i64> = self.next_offsets.clone();
+        for ks in self.states.iter().flatten() {
+            if let Some(o) = ks.windows.iter().filter_map(KeyWindows::min_offset).min() {
+                let e = min.entry(ks.partition).or_insert(o);
+                *e = (*e).min(o);
+            }
+        }
+        let mut v: Vec<(i32, i64)> = min.into_iter().collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Features a rule could name: `<field>.<feature>` for every known field.
+    pub fn feature_names(&self) -> Vec<String> {
+        (0..self.table.len() as u16)
+            .flat_map(|id| self.cfg.features.iter().map(move |f: &Feature| (id, *f)))
+            .map(|(id, f)| format!("{}.{}", self.table.name(id), f))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;

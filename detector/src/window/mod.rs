@@ -124,10 +124,12 @@ impl KeyWindows {
             .collect()
     }
 
-    /// Drops panes whose every window is past `allowedLateness` at `watermark`.
+    /// Drops panes whose every window has fired (ends at or before `last_fired_end`) and is
+    /// past `allowedLateness` at `watermark`.
     pub fn purge(&mut self, cfg: &TierConfig, watermark: i64) {
         while let Some(p) = self.panes.front() {
-            if last_window_end(cfg, p.start) + cfg.allowed_lateness_ms <= watermark {
+            let end = last_window_end(cfg, p.start);
+            if end <= self.last_fired_end && end + cfg.allowed_lateness_ms <= watermark {
                 self.panes.pop_front();
             } else {
                 break;
@@ -159,20 +161,30 @@ impl KeyWindows {
     }
 }
 
-/// Window-end timers of one tier: which keys have a window ending at each time.
+/// What a timer does when the watermark reaches it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimerKind {
+    /// Fire the key's window ending at the timer's time.
+    Fire,
+    /// Drop panes whose allowed lateness has run out.
+    Cleanup,
+}
+
+/// Event-time timers of one tier: which keys have a window ending (or a lateness expiring) at
+/// each time.
 #[derive(Debug, Default)]
 pub struct Timers {
-    by_end: BTreeMap<i64, Vec<KeyId>>,
+    by_end: BTreeMap<i64, Vec<(KeyId, TimerKind)>>,
 }
 
 impl Timers {
-    /// Registers a window end for a key (duplicates are tolerated and skipped on firing).
-    pub fn register(&mut self, end: i64, key: KeyId) {
-        self.by_end.entry(end).or_default().push(key);
+    /// Registers a timer for a key (duplicate firings are tolerated and skipped on firing).
+    pub fn register(&mut self, at: i64, key: KeyId, kind: TimerKind) {
+        self.by_end.entry(at).or_default().push((key, kind));
     }
 
-    /// Removes and returns the earliest timer with `end <= watermark`.
-    pub fn pop_due(&mut self, watermark: i64) -> Option<(i64, Vec<KeyId>)> {
+    /// Removes and returns the earliest timers with time `<= watermark`.
+    pub fn pop_due(&mut self, watermark: i64) -> Option<(i64, Vec<(KeyId, TimerKind)>)> {
         let entry = self.by_end.first_entry()?;
         if *entry.key() <= watermark { Some(entry.remove_entry()) } else { None }
     }

@@ -66,7 +66,10 @@ fn purge_keeps_panes_until_last_window_plus_lateness() {
     k.add(&t, 1_000, 0, 1.0, 7, false);
     k.add(&t, 16_000, 0, 2.0, 8, false);
     assert_eq!(k.min_offset(), Some(7));
-    // Pane [0, 15s) is last in window [0, 30s): kept until wm >= 35s.
+    // Pane [0, 15s) is last in window [0, 30s): kept until that window fired and wm >= 35s.
+    k.purge(&t, 40_000);
+    assert_eq!(k.pane_count(), 2, "window [0, 30s) has not fired");
+    k.last_fired_end = 30_000;
     k.purge(&t, 34_999);
     assert_eq!(k.pane_count(), 2);
     k.purge(&t, 35_000);

@@ -1,0 +1,149 @@
+//! The alert lifecycle per (rule, key) — inactive -> pending -> firing -> resolved, with `for`
+//! measured in event time — and the alert record written to the alerts topic as a CloudEvents
+//! 1.0 JSON event (structured mode).
+
+use std::collections::BTreeMap;
+
+use cloudevents::{EventBuilder, EventBuilderV10};
+use serde::Serialize;
+use vigil_api::v1alpha1::Severity;
+
+use super::{CompiledRule, Evaluation, RuleState};
+
+/// Alert status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AlertStatus {
+    /// The condition has held for the rule's `for` duration.
+    Firing,
+    /// A firing condition stopped holding.
+    Resolved,
+}
+
+/// One alert transition.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Alert {
+    /// Firing or resolved.
+    pub status: AlertStatus,
+    /// Stable id of the (pipeline, rule, key) series: UUID v5 of `pipeline/rule/key`.
+    pub fingerprint: String,
+    /// StreamPipeline name.
+    pub pipeline: String,
+    /// DetectionRule name.
+    pub rule: String,
+    /// Entity key.
+    pub key: String,
+    /// Severity.
+    pub severity: Severity,
+    /// Window tier name.
+    pub window: String,
+    /// Window start, epoch ms.
+    pub window_start: i64,
+    /// Window end (exclusive), epoch ms.
+    pub window_end: i64,
+    /// The tested value (NaN-free: absent when undefined).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
+    /// Anomaly score in [0, 1].
+    pub score: f64,
+    /// Features of the window, `<field>.<feature>` -> value.
+    pub features: BTreeMap<String, f64>,
+    /// Rendered labels (rule labels plus `severity`, `rule`, `key`).
+    pub labels: BTreeMap<String, String>,
+    /// Rendered annotations.
+    pub annotations: BTreeMap<String, String>,
+    /// Event time since which the condition held, epoch ms.
+    pub active_since: i64,
+    /// Event time of the alert: the window end, epoch ms.
+    pub event_time: i64,
+    /// Processing time when the alert was produced, epoch ms.
+    pub detection_time: i64,
+}
+
+/// Stable fingerprint of a (pipeline, rule, key) alert series.
+pub fn fingerprint(pipeline: &str, rule: &str, key: &str) -> String {
+    uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, format!("vigil:{pipeline}/{rule}/{key}").as_bytes()).to_string()
+}
+
+/// Advances the lifecycle of one (rule, key) with the evaluation of the window ending at
+/// `window_end`. Returns the transition to emit, if any. Firing is emitted once; while firing,
+/// further matches emit nothing (no re-fire storm).
+pub fn step(rule: &CompiledRule, state: &mut RuleState, eval: &Evaluation, window_end: i64) -> Option<AlertStatus> {
+    if eval.matched {
+        let since = *state.pending_since.get_or_insert(window_end);
+        if state.firing_since.is_none() && window_end - since >= rule.for_ms {
+            state.firing_since = Some(window_end);
+            return Some(AlertStatus::Firing);
+        }
+        None
+    } else {
+        state.pending_since = None;
+        state.firing_since.take().map(|_| AlertStatus::Resolved)
+    }
+}
+
+/// Checks that a label or annotation template parses.
+///
+/// # Errors
+/// The template engine's message.
+pub fn check_template(t: &str) -> Result<(), String> {
+    minijinja::Environment::new().template_from_str(t).map(|_| ()).map_err(|e| format!("template does not parse: {e}"))
+}
+
+/// Renders label/annotation templates with `key`, `rule`, `pipeline`, `window`, `severity`,
+/// `observed`, `score` and `<field>.<feature>`. A template that fails renders as its source.
+pub fn render(templates: &BTreeMap<String, String>, alert: &Alert) -> BTreeMap<String, String> {
+    let mut fields: BTreeMap<String, BTreeMap<String, f64>> = BTreeMap::new();
+    for (k, v) in &alert.features {
+        if let Some((field, feature)) = k.split_once('.') {
+            fields.entry(field.to_string()).or_default().insert(feature.to_string(), *v);
+        }
+    }
+    let mut ctx = serde_json::to_value(&fields).unwrap_or_default();
+    if let Some(m) = ctx.as_object_mut() {
+        m.insert("key".into(), alert.key.clone().into());
+        m.insert("rule".into(), alert.rule.clone().into());
+        m.insert("pipeline".into(), alert.pipeline.clone().into());
+        m.insert("window".into(), alert.window.clone().into());
+        m.insert("severity".into(), alert.severity.as_str().into());
+        m.insert("observed".into(), alert.value.into());
+        m.insert("score".into(), alert.score.into());
+    }
+    let env = minijinja::Environment::new();
+    templates
+        .iter()
+        .map(|(k, t)| (k.clone(), env.render_str(t, &ctx).unwrap_or_else(|_| t.clone())))
+        .collect()
+}
+
+/// CloudEvents `type` of an alert.
+pub fn event_type(status: AlertStatus) -> &'static str {
+    match status {
+        AlertStatus::Firing => "dev.vigil.alert.firing",
+        AlertStatus::Resolved => "dev.vigil.alert.resolved",
+    }
+}
+
+impl Alert {
+    /// Deterministic event id: the same transition of the same window always gets the same id,
+    /// so consumers can drop duplicates after an at-least-once replay.
+    pub fn event_id(&self) -> String {
+        format!("{}-{}-{}", self.fingerprint, self.window_end, event_type(self.status).rsplit('.').next().unwrap_or(""))
+    }
+
+    /// The alert as a CloudEvents 1.0 structured-mode JSON document.
+    pub fn to_cloudevent_json(&self) -> Vec<u8> {
+        let time = chrono::DateTime::from_timestamp_millis(self.detection_time).unwrap_or_default();
+        let event = EventBuilderV10::new()
+            .id(self.event_id())
+            .source(format!("/vigil/pipelines/{}", self.pipeline))
+            .ty(event_type(self.status))
+            .subject(self.key.clone())
+            .time(time)
+            .data("application/json", serde_json::to_value(self).unwrap_or_default())
+            .build()
+            .expect("id, source and type are always set");
+        serde_json::to_vec(&event).unwrap_or_default()
+    }
+}
