@@ -16,5 +16,6 @@ pub mod config;
 pub mod decode;
 pub mod engine;
 pub mod features;
+pub mod input;
 pub mod rules;
 pub mod window;
