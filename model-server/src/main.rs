@@ -1,0 +1,126 @@
+//! `vigil-model-server`: serves the models of a repository over gRPC (Open Inference Protocol
+//! v2 + health checking) and Prometheus metrics over HTTP, until SIGTERM or Ctrl-C.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+use vigil_model_server::{ModelServer, ServerConfig};
+
+/// Vigil model server: ONNX models over the Open Inference Protocol v2 (gRPC).
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Model repository: <repository>/<model>/<version>/{model.onnx,config.yaml}.
+    #[arg(long, env = "VIGIL_MODEL_REPOSITORY")]
+    repository: PathBuf,
+    /// gRPC listen address (inference + grpc.health.v1). 8001 is Triton's gRPC port.
+    #[arg(long, env = "VIGIL_MODEL_GRPC_ADDR", default_value = "127.0.0.1:8001")]
+    grpc_addr: SocketAddr,
+    /// Prometheus /metrics listen address. 8002 is Triton's metrics port.
+    #[arg(
+        long,
+        env = "VIGIL_MODEL_METRICS_ADDR",
+        default_value = "127.0.0.1:8002"
+    )]
+    metrics_addr: SocketAddr,
+    /// Load only these models at startup (repeatable); default: every model in the repository.
+    #[arg(
+        long = "model",
+        env = "VIGIL_MODEL_STARTUP_MODELS",
+        value_delimiter = ','
+    )]
+    models: Vec<String>,
+    /// ONNX Runtime threads per model execution (default: ONNX Runtime's, one per core).
+    #[arg(long, env = "VIGIL_MODEL_INTRA_OP_THREADS")]
+    intra_op_threads: Option<usize>,
+    /// Report not-ready while any loaded model version is unavailable.
+    #[arg(long, env = "VIGIL_MODEL_STRICT_READINESS")]
+    strict_readiness: bool,
+    /// Seconds between reporting not-ready and closing listeners on shutdown, so load balancers
+    /// stop routing first.
+    #[arg(long, env = "VIGIL_MODEL_SHUTDOWN_GRACE_SECS", default_value_t = 0)]
+    shutdown_grace_secs: u64,
+    /// Log as JSON lines instead of text.
+    #[arg(long, env = "VIGIL_LOG_JSON")]
+    log_json: bool,
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("install SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    if args.log_json {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .json()
+            .init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+
+    let config = ServerConfig {
+        repository: args.repository.clone(),
+        startup_models: (!args.models.is_empty()).then(|| args.models.clone()),
+        ort_dylib_path: None,
+        intra_op_threads: args.intra_op_threads,
+        strict_readiness: args.strict_readiness,
+    };
+    let server = ModelServer::start(config)
+        .await
+        .context("failed to start the model server")?;
+    let grpc = tokio::net::TcpListener::bind(args.grpc_addr)
+        .await
+        .with_context(|| format!("failed to bind gRPC address {}", args.grpc_addr))?;
+    let metrics = tokio::net::TcpListener::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("failed to bind metrics address {}", args.metrics_addr))?;
+    tracing::info!(
+        grpc = %args.grpc_addr,
+        metrics = %args.metrics_addr,
+        repository = %args.repository.display(),
+        "Model server listening."
+    );
+
+    let server = std::sync::Arc::new(server);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let grace = Duration::from_secs(args.shutdown_grace_secs);
+    {
+        let server = server.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            tracing::info!(grace_secs = grace.as_secs(), "Shutting down.");
+            server.begin_shutdown().await;
+            tokio::time::sleep(grace).await;
+            let _ = stop_tx.send(true);
+        });
+    }
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let (grpc_result, metrics_result) = tokio::join!(
+        server.serve(grpc, stopped(stop_rx.clone())),
+        server.serve_metrics(metrics, stopped(stop_rx)),
+    );
+    grpc_result.context("gRPC server failed")?;
+    metrics_result.context("metrics server failed")?;
+    Ok(())
+}
