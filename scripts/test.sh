@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Vigil's whole test suite, as CI runs it: static checks, unit/property/golden tests, and the
+# integration tests against real components that this script starts (an Apache Kafka broker,
+# ONNX Runtime, a Kubernetes control plane). First run on a fresh machine downloads and builds
+# those into ${VIGIL_CACHE:-~/.cache/vigil}; later runs reuse them.
+#
+#   scripts/test.sh            everything
+#   scripts/test.sh --quick    static checks and tests that need no external component
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export VIGIL_CACHE="${VIGIL_CACHE:-$HOME/.cache/vigil}"
+export CARGO_TERM_COLOR=never
+quick=false
+[ "${1:-}" = "--quick" ] && quick=true
+
+step() { printf '\n=== %s (%s)\n' "$1" "$(date +%T)"; }
+
+step "rustfmt"
+cargo fmt --all --check
+
+step "clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "generated CRDs are up to date"
+tmp=$(mktemp -d)
+cargo run -q -p vigil-api --bin crdgen -- "$tmp"
+diff -ru crds "$tmp" || { echo "crds/ is stale: run 'cargo run -p vigil-api --bin crdgen'"; exit 1; }
+if [ -d charts/vigil/crds ]; then
+  diff -ru crds charts/vigil/crds || { echo "charts/vigil/crds differs from crds/"; exit 1; }
+fi
+rm -rf "$tmp"
+
+if $quick; then
+  step "unit tests"
+  cargo test --workspace --lib --bins
+  exit 0
+fi
+
+cleanup() {
+  step "stopping services"
+  scripts/kafka.sh stop || true
+  [ -x e2e/cluster.sh ] && e2e/cluster.sh down || true
+}
+trap cleanup EXIT
+
+step "ONNX Runtime (PyPI wheel)"
+eval "$(scripts/setup-onnxruntime.sh)"
+
+step "Kafka broker"
+scripts/kafka.sh start
+eval "$(scripts/kafka.sh env)"
+
+step "Kubernetes control plane"
+e2e/cluster.sh up
+eval "$(e2e/cluster.sh env)"
+
+step "tests (unit, property, golden, real Kafka, ONNX Runtime + gRPC, operator e2e)"
+cargo test --workspace --no-fail-fast
