@@ -6,6 +6,10 @@
 //! - [`v1alpha1::DetectionRule`]: thresholds, baselines, CEL expressions and model rules.
 //! - [`v1alpha1::AnomalyModel`]: an ONNX model, its feature contract and rollout.
 
+// kube's derive takes one `printcolumn(...)` attribute per column, which clippy reads as
+// duplicated attributes.
+#![allow(clippy::duplicated_attributes)]
+
 pub mod conditions;
 pub mod manifest;
 pub mod v1alpha1;

@@ -1,5 +1,8 @@
 //! `vigil`: run a detector against Kafka, replay files into a topic, score a series offline.
 
+mod bench;
+mod replay;
+mod run;
 mod score;
 
 use std::path::PathBuf;
@@ -20,6 +23,13 @@ enum Command {
     /// Score one NAB-format CSV with the engine, in event-time order, without Kafka; writes
     /// `timestamp,value,anomaly_score` for every input row (row i scored from rows 0..=i).
     Score(score::ScoreArgs),
+    /// Run a detector for a StreamPipeline and its DetectionRules against Kafka (or an
+    /// embedded mock cluster) until SIGINT/SIGTERM; rule files reload without restart.
+    Run(run::RunArgs),
+    /// Write a NAB CSV or JSONL file to a topic with event times as Kafka timestamps.
+    Replay(replay::ReplayArgs),
+    /// Measure engine, raw consume and detector throughput and alert latency.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -32,6 +42,9 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Score(a) => score::score(&a),
+        Command::Run(a) => run::run(&a),
+        Command::Replay(a) => replay::run(&a),
+        Command::Bench(a) => bench::run(&a),
     }
 }
 

@@ -7,13 +7,14 @@
 
 use std::collections::HashMap;
 
-use vigil_api::v1alpha1::{DetectionRule, DetectionRuleSpec, Feature};
+use vigil_api::v1alpha1::{AnomalyModel, DetectionRule, DetectionRuleSpec, Feature};
 
 use crate::config::{FieldTable, InvalidSpec, PipelineConfig};
 use crate::decode::{DecodeError, Decoder};
 use crate::features::FeatureValues;
 use crate::rules::alert::{self, Alert, AlertStatus};
-use crate::rules::{CompiledRule, RuleError, RuleSet, RuleState, WindowView};
+use crate::rules::{CompiledRule, Evaluation, RuleError, RuleKind, RuleSet, RuleState, WindowView};
+use crate::scoring::{ModelInput, WindowVector};
 use crate::window::{self, KeyId, KeyWindows, PartitionClocks, TimerKind, Timers};
 
 /// One consumed record.
@@ -122,6 +123,9 @@ pub struct Outputs {
     /// Per-event anomaly scores, one per processed record (only when
     /// [`EngineOptions::event_scores`]); 0 for dead-lettered records.
     pub event_scores: Vec<f64>,
+    /// Feature vectors of model rules' closed windows, to score with
+    /// [`crate::scoring::ModelScorer`] and hand back to [`Engine::apply_model_scores`].
+    pub model_inputs: Vec<ModelInput>,
 }
 
 impl Outputs {
@@ -131,6 +135,7 @@ impl Outputs {
         self.windows.clear();
         self.dead_letters.clear();
         self.event_scores.clear();
+        self.model_inputs.clear();
     }
 }
 
@@ -160,6 +165,8 @@ pub struct Counters {
     pub alerts_firing: u64,
     /// Alerts resolved.
     pub alerts_resolved: u64,
+    /// Model rule windows not scored because a contract feature was undefined in them.
+    pub model_windows_undefined: u64,
 }
 
 struct KeyState {
@@ -195,12 +202,16 @@ pub struct Engine {
     values: Vec<(u16, f64)>,
     counters: Counters,
     opts: EngineOptions,
+    /// Some rule scores events one by one (detector or ensemble).
+    per_event_rules: bool,
+    /// Per-rule scores of the current event (reused).
+    event_rule_scores: Vec<Option<f64>>,
 }
 
 impl Engine {
     /// Builds an engine for a validated pipeline and its rules. Invalid rules are returned
-    /// and left out; `models` names the AnomalyModels model rules may refer to.
-    pub fn new(cfg: PipelineConfig, rules: &[&DetectionRule], models: &[String], opts: EngineOptions) -> (Self, Vec<RuleError>) {
+    /// and left out; `models` are the AnomalyModels model rules may refer to.
+    pub fn new(cfg: PipelineConfig, rules: &[&DetectionRule], models: &[&AnomalyModel], opts: EngineOptions) -> (Self, Vec<RuleError>) {
         let table = FieldTable::for_layout(&cfg.layout);
         let mut engine = Self {
             decoder: Decoder::new(&cfg),
@@ -216,6 +227,8 @@ impl Engine {
             values: Vec::with_capacity(8),
             counters: Counters::default(),
             opts,
+            per_event_rules: false,
+            event_rule_scores: Vec::new(),
             cfg,
         };
         let errors = engine.replace_rules(rules, models);
@@ -229,7 +242,7 @@ impl Engine {
     pub fn from_resources(
         pipeline: &vigil_api::v1alpha1::StreamPipeline,
         rules: &[&DetectionRule],
-        models: &[String],
+        models: &[&AnomalyModel],
         opts: EngineOptions,
     ) -> Result<(Self, Vec<RuleError>), InvalidSpec> {
         Ok(Self::new(PipelineConfig::from_resource(pipeline)?, rules, models, opts))
@@ -238,7 +251,7 @@ impl Engine {
     /// Replaces the rules without touching window state. A rule whose name and spec are
     /// unchanged keeps its per-key state (`for` timers, baselines, firing alerts); a changed or
     /// new rule starts fresh. Returns the rules that did not compile (they are left out).
-    pub fn replace_rules(&mut self, rules: &[&DetectionRule], models: &[String]) -> Vec<RuleError> {
+    pub fn replace_rules(&mut self, rules: &[&DetectionRule], models: &[&AnomalyModel]) -> Vec<RuleError> {
         let (set, errors) = RuleSet::compile(rules, &self.cfg, &mut self.table, models);
         let specs: HashMap<&str, &DetectionRuleSpec> =
             rules.iter().filter_map(|r| r.metadata.name.as_deref().map(|n| (n, &r.spec))).collect();
@@ -260,6 +273,7 @@ impl Engine {
             ks.rules = carry.iter().map(|c| c.map(|i| std::mem::take(&mut old[i])).unwrap_or_default()).collect();
         }
         self.rules = new;
+        self.per_event_rules = self.rules.iter().any(|r| r.compiled.is_per_event());
         errors
     }
 
@@ -314,7 +328,8 @@ impl Engine {
     }
 
     /// Processes one record at processing time `now_ms`, appending what it produced to `out`.
-    pub fn process(&mut self, rec: &RawRecord<'_>, now_ms: i64, out: &mut Outputs) {
+    /// Returns the record's event time (epoch ms), or `None` when it could not be decoded.
+    pub fn process(&mut self, rec: &RawRecord<'_>, now_ms: i64, out: &mut Outputs) -> Option<i64> {
         self.counters.records += 1;
         let next = self.next_offsets.entry(rec.partition).or_insert(rec.offset + 1);
         *next = (*next).max(rec.offset + 1);
@@ -326,7 +341,7 @@ impl Engine {
                 self.counters.decode_errors += 1;
                 self.dead_letter(rec, DeadLetterReason::Decode(e), out);
                 self.values = values;
-                return;
+                return None;
             }
         };
         let t = event.event_time_ms;
@@ -366,12 +381,15 @@ impl Engine {
             self.counters.late_dropped += 1;
             let watermark_ms = self.tiers.iter().map(|t| t.watermark).min().unwrap_or(i64::MIN);
             self.dead_letter(rec, DeadLetterReason::Late { event_time_ms: t, watermark_ms }, out);
-        } else if self.opts.event_scores {
-            let s = self.event_score(key_id, t);
-            out.event_scores.push(s);
+        } else if self.opts.event_scores || self.per_event_rules {
+            let s = self.event_score(key_id, t, &values);
+            if self.opts.event_scores {
+                out.event_scores.push(s);
+            }
         }
         self.values = values;
         self.advance(now_ms, out);
+        Some(t)
     }
 
     /// Advances watermarks at processing time `now_ms` (idle partitions stop holding them
@@ -469,10 +487,32 @@ impl Engine {
             if state.last_end.is_some_and(|e| e >= end) {
                 continue;
             }
+            if let RuleKind::Model { contract, .. } = &rule.kind {
+                // Scored outside the engine; the alert follows in apply_model_scores.
+                state.last_end = Some(end);
+                match contract.on_window(&view, state.model.get_or_insert_with(Default::default)) {
+                    WindowVector::Ready { values, raw } => out.model_inputs.push(ModelInput {
+                        rule: idx,
+                        rule_name: rule.name.clone(),
+                        contract: contract.clone(),
+                        key_id,
+                        key: ks.name.clone(),
+                        window_start: start,
+                        window_end: end,
+                        values,
+                        raw_features: raw,
+                    }),
+                    WindowVector::Filling => {}
+                    WindowVector::Undefined => self.counters.model_windows_undefined += 1,
+                }
+                continue;
+            }
             let eval = rule.evaluate(&view, state);
-            let transition = alert::step(rule, state, &eval, end);
+            // Ensemble members only feed their ensemble.
+            let transition = if rule.ensemble_member { None } else { alert::step(rule, state, &eval, end) };
             rule.observe(&view, state);
             state.last_end = Some(end);
+            state.last_window_score = Some(eval.score);
             let Some(status) = transition else { continue };
             match status {
                 AlertStatus::Firing => self.counters.alerts_firing += 1,
@@ -511,21 +551,67 @@ impl Engine {
         }
     }
 
-    /// The highest score of any rule on the latest window of each tier containing `t`, from
-    /// the events seen so far (rows `0..=i` only).
-    fn event_score(&mut self, key_id: KeyId, t: i64) -> f64 {
+    /// Scores one event. Detector rules reading one of the event's fields learn it and score
+    /// it; window rules give the score of the latest window of their tier containing `t` (only
+    /// with [`EngineOptions::event_scores`]; otherwise their last fired window's score);
+    /// ensembles combine their members. Per-event rules then record their alarm score for
+    /// their window evaluation. Returns the highest score of any rule that is not an ensemble
+    /// member, from the events seen so far (rows `0..=i` only).
+    fn event_score(&mut self, key_id: KeyId, t: i64, values: &[(u16, f64)]) -> f64 {
         let Some(ks) = self.states[key_id as usize].as_mut() else { return 0.0 };
-        let mut best = 0.0f64;
-        for (tier, tc) in self.cfg.tiers.iter().enumerate() {
-            let start = window::align(t, tc.slide_ms);
-            let fields = ks.windows[tier].window(tc, start, self.with_sketch);
-            let view = WindowView { key: &ks.name, start, end: start + tc.size_ms, fields: &fields, table: &self.table };
+        let mut scores = std::mem::take(&mut self.event_rule_scores);
+        scores.clear();
+        scores.resize(self.rules.len(), None);
+        let mut value = f64::NAN;
+        if self.per_event_rules {
+            let seed = key_seed(&ks.name);
             for (idx, rule) in self.rules.iter().enumerate() {
-                if rule.compiled.tier == tier {
-                    best = best.max(rule.compiled.evaluate(&view, &mut ks.rules[idx]).score);
+                let rule = &rule.compiled;
+                if let RuleKind::Detector(d) = &rule.kind
+                    && let Some(&(_, x)) = values.iter().find(|(f, _)| *f == d.field)
+                {
+                    scores[idx] = rule.observe_event(&mut ks.rules[idx], seed, t, x);
+                    value = x;
                 }
             }
         }
+        for (tier, tc) in self.cfg.tiers.iter().enumerate() {
+            let window_rules = || self.rules.iter().enumerate().filter(|(_, r)| r.compiled.tier == tier && !r.compiled.is_per_event());
+            if !self.opts.event_scores {
+                for (idx, _) in window_rules() {
+                    scores[idx] = ks.rules[idx].last_window_score;
+                }
+                continue;
+            }
+            if window_rules().next().is_none() {
+                continue;
+            }
+            let start = window::align(t, tc.slide_ms);
+            let fields = ks.windows[tier].window(tc, start, self.with_sketch);
+            let view = WindowView { key: &ks.name, start, end: start + tc.size_ms, fields: &fields, table: &self.table };
+            for (idx, rule) in window_rules() {
+                scores[idx] = Some(rule.compiled.evaluate(&view, &mut ks.rules[idx]).score);
+            }
+        }
+        for (idx, rule) in self.rules.iter().enumerate() {
+            if let Some(s) = rule.compiled.combine(&scores) {
+                scores[idx] = Some(s);
+            }
+        }
+        let mut best = 0.0f64;
+        for (idx, rule) in self.rules.iter().enumerate() {
+            let rule = &rule.compiled;
+            let Some(mut s) = scores[idx] else { continue };
+            if rule.ensemble_member {
+                continue;
+            }
+            if rule.is_per_event() {
+                let pane_ms = self.cfg.tiers[rule.tier].pane_ms;
+                s = rule.record_event_score(&mut ks.rules[idx], pane_ms, t, s, value);
+            }
+            best = best.max(s);
+        }
+        self.event_rule_scores = scores;
         best
     }
 
@@ -566,6 +652,15 @@ impl Engine {
         }
     }
 
+    /// Registers partitions assigned at `now_ms`: each holds the watermarks back until its
+    /// first event arrives or it has been idle for a tier's idle timeout (see
+    /// [`PartitionClocks::assign`]).
+    pub fn assign_partitions(&mut self, partitions: &[i32], now_ms: i64) {
+        for p in partitions {
+            self.clocks.assign(*p, now_ms);
+        }
+    }
+
     /// Drops the state of revoked partitions. Their committed offsets never pass an event still
     /// held in an open window (see [`Self::committable_offsets`]), so the next owner rebuilds
     /// those windows by re-reading from the committed offset.
@@ -598,6 +693,74 @@ impl Engine {
         v
     }
 
+    /// Applies raw scores of model rule windows (from [`crate::scoring::ModelScorer`]): maps
+    /// each to a score in [0, 1] and a match ([`crate::scoring::ModelContract::map_score`],
+    /// with the rule's threshold override) and advances the rule's alert lifecycle at the
+    /// window's end, appending transitions to `out`. Per (rule, key), scores must come in
+    /// window-end order: one for a window not after the last applied is dropped, as are scores
+    /// whose rule was removed or no longer uses the same model contract, or whose key was
+    /// revoked, since the window closed.
+    /// A skipped window (scoring failed) leaves the lifecycle as it was. Returns how many
+    /// scores were applied.
+    pub fn apply_model_scores(&mut self, scored: impl IntoIterator<Item = (ModelInput, f32)>, now_ms: i64, out: &mut Outputs) -> usize {
+        let mut applied = 0;
+        for (input, raw) in scored {
+            let Some(rule) = self.rules.get(input.rule).map(|r| &r.compiled).filter(|r| r.name == input.rule_name) else { continue };
+            let RuleKind::Model { contract, threshold, .. } = &rule.kind else { continue };
+            if **contract != *input.contract {
+                continue; // the model changed since the window closed
+            }
+            let Some(ks) = self.states.get_mut(input.key_id as usize).and_then(Option::as_mut).filter(|k| k.name == input.key) else { continue };
+            let state = &mut ks.rules[input.rule];
+            let model = state.model.get_or_insert_with(Default::default);
+            if model.last_scored_end.is_some_and(|e| e >= input.window_end) {
+                continue;
+            }
+            let raw = f64::from(raw);
+            let Some((score, matched)) = contract.map_score(raw, threshold.unwrap_or(contract.threshold)) else { continue };
+            model.last_scored_end = Some(input.window_end);
+            state.last_window_score = Some(score);
+            applied += 1;
+            let eval = Evaluation { matched, score, value: raw };
+            // Ensemble members only feed their ensemble.
+            let transition = if rule.ensemble_member { None } else { alert::step(rule, state, &eval, input.window_end) };
+            let Some(status) = transition else { continue };
+            match status {
+                AlertStatus::Firing => self.counters.alerts_firing += 1,
+                AlertStatus::Resolved => self.counters.alerts_resolved += 1,
+            }
+            let mut a = Alert {
+                status,
+                fingerprint: alert::fingerprint(&self.cfg.name, &rule.name, &ks.name),
+                pipeline: self.cfg.name.clone(),
+                rule: rule.name.clone(),
+                key: ks.name.to_string(),
+                severity: rule.severity,
+                window: self.cfg.tiers[rule.tier].name.clone(),
+                window_start: input.window_start,
+                window_end: input.window_end,
+                // The tested value of a model rule is its raw model score.
+                value: Some(raw),
+                score,
+                features: contract.feature_names.iter().cloned().zip(input.raw_features.iter().copied()).collect(),
+                labels: Default::default(),
+                annotations: Default::default(),
+                active_since: state.pending_since.unwrap_or(input.window_end),
+                event_time: input.window_end,
+                detection_time: now_ms,
+            };
+            let mut labels = alert::render(&rule.labels, &a);
+            labels.insert("severity".into(), rule.severity.as_str().into());
+            labels.insert("rule".into(), rule.name.clone());
+            labels.insert("key".into(), a.key.clone());
+            labels.insert("model".into(), contract.model.clone());
+            a.annotations = alert::render(&rule.annotations, &a);
+            a.labels = labels;
+            out.alerts.push(a);
+        }
+        applied
+    }
+
     /// Features a rule could name: `<field>.<feature>` for every known field.
     pub fn feature_names(&self) -> Vec<String> {
         (0..self.table.len() as u16)
@@ -605,6 +768,12 @@ impl Engine {
             .map(|(id, f)| format!("{}.{}", self.table.name(id), f))
             .collect()
     }
+}
+
+/// A stable per-key seed for randomised detectors (64-bit FNV-1a of the key), so replays of
+/// the same stream give the same scores.
+fn key_seed(key: &str) -> u64 {
+    key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 #[cfg(test)]

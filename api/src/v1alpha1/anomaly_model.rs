@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AnomalyModelSpec {
     /// Revision label of this artifact, e.g. `"3"`; served as the model version.
+    #[x_kube(validation = Rule::new("self.matches('^[0-9]{1,18}$')").message("revision is a version number: the model server serves numbered versions"))]
     pub revision: String,
     /// The model file and its digest.
     pub artifact: Artifact,
@@ -105,6 +106,13 @@ pub struct ModelOutput {
     pub anomalous_when: ScoreDirection,
     /// Score past which a window is anomalous.
     pub threshold: f64,
+    /// Raw-score distance past the threshold that maps to an anomaly score of
+    /// `0.5 + 0.5 * tanh(1)` (about 0.88): Vigil's score is `0.5 + 0.5 * tanh(d / scale)` with
+    /// `d` the signed distance past the threshold (positive on the anomalous side), so it is 0.5
+    /// at the threshold. Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self > 0.0").message("scale must be positive"))]
+    pub scale: Option<f64>,
 }
 
 /// Orientation of a model score.
@@ -149,7 +157,8 @@ pub struct Rollout {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CandidateRevision {
-    /// Revision label.
+    /// Revision label (a version number, like `revision`).
+    #[x_kube(validation = Rule::new("self.matches('^[0-9]{1,18}$')").message("revision is a version number: the model server serves numbered versions"))]
     pub revision: String,
     /// The candidate's file.
     pub artifact: Artifact,

@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 use super::Feature;
 
 /// A detection rule evaluated per key over one window tier of every pipeline it selects.
-/// Exactly one of `threshold`, `baseline`, `expression` or `model` is set.
+/// Exactly one of `threshold`, `baseline`, `expression`, `model`, `detector` or `ensemble` is
+/// set.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "vigil.dev",
@@ -29,7 +30,7 @@ use super::Feature;
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[x_kube(validation = Rule::new("[has(self.threshold), has(self.baseline), has(self.expression), has(self.model)].filter(x, x).size() == 1").message("exactly one of threshold, baseline, expression or model must be set"))]
+#[x_kube(validation = Rule::new("[has(self.threshold), has(self.baseline), has(self.expression), has(self.model), has(self.detector), has(self.ensemble)].filter(x, x).size() == 1").message("exactly one of threshold, baseline, expression, model, detector or ensemble must be set"))]
 pub struct DetectionRuleSpec {
     /// Pipelines (by label) this rule applies to. Empty: every pipeline in the namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -62,6 +63,13 @@ pub struct DetectionRuleSpec {
     /// An AnomalyModel scoring the window's feature vector.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<ModelRule>,
+    /// A streaming detector scoring every event of one field (seasonal baseline, random cut
+    /// forest, change point).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detector: Option<super::DetectorRule>,
+    /// Combines the scores of other rules (weighted mean, max or k-of-n vote).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ensemble: Option<super::EnsembleRule>,
 }
 
 /// Comparison operators.

@@ -3,11 +3,13 @@
 mod anomaly_model;
 mod common;
 mod detection_rule;
+mod detector;
 mod stream_pipeline;
 
 pub use anomaly_model::*;
 pub use common::*;
 pub use detection_rule::*;
+pub use detector::*;
 pub use stream_pipeline::*;
 
 /// The API group of every Vigil kind.

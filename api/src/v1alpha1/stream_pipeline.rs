@@ -46,6 +46,7 @@ pub struct StreamPipelineSpec {
     /// Event-time window tiers computed for every key, e.g. `fast` (30s/15s) and `analysis`
     /// (300s/60s). Rules name the tier they read.
     #[x_kube(validation = Rule::new("size(self) >= 1").message("at least one window is required"))]
+    #[schemars(length(max = 16))]
     pub windows: Vec<WindowSpec>,
     /// Features computed per field and window. Default: all of them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -215,6 +216,7 @@ pub enum TimeFormat {
 pub struct WideLayout {
     /// Numeric fields to read.
     #[x_kube(validation = Rule::new("size(self) >= 1").message("at least one field is required"))]
+    #[schemars(length(max = 128))]
     pub fields: Vec<FieldMapping>,
 }
 
@@ -224,6 +226,7 @@ pub struct WideLayout {
 pub struct FieldMapping {
     /// Name used by rules and features (`<name>.mean`). Letters, digits and `_`.
     #[x_kube(validation = Rule::new("self.matches('^[A-Za-z_][A-Za-z0-9_]*$')").message("field names are identifiers: letters, digits and _"))]
+    #[schemars(length(max = 63))]
     pub name: String,
     /// Dotted path in the event. Default: the name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -252,12 +255,15 @@ pub struct NarrowLayout {
 pub struct WindowSpec {
     /// Tier name that rules refer to, e.g. `fast`.
     #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("window names are DNS labels"))]
+    #[schemars(length(max = 63))]
     pub name: String,
     /// Window length, e.g. `30s`.
+    #[schemars(length(max = 32))]
     pub size: Duration,
     /// Distance between window starts, e.g. `15s`. Must divide `size`. Default: `size`
     /// (tumbling).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
     pub slide: Option<Duration>,
     /// Bound on out-of-orderness: the watermark is the greatest event time seen minus this.
     /// A window fires when the watermark passes its end. Default `0s`.

@@ -69,8 +69,9 @@ impl Expression {
                 self.features.iter().map(|f| (f.as_str().to_string(), Value::Float(fv.get(*f)))).collect();
             features.insert(name.clone(), per.into());
             event.insert(name.clone(), Value::Float(fv.get(Feature::Last)));
-            if self.uses_baseline {
-                if let Some(s) = history.get_mut(*id as usize).and_then(History::stats) {
+            if self.uses_baseline
+                && let Some(s) = history.get_mut(*id as usize).and_then(History::stats)
+            {
                     let b: HashMap<String, Value> = [
                         ("mean", s.mean),
                         ("stddev", s.stddev),
@@ -84,7 +85,6 @@ impl Expression {
                     .map(|(k, v)| (k.to_string(), Value::Float(v)))
                     .collect();
                     baseline.insert(name, b.into());
-                }
             }
         }
         let window: HashMap<String, Value> =

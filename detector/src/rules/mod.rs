@@ -4,13 +4,16 @@
 
 pub mod alert;
 pub mod baseline;
+mod event;
 mod expression;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 
-use vigil_api::v1alpha1::{BaselineMethod, DetectionRule, Direction, Feature, Operator, Severity};
+use vigil_api::v1alpha1::{AnomalyModel, BaselineMethod, DetectionRule, Direction, Feature, Operator, Severity};
 
 use crate::config::{FieldTable, InvalidSpec, PipelineConfig};
+use crate::detectors::{self, Combine, DetectorConfig, DetectorState};
 use crate::features::FeatureValues;
 use baseline::History;
 pub use expression::Expression;
@@ -58,13 +61,57 @@ pub enum RuleKind {
     },
     /// A CEL condition.
     Expression(Box<Expression>),
-    /// An AnomalyModel; scored by the scoring stage, not here.
+    /// An AnomalyModel; its windows are scored by the scoring stage ([`crate::scoring`]), not
+    /// here.
     Model {
         /// AnomalyModel name.
         model: String,
         /// Threshold override.
         threshold: Option<f64>,
+        /// The model's feature contract in this pipeline.
+        contract: Arc<crate::scoring::ModelContract>,
     },
+    /// A per-event detector on one field ([`crate::detectors`]).
+    Detector(Box<DetectorKind>),
+    /// Combines other rules' event scores.
+    Ensemble(Box<EnsembleKind>),
+}
+
+/// A compiled `spec.detector`.
+#[derive(Debug)]
+pub struct DetectorKind {
+    /// Field id.
+    pub field: u16,
+    /// Model and calibration.
+    pub config: DetectorConfig,
+    /// Alarm threshold on the score.
+    pub threshold: f64,
+    /// Event-time span after an alarm during which the rule reports 0 (0: none).
+    pub cooldown_ms: i64,
+}
+
+/// One resolved member of an ensemble.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EnsembleMember {
+    /// Member rule name.
+    pub rule: String,
+    /// Index of the member in the [`RuleSet`] (resolved by [`RuleSet::compile`]).
+    pub index: usize,
+    /// Weight of its score.
+    pub weight: f64,
+}
+
+/// A compiled `spec.ensemble`.
+#[derive(Debug)]
+pub struct EnsembleKind {
+    /// Members.
+    pub members: Vec<EnsembleMember>,
+    /// Combination.
+    pub combine: Combine,
+    /// Alarm threshold on the score.
+    pub threshold: f64,
+    /// Event-time span after an alarm during which the rule reports 0 (0: none).
+    pub cooldown_ms: i64,
 }
 
 /// A rule ready to evaluate in one pipeline.
@@ -84,6 +131,9 @@ pub struct CompiledRule {
     pub annotations: BTreeMap<String, String>,
     /// The test.
     pub kind: RuleKind,
+    /// The rule is a member of an ensemble of the same set: it raises no alerts and does not
+    /// count in event scores (set by [`RuleSet::compile`]).
+    pub ensemble_member: bool,
 }
 
 /// The window a rule is evaluated on.
@@ -132,13 +182,30 @@ pub struct RuleState {
     pub firing_since: Option<i64>,
     /// End of the last window evaluated (windows are evaluated in end order).
     pub last_end: Option<i64>,
+    /// Score of the last window evaluated (what a window rule contributes to an ensemble).
+    pub last_window_score: Option<f64>,
     history: Vec<History>,
+    detector: Option<Box<DetectorState>>,
+    /// Per-event rules: (pane start, highest alarm score, value at it) of recent panes, for the
+    /// window evaluation; at most [`MAX_PANES`].
+    panes: VecDeque<(i64, f64, f64)>,
+    /// Per-event rules: no alarm before this event time (cooldown).
+    cooldown_until: Option<i64>,
+    /// Model rules: the key's window sequence and scoring progress.
+    pub model: Option<Box<crate::scoring::ModelState>>,
 }
+
+/// Panes of event scores kept per (rule, key); older ones are dropped first.
+pub const MAX_PANES: usize = 4096;
 
 impl RuleState {
     /// Approximate bytes held.
     pub fn state_bytes(&self) -> usize {
-        std::mem::size_of::<Self>() + self.history.iter().map(History::state_bytes).sum::<usize>()
+        std::mem::size_of::<Self>()
+            + self.history.iter().map(History::state_bytes).sum::<usize>()
+            + self.detector.as_ref().map_or(0, |d| d.state_bytes())
+            + self.panes.capacity() * 24
+            + self.model.as_ref().map_or(0, |m| m.state_bytes())
     }
 }
 
@@ -167,7 +234,7 @@ impl CompiledRule {
         rule: &DetectionRule,
         cfg: &PipelineConfig,
         table: &mut FieldTable,
-        models: &[String],
+        models: &[&AnomalyModel],
     ) -> Result<Self, RuleError> {
         let name = rule.metadata.name.clone().unwrap_or_else(|| "rule".into());
         let err = |field: &str, reason: String| RuleError { rule: name.clone(), error: InvalidSpec::new(field, reason) };
@@ -186,8 +253,8 @@ impl CompiledRule {
                 Err(err(at, format!("feature `{feat}` is not computed by the pipeline (spec.features)")))
             }
         };
-        let kind = match (&s.threshold, &s.baseline, &s.expression, &s.model) {
-            (Some(t), None, None, None) => {
+        let kind = match (&s.threshold, &s.baseline, &s.expression, &s.model, &s.detector, &s.ensemble) {
+            (Some(t), None, None, None, None, None) => {
                 has_feature("spec.threshold.feature", t.feature)?;
                 if !t.value.is_finite() {
                     return Err(err("spec.threshold.value", "must be a finite number".into()));
@@ -199,7 +266,7 @@ impl CompiledRule {
                     value: t.value,
                 }
             }
-            (None, Some(b), None, None) => {
+            (None, Some(b), None, None, None, None) => {
                 has_feature("spec.baseline.feature", b.feature)?;
                 let history_ms = vigil_api::v1alpha1::duration_ms(&b.history);
                 if history_ms <= 0 {
@@ -218,16 +285,45 @@ impl CompiledRule {
                     min_samples: b.min_samples.unwrap_or(10).max(2) as usize,
                 }
             }
-            (None, None, Some(e), None) => RuleKind::Expression(Box::new(
+            (None, None, Some(e), None, None, None) => RuleKind::Expression(Box::new(
                 Expression::compile(e, cfg).map_err(|reason| err(&reason.0, reason.1))?,
             )),
-            (None, None, None, Some(m)) => {
-                if !models.contains(&m.model_ref) {
+            (None, None, None, Some(m), None, None) => {
+                let Some(am) = models.iter().find(|x| x.metadata.name.as_deref() == Some(m.model_ref.as_str())) else {
                     return Err(err("spec.model.modelRef", format!("AnomalyModel `{}` not found", m.model_ref)));
+                };
+                let contract = crate::scoring::ModelContract::compile(am, cfg, table).map_err(|e| {
+                    err("spec.model.modelRef", format!("AnomalyModel `{}` does not fit the pipeline: {}: {}", m.model_ref, e.field, e.reason))
+                })?;
+                if am.spec.input.window != s.window {
+                    return Err(err(
+                        "spec.window",
+                        format!("must be `{}`, the window of AnomalyModel `{}` (spec.input.window)", am.spec.input.window, m.model_ref),
+                    ));
                 }
-                RuleKind::Model { model: m.model_ref.clone(), threshold: m.threshold }
+                if m.threshold.is_some_and(|t| !t.is_finite()) {
+                    return Err(err("spec.model.threshold", "must be a finite number".into()));
+                }
+                RuleKind::Model { model: m.model_ref.clone(), threshold: m.threshold, contract: Arc::new(contract) }
             }
-            _ => return Err(err("spec", "exactly one of threshold, baseline, expression or model must be set".into())),
+            (None, None, None, None, Some(d), None) => {
+                let config = event::detector_config(d).map_err(|(at, reason)| err(&at, reason))?;
+                RuleKind::Detector(Box::new(DetectorKind {
+                    field: field_id("spec.detector.field", &d.field, table)?,
+                    config,
+                    threshold: event::threshold("spec.detector.threshold", d.threshold).map_err(|(at, r)| err(&at, r))?,
+                    cooldown_ms: event::cooldown_ms("spec.detector.cooldown", d.cooldown.as_ref().map(vigil_api::v1alpha1::duration_ms)).map_err(|(at, r)| err(&at, r))?,
+                }))
+            }
+            (None, None, None, None, None, Some(e)) => RuleKind::Ensemble(Box::new(
+                event::ensemble(e).map_err(|(at, reason)| err(&at, reason))?,
+            )),
+            _ => {
+                return Err(err(
+                    "spec",
+                    "exactly one of threshold, baseline, expression, model, detector or ensemble must be set".into(),
+                ));
+            }
         };
         let for_ms = s.for_ms();
         if for_ms < 0 {
@@ -244,6 +340,7 @@ impl CompiledRule {
             labels: s.labels.clone(),
             annotations: s.annotations.clone(),
             kind,
+            ensemble_member: false,
         })
     }
 
@@ -291,7 +388,21 @@ impl CompiledRule {
                 Evaluation { matched: r >= 1.0, score: ratio_score(r), value: x }
             }
             RuleKind::Expression(e) => e.evaluate(w, &mut state.history),
-            RuleKind::Model { .. } => Evaluation::NONE,
+            // Scored asynchronously ([`crate::engine::Engine::apply_model_scores`]): the score
+            // of the last scored window.
+            RuleKind::Model { .. } => Evaluation { score: state.last_window_score.unwrap_or(0.0), ..Evaluation::NONE },
+            RuleKind::Detector(_) | RuleKind::Ensemble(_) => {
+                let threshold = self.alarm_threshold().unwrap_or(1.0);
+                let top = state
+                    .panes
+                    .iter()
+                    .filter(|(p, _, _)| *p >= w.start && *p < w.end)
+                    .max_by(|a, b| a.1.total_cmp(&b.1));
+                match top {
+                    Some(&(_, score, value)) => Evaluation { matched: score >= threshold, score, value },
+                    None => Evaluation::NONE,
+                }
+            }
         }
     }
 
@@ -308,6 +419,8 @@ impl CompiledRule {
             }
             RuleKind::Expression(e) => e.observe(w, &mut state.history),
             RuleKind::Threshold { .. } | RuleKind::Model { .. } => {}
+            // Windows are evaluated in end order: panes before this window's start are done.
+            RuleKind::Detector(_) | RuleKind::Ensemble(_) => state.panes.retain(|(p, _, _)| *p >= w.start),
         }
     }
 
@@ -315,8 +428,67 @@ impl CompiledRule {
     pub fn field(&self) -> Option<u16> {
         match &self.kind {
             RuleKind::Threshold { field, .. } | RuleKind::Baseline { field, .. } => Some(*field),
-            RuleKind::Expression(_) | RuleKind::Model { .. } => None,
+            RuleKind::Detector(d) => Some(d.field),
+            RuleKind::Expression(_) | RuleKind::Model { .. } | RuleKind::Ensemble(_) => None,
         }
+    }
+
+    /// Whether the rule scores events one by one (detectors and ensembles) rather than windows.
+    pub fn is_per_event(&self) -> bool {
+        matches!(self.kind, RuleKind::Detector(_) | RuleKind::Ensemble(_))
+    }
+
+    /// The alarm threshold of a per-event rule.
+    pub fn alarm_threshold(&self) -> Option<f64> {
+        match &self.kind {
+            RuleKind::Detector(d) => Some(d.threshold),
+            RuleKind::Ensemble(e) => Some(e.threshold),
+            _ => None,
+        }
+    }
+
+    /// A detector rule: scores the value `x` of an event at `t_ms` of its field from the key's
+    /// earlier events, then learns it. `None` for other rules and while the detector warms up.
+    pub fn observe_event(&self, state: &mut RuleState, seed: u64, t_ms: i64, x: f64) -> Option<f64> {
+        let RuleKind::Detector(d) = &self.kind else { return None };
+        state.detector.get_or_insert_with(Default::default).update(&d.config, seed, t_ms, x)
+    }
+
+    /// An ensemble rule: combines its members' scores for the current event (`scores` indexed
+    /// like the rule set; `None`: no score). `None` for other rules.
+    pub fn combine(&self, scores: &[Option<f64>]) -> Option<f64> {
+        let RuleKind::Ensemble(e) = &self.kind else { return None };
+        let members = e.members.iter().map(|m| (scores.get(m.index).copied().flatten(), m.weight));
+        Some(detectors::combine(e.combine, members))
+    }
+
+    /// A per-event rule: turns the event's score into its alarm score (0 within a cooldown
+    /// after an alarm; an alarm at or above the threshold starts one) and records it in the pane
+    /// of `t_ms` (panes of `pane_ms`) for the window evaluation. Returns the alarm score.
+    pub fn record_event_score(&self, state: &mut RuleState, pane_ms: i64, t_ms: i64, score: f64, value: f64) -> f64 {
+        let (threshold, cooldown_ms) = match &self.kind {
+            RuleKind::Detector(d) => (d.threshold, d.cooldown_ms),
+            RuleKind::Ensemble(e) => (e.threshold, e.cooldown_ms),
+            _ => return score,
+        };
+        let score = if state.cooldown_until.is_some_and(|u| t_ms < u) { 0.0 } else { score };
+        if score >= threshold && cooldown_ms > 0 {
+            state.cooldown_until = Some(t_ms.saturating_add(cooldown_ms));
+        }
+        let pane = t_ms - t_ms.rem_euclid(pane_ms.max(1));
+        match state.panes.iter_mut().rev().find(|(p, _, _)| *p == pane) {
+            Some(entry) if score > entry.1 => *entry = (pane, score, value),
+            Some(_) => {}
+            None => {
+                // Usually the newest pane; out-of-order events insert in place.
+                let at = state.panes.iter().rposition(|(p, _, _)| *p < pane).map_or(0, |i| i + 1);
+                state.panes.insert(at, (pane, score, value));
+                if state.panes.len() > MAX_PANES {
+                    state.panes.pop_front();
+                }
+            }
+        }
+        score
     }
 }
 
@@ -334,7 +506,7 @@ impl RuleSet {
         rules: &[&DetectionRule],
         cfg: &PipelineConfig,
         table: &mut FieldTable,
-        models: &[String],
+        models: &[&AnomalyModel],
     ) -> (Self, Vec<RuleError>) {
         let mut set = Self::default();
         let mut errors = Vec::new();
@@ -348,7 +520,48 @@ impl RuleSet {
                 Err(e) => errors.push(e),
             }
         }
+        set.resolve_ensembles(&mut errors);
         (set, errors)
+    }
+
+    /// Resolves ensemble members to rule indices and marks the members. An ensemble naming a
+    /// rule that is absent (or did not compile), itself, or another ensemble is an error and
+    /// is left out.
+    fn resolve_ensembles(&mut self, errors: &mut Vec<RuleError>) {
+        let bad: Vec<(usize, RuleError)> = self
+            .rules
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| {
+                let RuleKind::Ensemble(e) = &r.kind else { return None };
+                e.members.iter().enumerate().find_map(|(j, m)| {
+                    let reason = match self.rules.iter().find(|x| x.name == m.rule) {
+                        None => format!("rule `{}` is not a valid rule of this pipeline", m.rule),
+                        Some(x) if matches!(x.kind, RuleKind::Ensemble(_)) => format!("rule `{}` is an ensemble", m.rule),
+                        Some(_) => return None,
+                    };
+                    let error = InvalidSpec::new(format!("spec.ensemble.members[{j}].rule"), reason);
+                    Some((i, RuleError { rule: r.name.clone(), error }))
+                })
+            })
+            .collect();
+        for (i, e) in bad.into_iter().rev() {
+            self.rules.remove(i);
+            errors.push(e);
+        }
+        let names: Vec<String> = self.rules.iter().map(|r| r.name.clone()).collect();
+        let mut members = vec![false; self.rules.len()];
+        for r in &mut self.rules {
+            if let RuleKind::Ensemble(e) = &mut r.kind {
+                for m in &mut e.members {
+                    m.index = names.iter().position(|n| *n == m.rule).expect("checked above");
+                    members[m.index] = true;
+                }
+            }
+        }
+        for (r, m) in self.rules.iter_mut().zip(members) {
+            r.ensemble_member = m;
+        }
     }
 
     /// Indices of the rules reading tier `tier`.

@@ -11,7 +11,7 @@ fn compile(rule_spec: &str) -> Result<(CompiledRule, FieldTable), RuleError> {
     m.add_str("r", &format!("apiVersion: vigil.dev/v1alpha1\nkind: DetectionRule\nmetadata: {{name: r}}\nspec: {rule_spec}\n")).unwrap();
     let cfg = PipelineConfig::from_resource(&m.pipelines[0]).unwrap();
     let mut table = FieldTable::for_layout(&cfg.layout);
-    let r = CompiledRule::compile(&m.rules[0], &cfg, &mut table, &["iforest".to_string()])?;
+    let r = CompiledRule::compile(&m.rules[0], &cfg, &mut table, &[])?;
     Ok((r, table))
 }
 

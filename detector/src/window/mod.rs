@@ -232,6 +232,15 @@ impl PartitionClocks {
         }
     }
 
+    /// Registers a partition assigned at `now_ms` before its first event: until it delivers
+    /// one or turns idle it holds the watermark back, so that a partition read ahead of it
+    /// cannot make its backlog late.
+    pub fn assign(&mut self, partition: i32, now_ms: i64) {
+        if !self.clocks.iter().any(|c| c.partition == partition) {
+            self.clocks.push(PartitionClock { partition, max_event_time: i64::MIN, last_active_ms: now_ms });
+        }
+    }
+
     /// Forgets a partition (revoked in a rebalance).
     pub fn remove(&mut self, partition: i32) {
         self.clocks.retain(|c| c.partition != partition);

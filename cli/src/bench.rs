@@ -1,0 +1,546 @@
+//! `vigil bench`: throughput and latency of the data path, in one run on one topic.
+//!
+//! 1. Engine in memory: decode -> 2 window tiers -> 5 rules over pre-built JSON events of many
+//!    keys, one thread, no Kafka; events/s and state bytes per key.
+//! 2. Raw consume: an rdkafka consumer reading the topic with no processing.
+//! 3. Detector: `vigil run`'s loop (consumer group, engine, alert producer, commits) on the same
+//!    topic; events/s, the ratio to raw, and events per CPU-second of the whole process.
+//! 4. Latency at a fixed load (half the detector's rate): a threshold rule over a 100 ms
+//!    tumbling window with no out-of-orderness; the latency is from the Kafka timestamp
+//!    (produce time) of the record that closes a window to the broker's acknowledgement of the
+//!    alert, so it leaves out the wait for the window to end.
+//!
+//! Uses the broker in `--bootstrap-servers`/`KAFKA_BOOTSTRAP`, else an embedded mock cluster.
+//! Ends with one `BENCH ...` line: `engine_eps_per_core` is events per CPU-second of the engine's
+//! thread (robust on a shared machine), `e2e_eps`/`raw_consume_eps` are wall-clock rates from
+//! the first to the last record, `ratio` is their quotient.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{ClientConfig, Message};
+use vigil_api::manifest::Manifests;
+use vigil_detector::engine::{Engine, EngineOptions, Outputs, RawRecord};
+use vigil_detector::runner::{self, Control, RunnerConfig, wall_clock_ms};
+use vigil_detector::sink::LatencyProbe;
+use vigil_detector::source::{SourceSettings, admin};
+use vigil_detector::telemetry::Metrics;
+
+/// Arguments of `vigil bench`.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Kafka bootstrap servers; default: `KAFKA_BOOTSTRAP`, else an embedded mock cluster.
+    #[arg(long, env = "KAFKA_BOOTSTRAP")]
+    pub bootstrap_servers: Option<String>,
+    /// Events written to the topic for the consume phases.
+    #[arg(long, default_value_t = 2_000_000)]
+    pub events: usize,
+    /// Events of the in-memory engine phase.
+    #[arg(long, default_value_t = 2_000_000)]
+    pub engine_events: usize,
+    /// Distinct keys.
+    #[arg(long, default_value_t = 10_000)]
+    pub keys: usize,
+    /// Partitions of the bench topic.
+    #[arg(long, default_value_t = 4)]
+    pub partitions: i32,
+    /// Seconds of the fixed-load latency phase (0 skips it).
+    #[arg(long, default_value_t = 10)]
+    pub latency_seconds: u64,
+    /// Load of the latency phase, events/s (default: half the detector rate).
+    #[arg(long)]
+    pub latency_rate: Option<f64>,
+    /// librdkafka consumer property `KEY=VALUE` for both the raw consumer and the detector
+    /// (repeatable), e.g. `fetch.queue.backoff.ms=10`.
+    #[arg(long = "consumer-property", value_parser = parse_kv)]
+    pub consumer_properties: Vec<(String, String)>,
+    /// Keep the bench topics (they are deleted at the end otherwise).
+    #[arg(long)]
+    pub keep_topics: bool,
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("`{s}` is not KEY=VALUE"))
+}
+
+const PIPELINE: &str = r#"
+apiVersion: vigil.dev/v1alpha1
+kind: StreamPipeline
+metadata: {name: bench}
+spec:
+  source: {kafka: {topics: [TOPIC], consumerGroup: GROUP}}
+  format: {keyField: host, eventTime: {field: ts}, wide: {fields: [{name: cpu}]}}
+  features: [count, sum, mean, min, max, stddev, last, rate]
+  windows:
+    - {name: fast, size: 30s, slide: 15s, maxOutOfOrderness: 5s}
+    - {name: analysis, size: 300s, slide: 60s, maxOutOfOrderness: 30s}
+    TINY
+  sinks: {alerts: {topic: ALERTS}}
+---
+apiVersion: vigil.dev/v1alpha1
+kind: DetectionRule
+metadata: {name: hot}
+spec: {window: fast, for: 1m, threshold: {field: cpu, feature: mean, operator: ">", value: 95}}
+---
+apiVersion: vigil.dev/v1alpha1
+kind: DetectionRule
+metadata: {name: spiky}
+spec: {window: fast, threshold: {field: cpu, feature: max, operator: ">", value: 99.5}}
+---
+apiVersion: vigil.dev/v1alpha1
+kind: DetectionRule
+metadata: {name: z}
+spec: {window: analysis, baseline: {field: cpu, method: ZScore, history: 1h, threshold: 4}}
+---
+apiVersion: vigil.dev/v1alpha1
+kind: DetectionRule
+metadata: {name: mad}
+spec: {window: analysis, baseline: {field: cpu, method: Mad, history: 1h, threshold: 5}}
+---
+apiVersion: vigil.dev/v1alpha1
+kind: DetectionRule
+metadata: {name: idle}
+spec: {window: fast, threshold: {field: cpu, feature: count, operator: "<", value: 1}}
+"#;
+
+const TINY_TIER: &str = "- {name: tiny, size: 100ms, maxOutOfOrderness: 0s, idleTimeout: 1s}";
+const TINY_RULE: &str = r#"---
+apiVersion: vigil.dev/v1alpha1
+kind: DetectionRule
+metadata: {name: latency}
+spec: {window: tiny, threshold: {field: cpu, feature: max, operator: ">", value: 50}}
+"#;
+
+fn manifests(topic: &str, group: &str, alerts: &str, tiny: bool) -> anyhow::Result<Manifests> {
+    let mut text = PIPELINE
+        .replace("TOPIC", topic)
+        .replace("GROUP", group)
+        .replace("ALERTS", alerts)
+        .replace("TINY", if tiny { TINY_TIER } else { "" });
+    if tiny {
+        text.push_str(TINY_RULE);
+    }
+    let mut m = Manifests::default();
+    m.add_str("bench", &text)?;
+    Ok(m)
+}
+
+/// One event per key per second of event time (the shape of detector/examples/engine_profile.rs).
+fn event(i: usize, keys: usize, base_ms: i64) -> (String, Vec<u8>) {
+    let t = base_ms + (i / keys) as i64 * 1000;
+    let v = 50.0 + ((i * 7919) % 1000) as f64 / 25.0;
+    let host = format!("host-{:05}", i % keys);
+    let payload =
+        format!(r#"{{"host":"{host}","ts":{t},"cpu":{v:.2},"region":"eu-west-1"}}"#).into_bytes();
+    (host, payload)
+}
+
+/// CPU seconds (user + system) of this process so far, from /proc/self/stat.
+fn cpu_seconds() -> f64 {
+    proc_cpu_seconds("/proc/self/stat")
+}
+
+/// CPU seconds (user + system) of the calling thread so far.
+fn thread_cpu_seconds() -> f64 {
+    proc_cpu_seconds("/proc/thread-self/stat")
+}
+
+fn proc_cpu_seconds(path: &str) -> f64 {
+    let Ok(s) = std::fs::read_to_string(path) else {
+        return 0.0;
+    };
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let rest = s.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 (1-based), i.e. 11 and 12 after the ')'.
+    let ticks: f64 = f.get(11).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
+    ticks / 100.0 // USER_HZ is 100 on Linux
+}
+
+struct EngineResult {
+    /// Events per CPU-second of the engine's thread.
+    eps_per_cpu: f64,
+    state_bytes_per_key: usize,
+}
+
+fn engine_phase(n: usize, keys: usize) -> anyhow::Result<EngineResult> {
+    let m = manifests("bench", "bench", "alerts", false)?;
+    let rules = m.rules_for(&m.pipelines[0]);
+    let (mut e, errs) =
+        Engine::from_resources(&m.pipelines[0], &rules, &[], EngineOptions::default())
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let Some(e) = errs.first() {
+        bail!("bench rule: {e}");
+    }
+    let events: Vec<Vec<u8>> = (0..n)
+        .map(|i| event(i, keys, 1_700_000_000_000).1)
+        .collect();
+    let mut out = Outputs::default();
+    let start = Instant::now();
+    let cpu0 = thread_cpu_seconds();
+    for (i, ev) in events.iter().enumerate() {
+        e.process(
+            &RawRecord {
+                partition: 0,
+                offset: i as i64,
+                key: None,
+                payload: ev,
+            },
+            0,
+            &mut out,
+        );
+        if out.alerts.len() > 1024 {
+            out.clear();
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let cpu = thread_cpu_seconds() - cpu0;
+    let r = EngineResult {
+        eps_per_cpu: n as f64 / cpu.max(1e-9),
+        state_bytes_per_key: e.state_bytes_per_key(),
+    };
+    println!(
+        "engine: events={n} keys={keys} secs={secs:.3} events_per_s={:.0} cpu_s={cpu:.2} events_per_cpu_second={:.0} state_bytes_per_key={} windows_fired={} alerts={}",
+        n as f64 / secs,
+        r.eps_per_cpu,
+        r.state_bytes_per_key,
+        e.counters().windows_fired,
+        e.counters().alerts_firing
+    );
+    Ok(r)
+}
+
+fn producer(bootstrap: &str) -> anyhow::Result<ThreadedProducer<DefaultProducerContext>> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "5")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()?)
+}
+
+fn send(
+    p: &ThreadedProducer<DefaultProducerContext>,
+    topic: &str,
+    key: &[u8],
+    payload: &[u8],
+    ts: i64,
+) -> anyhow::Result<()> {
+    let mut rec = BaseRecord::to(topic)
+        .key(key)
+        .payload(payload)
+        .timestamp(ts);
+    loop {
+        match p.send(rec) {
+            Ok(()) => return Ok(()),
+            Err((
+                rdkafka::error::KafkaError::MessageProduction(
+                    rdkafka::types::RDKafkaErrorCode::QueueFull,
+                ),
+                r,
+            )) => {
+                rec = r;
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            Err((e, _)) => bail!("produce failed: {e}"),
+        }
+    }
+}
+
+fn produce_all(bootstrap: &str, topic: &str, n: usize, keys: usize) -> anyhow::Result<f64> {
+    let p = producer(bootstrap)?;
+    let base = wall_clock_ms() - 86_400_000;
+    let start = Instant::now();
+    for i in 0..n {
+        let (k, payload) = event(i, keys, base);
+        send(
+            &p,
+            topic,
+            k.as_bytes(),
+            &payload,
+            base + (i / keys) as i64 * 1000,
+        )?;
+    }
+    p.flush(Duration::from_secs(120))
+        .context("flushing the bench records")?;
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Reads the whole topic with no processing; returns (events/s, events per CPU-second).
+fn raw_consume(
+    bootstrap: &str,
+    topic: &str,
+    n: usize,
+    props: &[(String, String)],
+) -> anyhow::Result<(f64, f64)> {
+    let cpu0 = cpu_seconds();
+    // The detector's own consumer configuration, in another group.
+    let m = manifests(topic, &format!("{topic}-raw"), "unused", false)?;
+    let mut spec = m.pipelines[0].spec.source.kafka.clone();
+    spec.properties.extend(props.iter().cloned());
+    let cfg = SourceSettings::from_spec("bench-raw", &spec, bootstrap, None)?.consumer_config();
+    let c: BaseConsumer = cfg.create()?;
+    c.subscribe(&[topic])?;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let (mut got, mut bytes, mut first) = (0usize, 0usize, None);
+    while got < n {
+        if Instant::now() > deadline {
+            bail!("raw consumer read {got} of {n} records in 300 s");
+        }
+        if let Some(m) = c.poll(Duration::from_millis(100)) {
+            let m = m?;
+            first.get_or_insert_with(Instant::now);
+            bytes += m.payload().map_or(0, <[u8]>::len);
+            got += 1;
+        }
+    }
+    let secs = first.map_or(0.0, |f| f.elapsed().as_secs_f64());
+    let cpu = cpu_seconds() - cpu0;
+    std::hint::black_box(bytes);
+    drop(c);
+    println!(
+        "raw consume: events={n} secs={secs:.3} events_per_s={:.0} cpu_s={cpu:.2}",
+        n as f64 / secs.max(1e-9)
+    );
+    Ok((n as f64 / secs.max(1e-9), n as f64 / cpu.max(1e-9)))
+}
+
+fn end_offsets(bootstrap: &str, topic: &str) -> anyhow::Result<Vec<(String, i32, i64)>> {
+    Ok(
+        admin::high_watermarks(bootstrap, topic, Duration::from_secs(10))?
+            .into_iter()
+            .map(|(p, hi)| (topic.to_string(), p, hi))
+            .collect(),
+    )
+}
+
+/// Runs the detector over the whole topic; returns (events/s, events per CPU-second).
+fn detector_phase(
+    bootstrap: &str,
+    topic: &str,
+    alerts: &str,
+    n: usize,
+    props: &[(String, String)],
+) -> anyhow::Result<(f64, f64)> {
+    let m = manifests(topic, &format!("{topic}-detector"), alerts, false)?;
+    let rules = m.rules_for(&m.pipelines[0]).into_iter().cloned().collect();
+    let mut cfg = RunnerConfig::new(m.pipelines[0].clone(), rules, bootstrap);
+    cfg.pipeline
+        .spec
+        .source
+        .kafka
+        .properties
+        .extend(props.iter().cloned());
+    let cpu0 = cpu_seconds();
+    let h = runner::spawn(cfg, Metrics::new())?;
+    h.control().send(Control::DrainAndStop {
+        end_offsets: end_offsets(bootstrap, topic)?,
+    })?;
+    let stop = h.stop_flag();
+    let watchdog = std::thread::spawn(move || {
+        let t = Instant::now();
+        while !stop.load(Ordering::Relaxed) && t.elapsed() < Duration::from_secs(300) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    let s = h.join()?;
+    let cpu = cpu_seconds() - cpu0;
+    let _ = watchdog;
+    if s.counters.records < n as u64 {
+        bail!(
+            "the detector processed {} of {n} records",
+            s.counters.records
+        );
+    }
+    let secs = (s.last_record_ms - s.first_record_ms).max(1) as f64 / 1e3;
+    let eps = s.counters.records as f64 / secs;
+    println!(
+        "detector: events={} secs={secs:.3} events_per_s={eps:.0} cpu_s={cpu:.2} (whole process, incl. librdkafka threads and the final window flush) alerts={}",
+        s.counters.records, s.alerts_sent
+    );
+    Ok((eps, s.counters.records as f64 / cpu.max(1e-9)))
+}
+
+/// Fixed-load latency; returns (p50 ms, p99 ms, rate, samples).
+fn latency_phase(
+    bootstrap: &str,
+    topic: &str,
+    alerts: &str,
+    rate: f64,
+    seconds: u64,
+    keys: usize,
+) -> anyhow::Result<(f64, f64, usize)> {
+    let m = manifests(topic, &format!("{topic}-latency"), alerts, true)?;
+    let rules = m.rules_for(&m.pipelines[0]).into_iter().cloned().collect();
+    let mut cfg = RunnerConfig::new(m.pipelines[0].clone(), rules, bootstrap);
+    let probe = Arc::new(LatencyProbe::default());
+    cfg.latency_probe = Some(probe.clone());
+    cfg.pipeline.spec.source.kafka.start_offset = vigil_api::v1alpha1::StartOffset::Latest;
+    let h = runner::spawn(cfg, Metrics::new())?;
+    // Let the group form before the load starts.
+    std::thread::sleep(Duration::from_secs(3));
+    // No batching delay in the load generator: the latency is the detector's, not the client's.
+    let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "0")
+        .create()?;
+    let stop = AtomicBool::new(false);
+    let start = Instant::now();
+    let mut sent = 0usize;
+    let warmup = Duration::from_secs(1);
+    let mut warm_samples = 0;
+    while start.elapsed() < Duration::from_secs(seconds) && !stop.load(Ordering::Relaxed) {
+        // Pace in 1 ms steps.
+        let due = (start.elapsed().as_secs_f64() * rate) as usize;
+        while sent < due {
+            let now = wall_clock_ms();
+            // Every key alternates between 90 (even 100 ms windows) and 10 (odd ones): each
+            // window end is an alert transition (firing, then resolved).
+            let v = if (now / 100) % 2 == 0 { 90.0 } else { 10.0 };
+            let host = format!("host-{:05}", sent % keys);
+            let payload = format!(r#"{{"host":"{host}","ts":{now},"cpu":{v}}}"#);
+            send(&p, topic, host.as_bytes(), payload.as_bytes(), now)?;
+            sent += 1;
+        }
+        if warm_samples == 0 && start.elapsed() >= warmup {
+            warm_samples = probe.take().len();
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    p.flush(Duration::from_secs(30))?;
+    std::thread::sleep(Duration::from_millis(500));
+    h.stop();
+    let s = h.join()?;
+    let mut us = probe.take();
+    if us.is_empty() {
+        bail!("no alert latency samples (alerts sent: {})", s.alerts_sent);
+    }
+    us.sort_unstable();
+    let pct = |q: f64| us[((us.len() - 1) as f64 * q).round() as usize] as f64 / 1e3;
+    let (p50, p99) = (pct(0.5), pct(0.99));
+    println!(
+        "latency: offered_rate={rate:.0}/s sent={sent} secs={seconds} alerts={} samples={} (after {warm_samples} warm-up samples) p50_ms={p50:.2} p90_ms={:.2} p99_ms={p99:.2} max_ms={:.2}",
+        s.alerts_sent,
+        us.len(),
+        pct(0.9),
+        pct(1.0)
+    );
+    if p50 > 100.0 {
+        println!(
+            "latency: the detector fell behind the offered load (p50 {p50:.0} ms): the load generator, the broker and the detector share this machine's cores; rerun with a lower --latency-rate"
+        );
+    }
+    Ok((p50, p99, us.len()))
+}
+
+/// Runs `vigil bench`.
+///
+/// # Errors
+/// A broker that cannot be reached or a phase that does not complete.
+pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "bench: cores={cores} events={} engine_events={} keys={} partitions={}",
+        a.events, a.engine_events, a.keys, a.partitions
+    );
+    let engine = engine_phase(a.engine_events, a.keys)?;
+
+    let mut mock = None;
+    let bootstrap = match &a.bootstrap_servers {
+        Some(b) => {
+            println!("broker: real Kafka at {b}");
+            b.clone()
+        }
+        None => {
+            let m = MockCluster::new(1)?;
+            println!(
+                "broker: embedded librdkafka mock cluster (set KAFKA_BOOTSTRAP for a real broker)"
+            );
+            let b = m.bootstrap_servers();
+            mock = Some(m);
+            b
+        }
+    };
+    let id = format!("vigil-bench-{}-{}", std::process::id(), wall_clock_ms());
+    let (topic, alerts, lat_topic, lat_alerts) = (
+        id.clone(),
+        format!("{id}-alerts"),
+        format!("{id}-latency"),
+        format!("{id}-latency-alerts"),
+    );
+    let topics = [
+        (topic.as_str(), a.partitions),
+        (alerts.as_str(), 1),
+        (lat_topic.as_str(), a.partitions),
+        (lat_alerts.as_str(), 1),
+    ];
+    // librdkafka's mock cluster keeps about 100,000 records per partition and drops older ones.
+    let events = if mock.is_some() {
+        a.events.min(90_000 * a.partitions.max(1) as usize)
+    } else {
+        a.events
+    };
+    if events < a.events {
+        println!(
+            "mock cluster: events capped at {events} (the mock keeps ~100k records per partition)"
+        );
+    }
+    match &mock {
+        // The mock cluster creates topics through its own API (admin CreateTopics hangs).
+        Some(m) => {
+            for (t, p) in topics {
+                m.create_topic(t, p, 1)?;
+            }
+        }
+        None => admin::ensure_topics(&bootstrap, &topics)?,
+    }
+    let result = (|| -> anyhow::Result<()> {
+        let produce_eps = produce_all(&bootstrap, &topic, events, a.keys)?;
+        println!("produce: events={events} events_per_s={produce_eps:.0}");
+        let (raw, raw_per_cpu) = raw_consume(&bootstrap, &topic, events, &a.consumer_properties)?;
+        let (e2e, per_cpu) =
+            detector_phase(&bootstrap, &topic, &alerts, events, &a.consumer_properties)?;
+        let rate = a.latency_rate.unwrap_or(e2e / 2.0);
+        let (p50, p99) = if a.latency_seconds == 0 {
+            (f64::NAN, f64::NAN)
+        } else {
+            let (p50, p99, _) = latency_phase(
+                &bootstrap,
+                &lat_topic,
+                &lat_alerts,
+                rate,
+                a.latency_seconds,
+                100,
+            )?;
+            (p50, p99)
+        };
+        println!(
+            "cpu: raw_consume_eps_per_cpu_second={raw_per_cpu:.0} e2e_eps_per_cpu_second={per_cpu:.0} cpu_ratio={:.2} (CPU time of the whole process, incl. librdkafka threads)",
+            per_cpu / raw_per_cpu
+        );
+        println!(
+            "BENCH engine_eps_per_core={:.0} e2e_eps={e2e:.0} raw_consume_eps={raw:.0} ratio={:.2} p50_ms={p50:.2} p99_ms={p99:.2} state_bytes_per_key={}",
+            engine.eps_per_cpu,
+            e2e / raw,
+            engine.state_bytes_per_key
+        );
+        Ok(())
+    })();
+    if a.bootstrap_servers.is_some() && !a.keep_topics {
+        let names: Vec<&str> = topics.iter().map(|(t, _)| *t).collect();
+        if let Err(e) = admin::delete_topics(&bootstrap, &names) {
+            tracing::warn!(error = %e, "Could not delete the bench topics.");
+        }
+    }
+    result
+}

@@ -1,0 +1,760 @@
+//! The run loop of one pipeline: poll the consumer group, feed each record to the
+//! [`Engine`], hand its outputs to the [`Sinks`], advance watermarks when the source is idle,
+//! commit offsets that are safe, and apply rule changes without a restart.
+//!
+//! One thread owns the loop. The engine and the sinks sit behind a mutex that the loop takes
+//! per record and releases before polling, because librdkafka runs the rebalance callbacks
+//! inside `poll` on the same thread: on revocation the callback flushes the producer, commits
+//! and drops the revoked partitions' state before librdkafka hands them over. Every buffer is
+//! bounded: librdkafka's fetch queue (`queued.max.messages.kbytes`), the producer queue (a full
+//! one blocks the loop) and the control channel.
+//!
+//! Offsets: every `commit_interval` the loop snapshots [`Engine::committable_offsets`] (which
+//! never passes an event held in an open window) and closes a delivery epoch; the snapshot is
+//! committed once every output of that epoch and before it is acknowledged by the broker.
+//! Delivery is therefore at least once, and alerts carry deterministic event ids.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rdkafka::Message;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _};
+use rdkafka::error::KafkaError;
+use rdkafka::message::BorrowedMessage;
+use vigil_api::v1alpha1::{AnomalyModel, DetectionRule, StreamPipeline};
+
+use crate::config::{InvalidSpec, PipelineConfig};
+use crate::engine::{Counters, Engine, EngineOptions, Outputs, RawRecord};
+use crate::rules::RuleError;
+use crate::scoring::{ModelScorer, ScorerConfig, ScoringError};
+use crate::sink::{LatencyProbe, Origin, SinkError, SinkTopics, Sinks};
+use crate::source::{
+    Assignment, PartitionIds, RebalanceHandler, SourceContext, SourceError, SourceSettings,
+};
+use crate::telemetry::{LATENCY_SAMPLE_EVERY, Metrics};
+
+/// Wall-clock time in epoch milliseconds.
+#[inline]
+pub fn wall_clock_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Wall-clock time in epoch microseconds.
+#[inline]
+pub fn wall_clock_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
+/// Failure of a run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The StreamPipeline cannot run.
+    #[error("invalid StreamPipeline")]
+    InvalidPipeline(#[source] InvalidSpec),
+    /// The source settings are invalid.
+    #[error("invalid Kafka source")]
+    Source(#[source] SourceError),
+    /// The consumer could not be created.
+    #[error("failed to create the Kafka consumer")]
+    CreateConsumer(#[source] KafkaError),
+    /// Subscribing to the source topics failed.
+    #[error("failed to subscribe to the source topics")]
+    Subscribe(#[source] KafkaError),
+    /// The sinks could not be created.
+    #[error("failed to create the sinks")]
+    Sink(#[source] SinkError),
+    /// The model scorer could not be set up.
+    #[error("failed to set up model scoring")]
+    Scoring(#[source] ScoringError),
+    /// The broker rejected output records for good; offsets after them were not committed, so a
+    /// restart reprocesses them.
+    #[error(
+        "{0} output records were not accepted by the broker; stopping without committing past them"
+    )]
+    Delivery(u64),
+    /// The loop thread panicked.
+    #[error("the run loop panicked")]
+    Panicked,
+}
+
+/// What a running pipeline can be told.
+#[derive(Debug)]
+pub enum Control {
+    /// Replace the rules (window state is kept; unchanged rules keep their state).
+    /// `changed_at` is when the change was seen, to log how long it took to apply.
+    ReplaceRules {
+        /// The new rules of the pipeline.
+        rules: Vec<DetectionRule>,
+        /// The AnomalyModels model rules may refer to.
+        models: Vec<AnomalyModel>,
+        /// When the change was detected.
+        changed_at: Instant,
+    },
+    /// The input is bounded: once every record before these `(topic, partition, next offset)`
+    /// positions is processed, fire every open window (end of input), deliver, commit and stop.
+    DrainAndStop {
+        /// One past the last offset written to each partition.
+        end_offsets: Vec<(String, i32, i64)>,
+    },
+}
+
+/// Settings of a run.
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    /// The pipeline.
+    pub pipeline: StreamPipeline,
+    /// Its rules.
+    pub rules: Vec<DetectionRule>,
+    /// The AnomalyModels model rules may refer to.
+    pub models: Vec<AnomalyModel>,
+    /// Model server (URI or `host:port`) scoring every model; `None`: each model's
+    /// `vigil.dev/model-server` annotation.
+    pub model_server: Option<String>,
+    /// Deadline, retries and circuit breaker of model scoring.
+    pub scorer: ScorerConfig,
+    /// `bootstrap.servers` to use (the caller resolves flag, spec or embedded cluster).
+    pub bootstrap_servers: String,
+    /// Static group membership id (`group.instance.id`).
+    pub group_instance_id: Option<String>,
+    /// Time between offset commits. Default 1 s.
+    pub commit_interval: Duration,
+    /// Longest wait in `poll` before watermarks are advanced by idleness. Default 50 ms.
+    pub poll_timeout: Duration,
+    /// Raw alert latency samples, for benchmarks.
+    pub latency_probe: Option<Arc<LatencyProbe>>,
+}
+
+impl RunnerConfig {
+    /// Settings with the defaults above.
+    pub fn new(
+        pipeline: StreamPipeline,
+        rules: Vec<DetectionRule>,
+        bootstrap_servers: impl Into<String>,
+    ) -> Self {
+        Self {
+            pipeline,
+            rules,
+            models: Vec::new(),
+            model_server: None,
+            scorer: ScorerConfig::default(),
+            bootstrap_servers: bootstrap_servers.into(),
+            group_instance_id: None,
+            commit_interval: Duration::from_secs(1),
+            poll_timeout: Duration::from_millis(50),
+            latency_probe: None,
+        }
+    }
+}
+
+/// What a finished run did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunSummary {
+    /// Engine counters at the end.
+    pub counters: Counters,
+    /// Alert records sent.
+    pub alerts_sent: u64,
+    /// Dead letters (sent to the dead-letter topic, or only counted and logged without one).
+    pub dead_letters: u64,
+    /// Whether the run ended by [`Control::DrainAndStop`].
+    pub drained: bool,
+    /// Wall-clock time (epoch ms) when the first record was processed; 0 if none was.
+    pub first_record_ms: i64,
+    /// Wall-clock time (epoch ms) when the last record was processed; 0 if none was.
+    pub last_record_ms: i64,
+}
+
+/// A pipeline running on its own thread.
+pub struct RunnerHandle {
+    stop: Arc<AtomicBool>,
+    control: SyncSender<Control>,
+    thread: std::thread::JoinHandle<Result<RunSummary, RunError>>,
+    rule_errors: Vec<RuleError>,
+    assignment: Assignment,
+}
+
+impl RunnerHandle {
+    /// Rules that did not compile at start (they are left out).
+    pub fn rule_errors(&self) -> &[RuleError] {
+        &self.rule_errors
+    }
+
+    /// Source partitions assigned to this detector now.
+    pub fn assignment(&self) -> Vec<(String, i32)> {
+        self.assignment.get()
+    }
+
+    /// A sender for [`Control`] messages (bounded; a full channel blocks the sender).
+    pub fn control(&self) -> SyncSender<Control> {
+        self.control.clone()
+    }
+
+    /// Asks the loop to stop: it flushes the outputs, commits and leaves the group.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// A flag that stops the loop when set.
+    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
+    }
+
+    /// Whether the loop has ended.
+    pub fn is_finished(&self) -> bool {
+        self.thread.is_finished()
+    }
+
+    /// Waits for the loop to end.
+    ///
+    /// # Errors
+    /// The [`RunError`] that ended it.
+    pub fn join(self) -> Result<RunSummary, RunError> {
+        self.thread.join().map_err(|_| RunError::Panicked)?
+    }
+}
+
+type GroupConsumer = BaseConsumer<SourceContext<Shared>>;
+
+/// The state shared by the loop and the rebalance callbacks.
+pub struct Shared {
+    core: Mutex<Core>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Core> {
+        self.core.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+struct Core {
+    engine: Engine,
+    sinks: Sinks,
+    out: Outputs,
+    ids: PartitionIds,
+    metrics: Metrics,
+    /// Offsets snapshots waiting for their epoch's deliveries: (epoch, offsets).
+    pending: VecDeque<(u64, Vec<(i32, i64)>)>,
+    prev: Counters,
+    sample: u64,
+    /// Next offset to process per engine partition.
+    positions: Vec<(i32, i64)>,
+    alerts_sent: u64,
+    dead_letters: u64,
+    unsent_dead_letters_logged: u64,
+    tiers: Vec<String>,
+    first_record_ms: i64,
+    last_record_ms: i64,
+    /// Scores model rule windows; `None` without AnomalyModels.
+    scorer: Option<ModelScorer>,
+    model_server: Option<String>,
+    scorer_config: ScorerConfig,
+}
+
+impl RebalanceHandler for Shared {
+    fn revoke(&self, consumer: &GroupConsumer, partitions: &[(String, i32)], lost: bool) {
+        let mut c = self.lock();
+        let ids: Vec<i32> = partitions
+            .iter()
+            .filter_map(|(t, p)| c.ids.engine_partition(t, *p))
+            .collect();
+        if !lost {
+            c.flush_and_commit(consumer, CommitMode::Sync);
+        }
+        c.engine.revoke_partitions(&ids);
+        c.positions.retain(|(p, _)| !ids.contains(p));
+    }
+
+    fn assign(&self, partitions: &[(String, i32)]) {
+        let mut c = self.lock();
+        let ids: Vec<i32> = partitions
+            .iter()
+            .filter_map(|(t, p)| c.ids.engine_partition(t, *p))
+            .collect();
+        c.engine.assign_partitions(&ids, wall_clock_ms());
+    }
+}
+
+impl Core {
+    #[inline]
+    fn on_record(&mut self, m: &BorrowedMessage<'_>, now_ms: i64) {
+        let Some(partition) = self.ids.engine_partition(m.topic(), m.partition()) else {
+            return;
+        };
+        if self.first_record_ms == 0 {
+            self.first_record_ms = now_ms;
+        }
+        self.last_record_ms = now_ms;
+        let offset = m.offset();
+        let rec = RawRecord {
+            partition,
+            offset,
+            key: m.key(),
+            payload: m.payload().unwrap_or(&[]),
+        };
+        let event_time = self.engine.process(&rec, now_ms, &mut self.out);
+        self.advance_position(partition, offset + 1);
+        let ts = m.timestamp().to_millis();
+        self.sample += 1;
+        if self.sample.is_multiple_of(LATENCY_SAMPLE_EVERY)
+            && let Some(ts) = ts
+        {
+            self.metrics
+                .stage_latency("kafka_to_processed", (now_ms - ts).max(0) as f64 / 1e3);
+            if let Some(et) = event_time {
+                self.metrics
+                    .stage_latency("event_to_kafka", (ts - et).max(0) as f64 / 1e3);
+            }
+        }
+        if !(self.out.alerts.is_empty()
+            && self.out.windows.is_empty()
+            && self.out.dead_letters.is_empty()
+            && self.out.model_inputs.is_empty())
+        {
+            self.emit(now_ms, ts);
+        }
+    }
+
+    #[inline]
+    fn advance_position(&mut self, partition: i32, next: i64) {
+        if let Some(p) = self.positions.iter_mut().find(|(p, _)| *p == partition) {
+            p.1 = p.1.max(next);
+        } else {
+            self.positions.push((partition, next));
+        }
+    }
+
+    fn emit(&mut self, now_ms: i64, trigger_timestamp_ms: Option<i64>) {
+        self.score_models(now_ms);
+        let processed = Instant::now();
+        let Core {
+            out,
+            sinks,
+            ids,
+            metrics,
+            alerts_sent,
+            dead_letters,
+            unsent_dead_letters_logged,
+            ..
+        } = self;
+        let origin = |p: i32| {
+            let (topic, partition) = ids.kafka(p).unwrap_or(("", p));
+            Origin {
+                topic,
+                partition,
+                processed,
+                trigger_timestamp_ms,
+            }
+        };
+        let first = ids.kafka(0).map(|(t, _)| t).unwrap_or("");
+        let timer_origin = Origin {
+            topic: first,
+            partition: -1,
+            processed,
+            trigger_timestamp_ms,
+        };
+        for a in &out.alerts {
+            sinks.send_alert(a, timer_origin);
+            *alerts_sent += 1;
+        }
+        for w in &out.windows {
+            sinks.send_window(w, now_ms, timer_origin);
+        }
+        for d in &out.dead_letters {
+            *dead_letters += 1;
+            metrics.dead_letter(d.reason.kind());
+            let o = origin(d.partition);
+            if !sinks.send_dead_letter(d, o.partition, now_ms, o) {
+                // No dead-letter topic: count and log (rate-limited), never drop silently.
+                *unsent_dead_letters_logged += 1;
+                let n = *unsent_dead_letters_logged;
+                if n <= 10 || n.is_power_of_two() {
+                    tracing::warn!(
+                        topic = o.topic, partition = o.partition, offset = d.offset, reason = %d.reason, total = n,
+                        "Dead letter with no dead-letter sink configured (spec.sinks.deadLetter); counted in vigil_dead_letters_total."
+                    );
+                }
+            }
+        }
+        out.clear();
+    }
+
+    /// Scores the model rule windows that closed (bounded wait, see [`crate::scoring::scorer`])
+    /// and turns their scores into alerts; windows that could not be scored are dropped
+    /// (counted in `vigil_model_scoring_windows_total`).
+    fn score_models(&mut self, now_ms: i64) {
+        if self.out.model_inputs.is_empty() {
+            return;
+        }
+        let inputs = std::mem::take(&mut self.out.model_inputs);
+        let Some(scorer) = self.scorer.as_mut() else {
+            return;
+        };
+        let report = scorer.score(inputs);
+        self.engine
+            .apply_model_scores(report.scored, now_ms, &mut self.out);
+    }
+
+    /// Routes the AnomalyModels to their model servers, creating the scorer on first use.
+    fn set_models(&mut self, models: &[&AnomalyModel]) -> Result<(), ScoringError> {
+        if self.scorer.is_none() && !models.is_empty() {
+            self.scorer = Some(ModelScorer::new(
+                self.scorer_config.clone(),
+                self.metrics.scoring().clone(),
+            )?);
+        }
+        match self.scorer.as_mut() {
+            Some(s) => s.route_models(models, self.model_server.as_deref()),
+            None => Ok(()),
+        }
+    }
+
+    fn tick(&mut self, now_ms: i64) {
+        self.engine.advance(now_ms, &mut self.out);
+        if !(self.out.alerts.is_empty()
+            && self.out.windows.is_empty()
+            && self.out.dead_letters.is_empty()
+            && self.out.model_inputs.is_empty())
+        {
+            self.emit(now_ms, None);
+        }
+        let c = self.engine.counters();
+        self.metrics.engine_progress(&self.prev, &c);
+        self.prev = c;
+        for (i, (_, wm)) in self.engine.watermarks().iter().enumerate() {
+            if *wm > i64::MIN && *wm < i64::MAX {
+                self.metrics
+                    .watermark_delay(&self.tiers[i], (now_ms - wm) as f64 / 1e3);
+            }
+        }
+    }
+
+    /// Snapshots the committable offsets at the end of the current epoch.
+    fn snapshot(&mut self) {
+        let offsets = self.engine.committable_offsets();
+        let epoch = self.sinks.next_epoch();
+        if !offsets.is_empty() {
+            self.pending.push_back((epoch, offsets));
+        }
+        self.metrics
+            .engine_size(self.engine.key_count(), self.engine.rule_names().len());
+    }
+
+    /// Commits the newest snapshot whose epoch is fully acknowledged.
+    fn commit_acknowledged(&mut self, consumer: &GroupConsumer) {
+        let tracker = self.sinks.tracker().clone();
+        let mut ready = None;
+        while let Some((epoch, _)) = self.pending.front() {
+            if !tracker.completed_through(*epoch) {
+                break;
+            }
+            ready = self.pending.pop_front().map(|(_, o)| o);
+        }
+        if let Some(offsets) = ready {
+            self.commit(consumer, &offsets, CommitMode::Async);
+        }
+    }
+
+    fn commit(&self, consumer: &GroupConsumer, offsets: &[(i32, i64)], mode: CommitMode) {
+        if offsets.is_empty() || self.sinks.tracker().failed() > 0 {
+            return;
+        }
+        let tpl = self.ids.to_tpl(offsets);
+        if let Err(e) = consumer.commit(&tpl, mode) {
+            self.metrics.commit(false);
+            tracing::warn!(error = %e, "Offset commit failed; the next commit retries.");
+        } else if matches!(mode, CommitMode::Sync) {
+            // Async commits are counted in the commit callback; sync ones have none.
+            self.metrics.commit(true);
+        }
+    }
+
+    /// Waits for every output, then commits the current committable offsets synchronously.
+    fn flush_and_commit(&mut self, consumer: &GroupConsumer, mode: CommitMode) {
+        if let Err(e) = self.sinks.flush(Duration::from_secs(30)) {
+            tracing::error!(error = %e, in_flight = self.sinks.tracker().in_flight(), "Outputs not acknowledged; offsets are not committed.");
+            return;
+        }
+        self.pending.clear();
+        let offsets = self.engine.committable_offsets();
+        self.commit(consumer, &offsets, mode);
+    }
+
+    fn drained(&self, end: &[(i32, i64)]) -> bool {
+        end.iter()
+            .all(|(p, o)| self.positions.iter().any(|(q, n)| q == p && n >= o))
+    }
+}
+
+/// Validates the pipeline, builds the engine, the sinks and the consumer, subscribes, and
+/// starts the loop on a new thread.
+///
+/// # Errors
+/// [`RunError`] for an invalid pipeline or source, or a client that cannot be created.
+pub fn spawn(cfg: RunnerConfig, metrics: Metrics) -> Result<RunnerHandle, RunError> {
+    let pcfg = PipelineConfig::from_resource(&cfg.pipeline).map_err(RunError::InvalidPipeline)?;
+    let name = pcfg.name.clone();
+    let tiers = pcfg.tiers.iter().map(|t| t.name.clone()).collect();
+    let spec = &cfg.pipeline.spec;
+    let settings = SourceSettings::from_spec(
+        &name,
+        &spec.source.kafka,
+        &cfg.bootstrap_servers,
+        cfg.group_instance_id.clone(),
+    )
+    .map_err(RunError::Source)?;
+    let topics = SinkTopics::from(&spec.sinks);
+    let opts = EngineOptions {
+        emit_windows: topics.kpis.is_some(),
+        ..Default::default()
+    };
+    let rule_refs: Vec<&DetectionRule> = cfg.rules.iter().collect();
+    let model_refs: Vec<&AnomalyModel> = cfg.models.iter().collect();
+    let (engine, rule_errors) = Engine::new(pcfg, &rule_refs, &model_refs, opts);
+    for e in &rule_errors {
+        tracing::error!(error = %e, "A DetectionRule does not compile; it is left out.");
+    }
+    let sinks = Sinks::new(
+        &settings.producer_config(),
+        topics,
+        metrics.clone(),
+        cfg.latency_probe.clone(),
+    )
+    .map_err(RunError::Sink)?;
+    metrics.engine_size(0, engine.rule_names().len());
+    let shared = Arc::new(Shared {
+        core: Mutex::new(Core {
+            engine,
+            sinks,
+            out: Outputs::default(),
+            ids: settings.partition_ids(),
+            metrics: metrics.clone(),
+            pending: VecDeque::new(),
+            prev: Counters::default(),
+            sample: 0,
+            positions: Vec::new(),
+            alerts_sent: 0,
+            dead_letters: 0,
+            unsent_dead_letters_logged: 0,
+            tiers,
+            first_record_ms: 0,
+            last_record_ms: 0,
+            scorer: None,
+            model_server: cfg.model_server.clone(),
+            scorer_config: cfg.scorer.clone(),
+        }),
+    });
+    shared
+        .lock()
+        .set_models(&model_refs)
+        .map_err(RunError::Scoring)?;
+    let ctx = SourceContext::new(shared.clone(), metrics.clone());
+    let assignment = ctx.assignment_handle();
+    let consumer: GroupConsumer = settings
+        .consumer_config()
+        .create_with_context(ctx)
+        .map_err(RunError::CreateConsumer)?;
+    let topic_refs: Vec<&str> = settings.topics.iter().map(String::as_str).collect();
+    consumer
+        .subscribe(&topic_refs)
+        .map_err(RunError::Subscribe)?;
+    tracing::info!(
+        pipeline = %name, bootstrap = %settings.bootstrap_servers, topics = ?settings.topics, group = %settings.consumer_group,
+        group_instance_id = ?settings.group_instance_id, rules = ?shared.lock().engine.rule_names(),
+        "Detector started."
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = std::sync::mpsc::sync_channel(16);
+    let loop_stop = stop.clone();
+    let thread = std::thread::Builder::new()
+        .name(format!("vigil-{name}"))
+        .spawn(move || {
+            run_loop(
+                consumer,
+                shared,
+                rx,
+                loop_stop,
+                cfg.commit_interval,
+                cfg.poll_timeout,
+                metrics,
+            )
+        })
+        .map_err(|_| RunError::Panicked)?;
+    Ok(RunnerHandle {
+        stop,
+        control: tx,
+        thread,
+        rule_errors,
+        assignment,
+    })
+}
+
+fn run_loop(
+    consumer: GroupConsumer,
+    shared: Arc<Shared>,
+    control: Receiver<Control>,
+    stop: Arc<AtomicBool>,
+    commit_interval: Duration,
+    poll_timeout: Duration,
+    metrics: Metrics,
+) -> Result<RunSummary, RunError> {
+    let tick_ms = (poll_timeout.as_millis() as i64).max(1);
+    let commit_ms = (commit_interval.as_millis() as i64).max(1);
+    let mut next_tick = wall_clock_ms() + tick_ms;
+    let mut next_commit = wall_clock_ms() + commit_ms;
+    let mut drain: Option<Vec<(i32, i64)>> = None;
+    let mut drained = false;
+    let result = loop {
+        if stop.load(Ordering::Relaxed) {
+            break Ok(());
+        }
+        let polled = consumer.poll(poll_timeout);
+        let now_ms = wall_clock_ms();
+        match polled {
+            Some(Ok(m)) => shared.lock().on_record(&m, now_ms),
+            Some(Err(e)) => tracing::warn!(error = %e, "Consumer error."),
+            None => {}
+        }
+        if now_ms < next_tick {
+            continue;
+        }
+        next_tick = now_ms + tick_ms;
+        let mut core = shared.lock();
+        core.tick(now_ms);
+        loop {
+            match control.try_recv() {
+                Ok(Control::ReplaceRules {
+                    rules,
+                    models,
+                    changed_at,
+                }) => {
+                    let refs: Vec<&DetectionRule> = rules.iter().collect();
+                    let model_refs: Vec<&AnomalyModel> = models.iter().collect();
+                    let errors = core.engine.replace_rules(&refs, &model_refs);
+                    if let Err(e) = core.set_models(&model_refs) {
+                        tracing::error!(error = %e, "Model servers of the new AnomalyModels not usable; model windows stay unscored.");
+                    }
+                    for e in &errors {
+                        tracing::error!(error = %e, "A DetectionRule does not compile; it is left out.");
+                    }
+                    metrics.rules_reloaded();
+                    tracing::info!(
+                        rules = ?core.engine.rule_names(), invalid = errors.len(),
+                        took_ms = changed_at.elapsed().as_secs_f64() * 1e3,
+                        "Rules replaced without restart (time from the file change to the rules taking effect)."
+                    );
+                }
+                Ok(Control::DrainAndStop { end_offsets }) => {
+                    let ends = end_offsets
+                        .iter()
+                        .filter_map(|(t, p, o)| core.ids.engine_partition(t, *p).map(|ep| (ep, *o)))
+                        .collect();
+                    drain = Some(ends);
+                }
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            }
+        }
+        if let Some(end) = &drain
+            && core.drained(end)
+        {
+            tracing::info!("Input drained; firing every open window (end of input).");
+            let c = &mut *core;
+            c.engine.flush(now_ms, &mut c.out);
+            c.emit(now_ms, None);
+            core.tick(now_ms);
+            drained = true;
+            break Ok(());
+        }
+        if now_ms >= next_commit {
+            next_commit = now_ms + commit_ms;
+            core.snapshot();
+        }
+        core.commit_acknowledged(&consumer);
+        let failed = core.sinks.tracker().failed();
+        if failed > 0 {
+            break Err(RunError::Delivery(failed));
+        }
+    };
+    // Graceful end: deliver, commit, then leave the group (the revoke callback runs in drop).
+    let summary = {
+        let mut core = shared.lock();
+        let now_ms = wall_clock_ms();
+        core.tick(now_ms);
+        core.flush_and_commit(&consumer, CommitMode::Sync);
+        RunSummary {
+            counters: core.engine.counters(),
+            alerts_sent: core.alerts_sent,
+            dead_letters: core.dead_letters,
+            drained,
+            first_record_ms: core.first_record_ms,
+            last_record_ms: core.last_record_ms,
+        }
+    };
+    drop(consumer);
+    tracing::info!(
+        events = summary.counters.records,
+        alerts = summary.alerts_sent,
+        dead_letters = summary.dead_letters,
+        "Detector stopped after flushing outputs and committing offsets."
+    );
+    result.map(|()| summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vigil_api::manifest::Manifests;
+
+    #[test]
+    fn an_assigned_partition_holds_the_watermark_until_its_backlog_arrives() {
+        let mut m = Manifests::default();
+        m.add_str(
+            "p",
+            "apiVersion: vigil.dev/v1alpha1\nkind: StreamPipeline\nmetadata: {name: p}\nspec:\n  source: {kafka: {topics: [t], consumerGroup: g}}\n  format: {keyField: k, eventTime: {field: t}, wide: {fields: [{name: v}]}}\n  windows: [{name: w, size: 1s, idleTimeout: 10s}]\n  sinks: {alerts: {topic: a}}\n",
+        )
+        .unwrap();
+        let (mut e, _) =
+            Engine::from_resources(&m.pipelines[0], &[], &[], EngineOptions::default()).unwrap();
+        let mut out = Outputs::default();
+        let ev = |t: i64| format!(r#"{{"k":"a","t":{t},"v":1}}"#).into_bytes();
+        // Partition 0 is read far ahead before partition 1 delivers anything.
+        e.assign_partitions(&[0, 1], 0);
+        for (i, t) in [0, 5_000, 9_000].into_iter().enumerate() {
+            e.process(
+                &RawRecord {
+                    partition: 0,
+                    offset: i as i64,
+                    key: None,
+                    payload: &ev(t),
+                },
+                100,
+                &mut out,
+            );
+        }
+        e.process(
+            &RawRecord {
+                partition: 1,
+                offset: 0,
+                key: None,
+                payload: &ev(500),
+            },
+            200,
+            &mut out,
+        );
+        assert!(
+            out.dead_letters.is_empty(),
+            "partition 1's backlog is not late"
+        );
+        // Unassigned partitions (the old behaviour) would have let the watermark reach 9 s.
+        assert_eq!(e.watermarks()[0].1, 500);
+        // A partition that never delivers stops holding the watermark after the idle timeout.
+        e.assign_partitions(&[2], 200);
+        e.advance(20_000, &mut out);
+        assert_eq!(e.watermarks()[0].1, 9_000);
+    }
+}

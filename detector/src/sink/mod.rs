@@ -1,0 +1,462 @@
+//! The sinks: alerts (CloudEvents JSON), window KPIs and dead letters written to Kafka by one
+//! idempotent producer, and the delivery tracking that tells the runner which offsets are safe
+//! to commit.
+//!
+//! Sends never block on the network: records go to librdkafka's bounded queue (a full queue
+//! makes [`Sinks`] wait, which is the backpressure on the consumer loop). Deliveries are
+//! grouped in *epochs*: the runner snapshots its committable offsets at the end of an epoch
+//! and commits them once every record sent in that epoch and before it is acknowledged
+//! ([`DeliveryTracker::completed_through`]). A record the broker finally rejects is counted in
+//! [`DeliveryTracker::failed`]; the runner stops rather than commit past lost outputs.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use vigil_api::v1alpha1::SinksSpec;
+
+use crate::engine::{DeadLetter, WindowResult};
+use crate::rules::alert::Alert;
+use crate::telemetry::Metrics;
+
+/// Failure of a sink.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// The producer could not be created from its configuration.
+    #[error("failed to create the Kafka producer")]
+    CreateProducer(#[source] KafkaError),
+    /// Waiting for outstanding deliveries timed out or failed.
+    #[error("failed to flush the Kafka producer")]
+    Flush(#[source] KafkaError),
+}
+
+/// Which sink a record goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SinkKind {
+    /// `spec.sinks.alerts`.
+    Alerts,
+    /// `spec.sinks.kpis`.
+    Kpis,
+    /// `spec.sinks.deadLetter`.
+    DeadLetters,
+}
+
+impl SinkKind {
+    /// Metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SinkKind::Alerts => "alerts",
+            SinkKind::Kpis => "kpis",
+            SinkKind::DeadLetters => "dead_letters",
+        }
+    }
+}
+
+/// What comes back with a delivery report.
+#[derive(Debug)]
+pub struct Delivery {
+    epoch: u64,
+    sink: SinkKind,
+    processed: Instant,
+    /// Kafka timestamp (epoch ms) of the source record whose processing produced this output.
+    trigger_timestamp_ms: Option<i64>,
+}
+
+#[derive(Debug, Default)]
+struct TrackerState {
+    /// Epoch of `outstanding[0]`.
+    first_epoch: u64,
+    /// Records not yet acknowledged, per epoch from `first_epoch`.
+    outstanding: VecDeque<u64>,
+    failed: u64,
+}
+
+/// Outstanding deliveries per epoch.
+#[derive(Debug, Default)]
+pub struct DeliveryTracker {
+    state: Mutex<TrackerState>,
+}
+
+impl DeliveryTracker {
+    fn lock(&self) -> std::sync::MutexGuard<'_, TrackerState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counts a record sent in `epoch` (epochs never decrease).
+    pub fn sent(&self, epoch: u64) {
+        let mut s = self.lock();
+        if s.outstanding.is_empty() {
+            s.first_epoch = epoch;
+        }
+        let idx = (epoch - s.first_epoch) as usize;
+        if s.outstanding.len() <= idx {
+            s.outstanding.resize(idx + 1, 0);
+        }
+        s.outstanding[idx] += 1;
+    }
+
+    /// Counts the delivery report of a record sent in `epoch`.
+    pub fn done(&self, epoch: u64, ok: bool) {
+        let mut s = self.lock();
+        if !ok {
+            s.failed += 1;
+        }
+        if let Some(idx) = epoch.checked_sub(s.first_epoch)
+            && let Some(n) = s.outstanding.get_mut(idx as usize)
+        {
+            *n = n.saturating_sub(1);
+        }
+        while s.outstanding.front() == Some(&0) {
+            s.outstanding.pop_front();
+            s.first_epoch += 1;
+        }
+    }
+
+    /// Whether every record sent in `epoch` or before has been acknowledged or rejected.
+    pub fn completed_through(&self, epoch: u64) -> bool {
+        let s = self.lock();
+        s.outstanding.is_empty() || epoch < s.first_epoch
+    }
+
+    /// Records the broker finally rejected.
+    pub fn failed(&self) -> u64 {
+        self.lock().failed
+    }
+
+    /// Records not yet acknowledged.
+    pub fn in_flight(&self) -> u64 {
+        self.lock().outstanding.iter().sum()
+    }
+}
+
+/// Optional raw latency samples for benchmarks: Kafka timestamp of the triggering record ->
+/// alert acknowledged, in microseconds (the Kafka timestamp has millisecond resolution).
+#[derive(Debug, Default)]
+pub struct LatencyProbe {
+    samples: Mutex<Vec<u64>>,
+}
+
+impl LatencyProbe {
+    /// Takes the samples collected so far.
+    pub fn take(&self) -> Vec<u64> {
+        std::mem::take(&mut *self.samples.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// Producer context: delivery reports into the tracker and telemetry.
+pub struct SinkContext {
+    tracker: Arc<DeliveryTracker>,
+    metrics: Metrics,
+    probe: Option<Arc<LatencyProbe>>,
+}
+
+impl ClientContext for SinkContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(%error, reason, "Kafka producer error.");
+    }
+}
+
+impl ProducerContext for SinkContext {
+    type DeliveryOpaque = Box<Delivery>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, d: Box<Delivery>) {
+        let ok = result.is_ok();
+        if let Err((e, m)) = result {
+            use rdkafka::Message;
+            tracing::error!(error = %e, topic = m.topic(), sink = d.sink.as_str(), "The broker did not accept an output record.");
+        }
+        self.metrics.delivered(d.sink.as_str(), ok);
+        if ok && d.sink == SinkKind::Alerts {
+            self.metrics.stage_latency(
+                "processed_to_delivered",
+                d.processed.elapsed().as_secs_f64(),
+            );
+            if let Some(ts) = d.trigger_timestamp_ms {
+                let now_us = crate::runner::wall_clock_us();
+                let us = (now_us - ts * 1000).max(0) as u64;
+                self.metrics
+                    .stage_latency("kafka_to_delivered", us as f64 / 1e6);
+                if let Some(p) = &self.probe {
+                    p.samples.lock().unwrap_or_else(|e| e.into_inner()).push(us);
+                }
+            }
+        }
+        self.tracker.done(d.epoch, ok);
+    }
+}
+
+/// Topics of the sinks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SinkTopics {
+    /// Alerts topic.
+    pub alerts: String,
+    /// KPI topic, if any.
+    pub kpis: Option<String>,
+    /// Dead-letter topic, if any.
+    pub dead_letters: Option<String>,
+}
+
+impl From<&SinksSpec> for SinkTopics {
+    fn from(s: &SinksSpec) -> Self {
+        Self {
+            alerts: s.alerts.topic.clone(),
+            kpis: s.kpis.as_ref().map(|t| t.topic.clone()),
+            dead_letters: s.dead_letter.as_ref().map(|t| t.topic.clone()),
+        }
+    }
+}
+
+/// The producer of one pipeline and its topics.
+pub struct Sinks {
+    producer: ThreadedProducer<SinkContext>,
+    topics: SinkTopics,
+    tracker: Arc<DeliveryTracker>,
+    epoch: u64,
+}
+
+/// Where an output came from, for headers and latency.
+#[derive(Debug, Clone, Copy)]
+pub struct Origin<'a> {
+    /// Source topic.
+    pub topic: &'a str,
+    /// Source partition.
+    pub partition: i32,
+    /// When the engine produced the output.
+    pub processed: Instant,
+    /// Kafka timestamp of the record being processed (none for outputs of a timer).
+    pub trigger_timestamp_ms: Option<i64>,
+}
+
+impl Sinks {
+    /// Creates the producer (`config` from [`crate::source::SourceSettings::producer_config`]).
+    ///
+    /// # Errors
+    /// [`SinkError::CreateProducer`] for an invalid configuration.
+    pub fn new(
+        config: &rdkafka::ClientConfig,
+        topics: SinkTopics,
+        metrics: Metrics,
+        probe: Option<Arc<LatencyProbe>>,
+    ) -> Result<Self, SinkError> {
+        let tracker = Arc::new(DeliveryTracker::default());
+        let ctx = SinkContext {
+            tracker: tracker.clone(),
+            metrics,
+            probe,
+        };
+        let producer = config
+            .create_with_context(ctx)
+            .map_err(SinkError::CreateProducer)?;
+        Ok(Self {
+            producer,
+            topics,
+            tracker,
+            epoch: 0,
+        })
+    }
+
+    /// The topics.
+    pub fn topics(&self) -> &SinkTopics {
+        &self.topics
+    }
+
+    /// The delivery tracker.
+    pub fn tracker(&self) -> &Arc<DeliveryTracker> {
+        &self.tracker
+    }
+
+    /// The current epoch: records sent now belong to it.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Closes the current epoch and returns it; later records belong to the next one.
+    pub fn next_epoch(&mut self) -> u64 {
+        self.epoch += 1;
+        self.epoch - 1
+    }
+
+    /// Sends an alert as a CloudEvents structured-mode JSON record keyed by the alert's
+    /// fingerprint, with the `ce_id` header (the deterministic event id) for deduplication.
+    pub fn send_alert(&self, alert: &Alert, origin: Origin<'_>) {
+        let payload = alert.to_cloudevent_json();
+        let id = alert.event_id();
+        let headers = OwnedHeaders::new_with_capacity(3)
+            .insert(Header {
+                key: "content-type",
+                value: Some("application/cloudevents+json"),
+            })
+            .insert(Header {
+                key: "ce_id",
+                value: Some(id.as_str()),
+            })
+            .insert(Header {
+                key: "vigil.rule",
+                value: Some(alert.rule.as_str()),
+            });
+        let topic = self.topics.alerts.clone();
+        self.send(
+            &topic,
+            Some(alert.fingerprint.as_bytes()),
+            &payload,
+            headers,
+            alert.detection_time,
+            SinkKind::Alerts,
+            origin,
+        );
+    }
+
+    /// Sends a fired window to the KPI topic (keyed by the entity key); a no-op without one.
+    pub fn send_window(&self, w: &WindowResult, now_ms: i64, origin: Origin<'_>) {
+        let Some(topic) = self.topics.kpis.clone() else {
+            return;
+        };
+        let payload = w.to_json();
+        self.send(
+            &topic,
+            Some(w.key.as_bytes()),
+            &payload,
+            OwnedHeaders::new(),
+            now_ms,
+            SinkKind::Kpis,
+            origin,
+        );
+    }
+
+    /// Sends a dead letter with its original key and bytes and the headers `vigil.reason`
+    /// (`decode`/`late`), `vigil.error` (the message), `vigil.source.topic`,
+    /// `vigil.source.partition` and `vigil.source.offset`. Returns false when no dead-letter
+    /// topic is configured (the caller counts and logs it).
+    pub fn send_dead_letter(
+        &self,
+        d: &DeadLetter,
+        source_partition: i32,
+        now_ms: i64,
+        origin: Origin<'_>,
+    ) -> bool {
+        let Some(topic) = self.topics.dead_letters.clone() else {
+            return false;
+        };
+        let error = d.reason.to_string();
+        let partition = source_partition.to_string();
+        let offset = d.offset.to_string();
+        let headers = OwnedHeaders::new_with_capacity(5)
+            .insert(Header {
+                key: "vigil.reason",
+                value: Some(d.reason.kind()),
+            })
+            .insert(Header {
+                key: "vigil.error",
+                value: Some(error.as_str()),
+            })
+            .insert(Header {
+                key: "vigil.source.topic",
+                value: Some(origin.topic),
+            })
+            .insert(Header {
+                key: "vigil.source.partition",
+                value: Some(partition.as_str()),
+            })
+            .insert(Header {
+                key: "vigil.source.offset",
+                value: Some(offset.as_str()),
+            });
+        self.send(
+            &topic,
+            d.key.as_deref(),
+            &d.payload,
+            headers,
+            now_ms,
+            SinkKind::DeadLetters,
+            origin,
+        );
+        true
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn send(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        headers: OwnedHeaders,
+        timestamp_ms: i64,
+        sink: SinkKind,
+        origin: Origin<'_>,
+    ) {
+        let delivery = Box::new(Delivery {
+            epoch: self.epoch,
+            sink,
+            processed: origin.processed,
+            trigger_timestamp_ms: origin.trigger_timestamp_ms,
+        });
+        let mut record: BaseRecord<'_, [u8], [u8], Box<Delivery>> =
+            BaseRecord::with_opaque_to(topic, delivery)
+                .payload(payload)
+                .headers(headers)
+                .timestamp(timestamp_ms);
+        if let Some(k) = key {
+            record = record.key(k);
+        }
+        self.tracker.sent(self.epoch);
+        let mut waited = Duration::ZERO;
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    // Backpressure: librdkafka's queue is bounded; wait for deliveries.
+                    record = r;
+                    if waited == Duration::ZERO {
+                        tracing::debug!(topic, "Producer queue full; waiting for deliveries.");
+                    }
+                    self.producer.poll(Duration::from_millis(1));
+                    waited += Duration::from_millis(1);
+                }
+                Err((e, r)) => {
+                    tracing::error!(error = %e, topic, sink = sink.as_str(), "Failed to send an output record.");
+                    self.tracker.done(r.delivery_opaque.epoch, false);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Waits until every record sent so far is acknowledged (or rejected).
+    ///
+    /// # Errors
+    /// [`SinkError::Flush`] when `timeout` passes first.
+    pub fn flush(&self, timeout: Duration) -> Result<(), SinkError> {
+        self.producer.flush(timeout).map_err(SinkError::Flush)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn epochs_complete_only_when_every_earlier_record_is_acknowledged() {
+        let t = DeliveryTracker::default();
+        assert!(t.completed_through(5));
+        t.sent(0);
+        t.sent(1);
+        t.sent(1);
+        t.sent(3);
+        assert!(!t.completed_through(0));
+        t.done(1, true);
+        t.done(1, true);
+        assert!(!t.completed_through(1), "epoch 0 still waits");
+        t.done(0, true);
+        assert!(t.completed_through(1));
+        assert!(t.completed_through(2));
+        assert!(!t.completed_through(3));
+        t.done(3, false);
+        assert!(t.completed_through(3));
+        assert_eq!(t.failed(), 1);
+        assert_eq!(t.in_flight(), 0);
+    }
+}

@@ -1,0 +1,465 @@
+//! Prometheus metrics of the data path and the `/metrics` endpoint. This module owns every
+//! metric name; the runner, the source and the sinks report through the typed methods of
+//! [`Metrics`] and never touch the registry themselves.
+//!
+//! Names follow the Prometheus conventions (`_total` counters, base units: seconds, bytes).
+//! Per-event latencies are sampled (one record in [`LATENCY_SAMPLE_EVERY`]) so that metrics cost
+//! the hot path nothing measurable; alert latencies are observed for every alert.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::engine::Counters;
+
+/// One record in this many feeds the per-event latency histograms.
+pub const LATENCY_SAMPLE_EVERY: u64 = 16;
+
+/// Labels of a source partition.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartitionLabels {
+    /// Topic name.
+    pub topic: String,
+    /// Partition number.
+    pub partition: i32,
+}
+
+/// Labels with a window tier name.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TierLabels {
+    /// Window tier, e.g. `fast`.
+    pub tier: String,
+}
+
+/// Labels of a pipeline stage latency.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabels {
+    /// `event_to_kafka` (event time -> Kafka timestamp), `kafka_to_processed` (Kafka timestamp
+    /// -> engine), `processed_to_delivered` (engine -> alert acknowledged by the broker),
+    /// `kafka_to_delivered` (Kafka timestamp of the record that fired a window -> alert
+    /// acknowledged).
+    pub stage: &'static str,
+}
+
+/// Labels with a single `kind`/`reason`/`status`/`sink` value.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// Dead-letter reason: `decode` or `late`.
+    pub reason: &'static str,
+}
+
+/// Labels of an alert status.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabels {
+    /// `firing` or `resolved`.
+    pub status: &'static str,
+}
+
+/// Labels of an output sink.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SinkLabels {
+    /// `alerts`, `kpis` or `dead_letters`.
+    pub sink: &'static str,
+}
+
+/// Labels of a late event's outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LateLabels {
+    /// `updated` (a fired window was re-emitted) or `dropped` (dead-lettered).
+    pub outcome: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 100 µs .. ~105 s in factors of 2.
+    Histogram::new(exponential_buckets(0.0001, 2.0, 21))
+}
+
+/// Every metric of a detector process.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    events_in: Counter,
+    decode_errors: Counter,
+    dead_letters: Family<ReasonLabels, Counter>,
+    late_events: Family<LateLabels, Counter>,
+    windows_fired: Counter,
+    alerts: Family<StatusLabels, Counter>,
+    events_out: Family<SinkLabels, Counter>,
+    delivery_errors: Family<SinkLabels, Counter>,
+    commits: Counter,
+    commit_errors: Counter,
+    rebalances: Counter,
+    assigned_partitions: Gauge,
+    keys: Gauge,
+    rules_loaded: Gauge,
+    rules_reloads: Counter,
+    consumer_lag: Family<PartitionLabels, Gauge>,
+    watermark_delay: Family<TierLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    stage_latency: HistogramFamily<StageLabels>,
+    scoring: crate::scoring::ScoringMetrics,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them under the `vigil_` prefix.
+    pub fn new() -> Self {
+        let mut r = Registry::with_prefix("vigil");
+        let m = Self {
+            registry: Arc::new(Registry::default()),
+            events_in: Counter::default(),
+            decode_errors: Counter::default(),
+            dead_letters: Family::default(),
+            late_events: Family::default(),
+            windows_fired: Counter::default(),
+            alerts: Family::default(),
+            events_out: Family::default(),
+            delivery_errors: Family::default(),
+            commits: Counter::default(),
+            commit_errors: Counter::default(),
+            rebalances: Counter::default(),
+            assigned_partitions: Gauge::default(),
+            keys: Gauge::default(),
+            rules_loaded: Gauge::default(),
+            rules_reloads: Counter::default(),
+            consumer_lag: Family::default(),
+            watermark_delay: Family::default(),
+            stage_latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            scoring: crate::scoring::ScoringMetrics::default(),
+        };
+        r.register(
+            "events_in",
+            "Records consumed from the source topics",
+            m.events_in.clone(),
+        );
+        r.register(
+            "decode_errors",
+            "Records that could not be decoded",
+            m.decode_errors.clone(),
+        );
+        r.register(
+            "dead_letters",
+            "Events sent to the dead-letter sink (or only counted without one), by reason",
+            m.dead_letters.clone(),
+        );
+        r.register(
+            "late_events",
+            "Events behind the watermark, by outcome",
+            m.late_events.clone(),
+        );
+        r.register(
+            "windows_fired",
+            "Windows fired (first firings)",
+            m.windows_fired.clone(),
+        );
+        r.register(
+            "alerts",
+            "Alert transitions produced, by status",
+            m.alerts.clone(),
+        );
+        r.register(
+            "events_out",
+            "Records acknowledged by the broker, by sink",
+            m.events_out.clone(),
+        );
+        r.register(
+            "delivery_errors",
+            "Records the broker did not acknowledge, by sink",
+            m.delivery_errors.clone(),
+        );
+        r.register("offset_commits", "Offset commits sent", m.commits.clone());
+        r.register(
+            "offset_commit_errors",
+            "Offset commits that failed",
+            m.commit_errors.clone(),
+        );
+        r.register(
+            "rebalances",
+            "Consumer group rebalances seen (assign or revoke)",
+            m.rebalances.clone(),
+        );
+        r.register(
+            "assigned_partitions",
+            "Source partitions assigned to this detector",
+            m.assigned_partitions.clone(),
+        );
+        r.register("keys", "Live keys with window state", m.keys.clone());
+        r.register(
+            "rules_loaded",
+            "Detection rules running",
+            m.rules_loaded.clone(),
+        );
+        r.register(
+            "rules_reloads",
+            "Rule reloads applied without restart",
+            m.rules_reloads.clone(),
+        );
+        r.register("consumer_lag", "High watermark minus the next offset to process, per partition (librdkafka statistics)", m.consumer_lag.clone());
+        r.register_with_unit(
+            "watermark_delay",
+            "Processing time minus the event-time watermark, per window tier",
+            prometheus_client::registry::Unit::Seconds,
+            m.watermark_delay.clone(),
+        );
+        r.register_with_unit(
+            "stage_latency",
+            "Latency per stage (per-event stages sampled 1 in 16)",
+            prometheus_client::registry::Unit::Seconds,
+            m.stage_latency.clone(),
+        );
+        // `vigil_model_scoring_*`, named in crate::scoring::metrics.
+        m.scoring.register(&mut r);
+        Self {
+            registry: Arc::new(r),
+            ..m
+        }
+    }
+
+    /// The model scoring stage's metrics.
+    pub fn scoring(&self) -> &crate::scoring::ScoringMetrics {
+        &self.scoring
+    }
+
+    /// The registry, for encoding.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The metrics in the Prometheus text exposition format.
+    pub fn encode(&self) -> String {
+        let mut s = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut s, &self.registry);
+        s
+    }
+
+    /// Adds the growth of the engine's counters since `prev` (counters are cumulative per
+    /// engine; a new engine starts again from zero, so pass its own previous snapshot).
+    pub fn engine_progress(&self, prev: &Counters, now: &Counters) {
+        let d = |a: u64, b: u64| b.saturating_sub(a);
+        self.events_in.inc_by(d(prev.records, now.records));
+        self.decode_errors
+            .inc_by(d(prev.decode_errors, now.decode_errors));
+        self.late_events
+            .get_or_create(&LateLabels { outcome: "updated" })
+            .inc_by(d(prev.late_updates, now.late_updates));
+        self.late_events
+            .get_or_create(&LateLabels { outcome: "dropped" })
+            .inc_by(d(prev.late_dropped, now.late_dropped));
+        self.windows_fired
+            .inc_by(d(prev.windows_fired, now.windows_fired));
+        self.alerts
+            .get_or_create(&StatusLabels { status: "firing" })
+            .inc_by(d(prev.alerts_firing, now.alerts_firing));
+        self.alerts
+            .get_or_create(&StatusLabels { status: "resolved" })
+            .inc_by(d(prev.alerts_resolved, now.alerts_resolved));
+    }
+
+    /// Records consumed so far (as of the last tick of the run loop).
+    pub fn events_in(&self) -> u64 {
+        self.events_in.get()
+    }
+
+    /// A dead letter, by reason kind (`decode`, `late`).
+    pub fn dead_letter(&self, reason: &'static str) {
+        self.dead_letters
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// A record acknowledged (`ok`) or finally rejected by the broker.
+    pub fn delivered(&self, sink: &'static str, ok: bool) {
+        if ok {
+            self.events_out.get_or_create(&SinkLabels { sink }).inc();
+        } else {
+            self.delivery_errors
+                .get_or_create(&SinkLabels { sink })
+                .inc();
+        }
+    }
+
+    /// An offset commit sent, or failed.
+    pub fn commit(&self, ok: bool) {
+        if ok {
+            self.commits.inc();
+        } else {
+            self.commit_errors.inc();
+        }
+    }
+
+    /// A rebalance event; `assigned` is the number of partitions held afterwards.
+    pub fn rebalance(&self, assigned: usize) {
+        self.rebalances.inc();
+        self.assigned_partitions.set(assigned as i64);
+    }
+
+    /// Live keys and rules of the engine.
+    pub fn engine_size(&self, keys: usize, rules: usize) {
+        self.keys.set(keys as i64);
+        self.rules_loaded.set(rules as i64);
+    }
+
+    /// Rules replaced without restart.
+    pub fn rules_reloaded(&self) {
+        self.rules_reloads.inc();
+    }
+
+    /// Consumer lag of one partition.
+    pub fn consumer_lag(&self, topic: &str, partition: i32, lag: i64) {
+        self.consumer_lag
+            .get_or_create(&PartitionLabels {
+                topic: topic.to_string(),
+                partition,
+            })
+            .set(lag);
+    }
+
+    /// Forgets the lag of a partition that is no longer assigned.
+    pub fn forget_partition(&self, topic: &str, partition: i32) {
+        self.consumer_lag.remove(&PartitionLabels {
+            topic: topic.to_string(),
+            partition,
+        });
+    }
+
+    /// Processing time minus the watermark of a tier, in seconds.
+    pub fn watermark_delay(&self, tier: &str, seconds: f64) {
+        self.watermark_delay
+            .get_or_create(&TierLabels {
+                tier: tier.to_string(),
+            })
+            .set(seconds);
+    }
+
+    /// One latency observation of a stage, in seconds (see [`StageLabels`]).
+    pub fn stage_latency(&self, stage: &'static str, seconds: f64) {
+        self.stage_latency
+            .get_or_create(&StageLabels { stage })
+            .observe(seconds);
+    }
+}
+
+/// Failure of the metrics endpoint.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    /// The listen address could not be bound.
+    #[error("failed to bind the metrics endpoint to {addr}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Binds `addr` and returns the bound address and a future that serves `GET /metrics` (and
+/// `GET /healthz`) until dropped. Bind `127.0.0.1:0` to pick a free port.
+///
+/// # Errors
+/// [`TelemetryError::Bind`] when the address cannot be bound.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Metrics,
+) -> Result<
+    (
+        SocketAddr,
+        impl std::future::Future<Output = std::io::Result<()>>,
+    ),
+    TelemetryError,
+> {
+    use axum::routing::get;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| TelemetryError::Bind { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| TelemetryError::Bind { addr, source })?;
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let m = metrics.clone();
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        m.encode(),
+                    )
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok" }));
+    Ok((bound, async move { axum::serve(listener, app).await }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_progress_adds_deltas_and_encodes_labelled_series() {
+        let m = Metrics::new();
+        let a = Counters {
+            records: 10,
+            decode_errors: 1,
+            alerts_firing: 2,
+            ..Default::default()
+        };
+        let b = Counters {
+            records: 25,
+            decode_errors: 1,
+            alerts_firing: 3,
+            alerts_resolved: 1,
+            ..Default::default()
+        };
+        m.engine_progress(&Counters::default(), &a);
+        m.engine_progress(&a, &b);
+        m.dead_letter("decode");
+        m.consumer_lag("t", 3, 42);
+        m.stage_latency("kafka_to_processed", 0.003);
+        let text = m.encode();
+        assert!(text.contains("vigil_events_in_total 25"), "{text}");
+        assert!(
+            text.contains("vigil_alerts_total{status=\"firing\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("vigil_alerts_total{status=\"resolved\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("vigil_dead_letters_total{reason=\"decode\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("vigil_consumer_lag{topic=\"t\",partition=\"3\"} 42"),
+            "{text}"
+        );
+        assert!(
+            text.contains("vigil_stage_latency_seconds_count{stage=\"kafka_to_processed\"} 1"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,181 @@
+//! Shared helpers of the model scoring tests (`tests/model_*.rs`): a real Vigil model server
+//! (ONNX Runtime from `ORT_DYLIB_PATH`, the committed reference models) on `127.0.0.1`, the NAB
+//! data, and a loop that drives the engine and the scorer the way the run loop does.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use vigil_api::manifest::Manifests;
+use vigil_detector::engine::{Engine, Outputs, RawRecord};
+use vigil_detector::rules::alert::Alert;
+use vigil_detector::scoring::{ModelScorer, ScoreReport};
+use vigil_model_server::{ModelServer, ServerConfig};
+
+/// The ONNX Runtime library. Panics with instructions when `ORT_DYLIB_PATH` is unset: these
+/// tests must not pass by skipping.
+pub fn ort_dylib() -> PathBuf {
+    match std::env::var_os("ORT_DYLIB_PATH") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => panic!(
+            "ORT_DYLIB_PATH is not set. The model scoring tests need ONNX Runtime: run \
+             `eval \"$(scripts/setup-onnxruntime.sh)\"` first (it installs the pinned onnxruntime wheel into \
+             ${{VIGIL_CACHE:-~/.cache/vigil}}/venv and exports the path)."
+        ),
+    }
+}
+
+/// `models/repository` of this checkout.
+pub fn repository() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/repository")
+}
+
+/// A NAB data file (the repo expects `../shared` beside it, as `tests/golden.rs` does).
+pub fn nab(relpath: &str) -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/datasets/nab")
+        .join(relpath);
+    assert!(
+        p.exists(),
+        "NAB file not found at {} (the repo expects ../shared beside it)",
+        p.display()
+    );
+    p
+}
+
+/// A model server on its own runtime, serving the reference repository on `127.0.0.1`.
+/// Dropping it (or [`Self::kill`]) tears the runtime down: listener and connections close at
+/// once, as when the process dies.
+pub struct TestServer {
+    /// `http://127.0.0.1:<port>`.
+    pub uri: String,
+    /// The bound port.
+    pub port: u16,
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl TestServer {
+    /// Starts serving on `127.0.0.1:port` (0: any free port).
+    pub fn start(port: u16) -> Self {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut config = ServerConfig::new(repository());
+        config.ort_dylib_path = Some(ort_dylib());
+        config.intra_op_threads = Some(1);
+        let server = rt
+            .block_on(ModelServer::start(config))
+            .expect("model server starts");
+        assert!(server.is_ready(), "every reference model loads");
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind(("127.0.0.1", port)))
+            .expect("bind");
+        let port = listener.local_addr().unwrap().port();
+        rt.spawn(async move { server.serve(listener, std::future::pending()).await });
+        Self {
+            uri: format!("http://127.0.0.1:{port}"),
+            port,
+            rt: Some(rt),
+        }
+    }
+
+    /// Stops the server abruptly (runtime shut down: no graceful drain).
+    pub fn kill(mut self) -> u16 {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_timeout(Duration::from_secs(5));
+        }
+        self.port
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Manifests from YAML text.
+pub fn manifests(yaml: &str) -> Manifests {
+    let mut m = Manifests::default();
+    m.add_str("test", yaml).expect("valid manifests");
+    m
+}
+
+/// What [`Driver::process`] saw.
+#[derive(Debug, Default)]
+pub struct Seen {
+    /// Alert transitions, in order.
+    pub alerts: Vec<Alert>,
+    /// Scoring reports of every call with inputs.
+    pub reports: Vec<ScoreReport>,
+}
+
+/// The run loop's order of work, without Kafka: process a record, score the model windows it
+/// closed, apply the scores, collect alerts. Processing time follows event time.
+pub struct Driver {
+    pub engine: Engine,
+    pub scorer: ModelScorer,
+    out: Outputs,
+    offset: i64,
+}
+
+impl Driver {
+    pub fn new(engine: Engine, scorer: ModelScorer) -> Self {
+        Self {
+            engine,
+            scorer,
+            out: Outputs::default(),
+            offset: 0,
+        }
+    }
+
+    /// One event of `key` at `now_ms`; scores what it closed.
+    pub fn process(&mut self, key: &str, payload: &[u8], now_ms: i64, seen: &mut Seen) {
+        let rec = RawRecord {
+            partition: 0,
+            offset: self.offset,
+            key: Some(key.as_bytes()),
+            payload,
+        };
+        self.offset += 1;
+        self.engine.process(&rec, now_ms, &mut self.out);
+        self.drain(now_ms, seen);
+    }
+
+    /// Fires every open window (end of input) and scores them.
+    pub fn flush(&mut self, now_ms: i64, seen: &mut Seen) {
+        self.engine.flush(now_ms, &mut self.out);
+        self.drain(now_ms, seen);
+    }
+
+    fn drain(&mut self, now_ms: i64, seen: &mut Seen) {
+        if !self.out.model_inputs.is_empty() {
+            let report = self
+                .scorer
+                .score(std::mem::take(&mut self.out.model_inputs));
+            self.engine
+                .apply_model_scores(report.scored.iter().cloned(), now_ms, &mut self.out);
+            seen.reports.push(report);
+        }
+        seen.alerts.append(&mut self.out.alerts);
+        self.out.clear();
+    }
+}
+
+/// `(event time ms, JSON payload)` of every row of a NAB CSV.
+pub fn nab_rows(relpath: &str) -> Vec<(i64, Vec<u8>)> {
+    let (_, rows) = vigil_detector::input::read_rows(&nab(relpath)).unwrap();
+    rows.into_iter()
+        .map(|r| {
+            (
+                vigil_detector::decode::parse_event_time(&r.cells[0], Default::default()).unwrap(),
+                r.json,
+            )
+        })
+        .collect()
+}
