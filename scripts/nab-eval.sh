@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Detection quality on NAB-format series: runs `vigil score` over every listed file of a data
+# folder (in parallel, one process per file) and prints the three NAB profile scores
+# (standard, reward_low_FP_rate, reward_low_FN_rate) computed by the NAB scorer.
+#
+# Usage: scripts/nab-eval.sh [options] [-- extra scorer arguments, e.g. --per-file]
+#   --nab DIR         NAB folder with data/, combined_windows.json and dev.txt
+#                     (default: ../shared/datasets/nab next to the repository)
+#   --files SPEC      scorer file list: a text file or comma-separated list (default: DIR/dev.txt)
+#   --pipeline FILE   StreamPipeline manifest (default: manifests/examples/nab/pipeline.yaml)
+#   --rules FILE      DetectionRule manifest (default: manifests/examples/nab/rules.yaml)
+#   --rule NAME       score only this rule (repeatable; an ensemble brings its members)
+#   --out DIR         where per-file results go (default: a fresh temporary folder)
+#   --threshold T     score at this fixed threshold instead of NAB's per-profile optimum
+#   --scorer FILE     NAB scorer (default: ../shared/bench/nab_score.py)
+#   --json FILE       also write the scorer's results as JSON
+# Environment: VIGIL_BIN (a built `vigil`; default: `cargo build --release -p vigil`),
+# VIGIL_CACHE (default ~/.cache/vigil; the scorer's Python venv lives in $VIGIL_CACHE/venv),
+# JOBS (parallel files; default: number of CPUs).
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cache=${VIGIL_CACHE:-$HOME/.cache/vigil}
+nab="$root/../shared/datasets/nab"
+files=""
+pipeline="$root/manifests/examples/nab/pipeline.yaml"
+rules="$root/manifests/examples/nab/rules.yaml"
+only=()
+out=""
+threshold=""
+scorer="$root/../shared/bench/nab_score.py"
+json=""
+extra=()
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --nab) nab=$2; shift 2 ;;
+    --files) files=$2; shift 2 ;;
+    --pipeline) pipeline=$2; shift 2 ;;
+    --rules) rules=$2; shift 2 ;;
+    --rule) only+=(--rule "$2"); shift 2 ;;
+    --out) out=$2; shift 2 ;;
+    --threshold) threshold=$2; shift 2 ;;
+    --scorer) scorer=$2; shift 2 ;;
+    --json) json=$2; shift 2 ;;
+    --) shift; extra=("$@"); break ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    *) echo "nab-eval: unknown argument $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+files=${files:-$nab/dev.txt}
+[[ -d "$nab/data" && -f "$nab/combined_windows.json" ]] || { echo "nab-eval: $nab has no data/ or combined_windows.json" >&2; exit 2; }
+[[ -f "$scorer" ]] || { echo "nab-eval: scorer $scorer not found" >&2; exit 2; }
+
+# The scorer's Python: numpy and pandas, pinned, in the shared venv.
+venv="$cache/venv"
+if ! "$venv/bin/python" -c 'import numpy, pandas' 2>/dev/null; then
+  echo "nab-eval: preparing $venv (numpy, pandas)" >&2
+  [[ -x "$venv/bin/python" ]] || python3 -m venv "$venv"
+  "$venv/bin/python" -m pip install --quiet numpy==2.4.6 pandas==3.1.1
+fi
+
+if [[ -z "${VIGIL_BIN:-}" ]]; then
+  (cd "$root" && cargo build --quiet --release -p vigil)
+  VIGIL_BIN="${CARGO_TARGET_DIR:-$root/target}/release/vigil"
+fi
+
+# The data files to score: the scorer's list (files, or folders meaning every labelled file under them).
+mapfile -t rel < <("$venv/bin/python" - "$scorer" "$nab/combined_windows.json" "$files" <<'PY'
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("nab_score", sys.argv[1])
+m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
+print("\n".join(m.expand_files(sys.argv[3], json.load(open(sys.argv[2])))))
+PY
+)
+[[ ${#rel[@]} -gt 0 ]] || { echo "nab-eval: no files selected by $files" >&2; exit 2; }
+
+out=${out:-$(mktemp -d "${TMPDIR:-/tmp}/vigil-nab.XXXXXX")}
+start=$(date +%s%N)
+export VIGIL_BIN nab out pipeline rules RUST_LOG=${RUST_LOG:-warn}
+# shellcheck disable=SC2016 # the inner script expands its own variables
+printf '%s\n' "${rel[@]}" | xargs -P "${JOBS:-$(nproc)}" -I{} bash -c '
+  mkdir -p "$(dirname "$out/$1")"
+  "$VIGIL_BIN" score --pipeline "$pipeline" --rules "$rules" "${@:2}" --input "$nab/data/$1" --output "$out/$1"
+' _ {} "${only[@]}"
+end=$(date +%s%N)
+ms=$(( (end - start) / 1000000 ))
+echo "scored ${#rel[@]} files in $((ms / 1000)).$(printf %03d $((ms % 1000))) s -> $out"
+
+args=(--data "$nab/data" --labels "$nab/combined_windows.json" --results "$out" --files "$files")
+[[ -n "$threshold" ]] && args+=(--threshold "$threshold")
+[[ -n "$json" ]] && args+=(--json "$json")
+"$venv/bin/python" "$scorer" "${args[@]}" "${extra[@]}"
