@@ -39,7 +39,6 @@ fi
 cleanup() {
   step "stopping services"
   scripts/kafka.sh stop || true
-  [ -x e2e/cluster.sh ] && e2e/cluster.sh down || true
 }
 trap cleanup EXIT
 
@@ -50,9 +49,9 @@ step "Kafka broker"
 scripts/kafka.sh start
 eval "$(scripts/kafka.sh env)"
 
-step "Kubernetes control plane"
-e2e/cluster.sh up
-eval "$(e2e/cluster.sh env)"
-
-step "tests (unit, property, golden, real Kafka, ONNX Runtime + gRPC, operator e2e)"
+step "tests (unit, property, golden, real Kafka, ONNX Runtime + gRPC)"
 cargo test --workspace --no-fail-fast
+
+step "operator e2e (real control plane built from the k8s.io/kubernetes module, helm, Kafka)"
+export VIGIL_NAB_DATA="${VIGIL_NAB_DATA:-$PWD/../shared/datasets/nab}"
+e2e/tests/operator.sh

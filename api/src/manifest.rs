@@ -78,7 +78,8 @@ impl Manifests {
                 index,
                 message,
             };
-            let value = serde_norway::Value::deserialize(doc).map_err(|e| invalid(e.to_string()))?;
+            let value =
+                serde_norway::Value::deserialize(doc).map_err(|e| invalid(e.to_string()))?;
             if value.is_null() {
                 continue;
             }
@@ -190,7 +191,10 @@ spec:
         assert_eq!(m.pipelines.len(), 1);
         assert_eq!(m.rules.len(), 2);
         let w = &m.pipelines[0].spec.windows[0];
-        assert_eq!((w.size_ms(), w.slide_ms(), w.max_out_of_orderness_ms()), (30_000, 15_000, 5_000));
+        assert_eq!(
+            (w.size_ms(), w.slide_ms(), w.max_out_of_orderness_ms()),
+            (30_000, 15_000, 5_000)
+        );
         let selected = m.rules_for(&m.pipelines[0]);
         assert_eq!(selected.len(), 1);
         assert_eq!(selected[0].spec.for_ms(), 300_000);
@@ -199,7 +203,10 @@ spec:
     #[test]
     fn unknown_field_names_document_and_field() {
         let bad = "apiVersion: vigil.dev/v1alpha1\nkind: DetectionRule\nmetadata: {name: x}\nspec: {window: fast, treshold: {}}\n";
-        let err = Manifests::default().add_str("bad.yaml", bad).unwrap_err().to_string();
+        let err = Manifests::default()
+            .add_str("bad.yaml", bad)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("bad.yaml: document 1"), "{err}");
         assert!(err.contains("treshold"), "{err}");
     }
@@ -207,7 +214,10 @@ spec:
     #[test]
     fn wrong_api_version_is_rejected() {
         let bad = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n";
-        let err = Manifests::default().add_str("cm.yaml", bad).unwrap_err().to_string();
+        let err = Manifests::default()
+            .add_str("cm.yaml", bad)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("expected \"vigil.dev/v1alpha1\""), "{err}");
     }
 }

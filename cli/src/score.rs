@@ -54,10 +54,20 @@ pub struct EmbeddedModelServer {
 }
 
 /// The AnomalyModels that model rules among `rules` refer to.
-pub fn models_of<'a>(rules: &[&DetectionRule], models: &'a [AnomalyModel]) -> Vec<&'a AnomalyModel> {
+pub fn models_of<'a>(
+    rules: &[&DetectionRule],
+    models: &'a [AnomalyModel],
+) -> Vec<&'a AnomalyModel> {
     models
         .iter()
-        .filter(|m| rules.iter().any(|r| r.spec.model.as_ref().is_some_and(|x| Some(x.model_ref.as_str()) == m.metadata.name.as_deref())))
+        .filter(|m| {
+            rules.iter().any(|r| {
+                r.spec
+                    .model
+                    .as_ref()
+                    .is_some_and(|x| Some(x.model_ref.as_str()) == m.metadata.name.as_deref())
+            })
+        })
         .collect()
 }
 
@@ -68,24 +78,46 @@ pub fn models_of<'a>(rules: &[&DetectionRule], models: &'a [AnomalyModel]) -> Ve
 /// # Errors
 /// ONNX Runtime missing (`ORT_DYLIB_PATH`), a model or revision absent or not loadable, or an
 /// AnomalyModel that does not match the repository's `config.yaml`.
-pub fn start_model_server(repository: &Path, models: &[&AnomalyModel], intra_op_threads: Option<usize>) -> anyhow::Result<EmbeddedModelServer> {
+pub fn start_model_server(
+    repository: &Path,
+    models: &[&AnomalyModel],
+    intra_op_threads: Option<usize>,
+) -> anyhow::Result<EmbeddedModelServer> {
     use vigil_model_server::{ModelServer, ServerConfig};
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).thread_name("vigil-model-server").enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("vigil-model-server")
+        .enable_all()
+        .build()?;
     let mut config = ServerConfig::new(repository);
     config.intra_op_threads = intra_op_threads;
     if !models.is_empty() {
-        config.startup_models = Some(models.iter().filter_map(|m| m.metadata.name.clone()).collect());
+        config.startup_models = Some(
+            models
+                .iter()
+                .filter_map(|m| m.metadata.name.clone())
+                .collect(),
+        );
     }
-    let server = rt
-        .block_on(ModelServer::start(config))
-        .with_context(|| format!("failed to start the in-process model server on {}", repository.display()))?;
+    let server = rt.block_on(ModelServer::start(config)).with_context(|| {
+        format!(
+            "failed to start the in-process model server on {}",
+            repository.display()
+        )
+    })?;
     for m in models {
         let name = m.metadata.name.as_deref().unwrap_or_default();
         let spec = &m.spec;
         let loaded = server
             .manager()
             .resolve(name, &spec.revision)
-            .with_context(|| format!("AnomalyModel {name} revision {} in {}", spec.revision, repository.display()))?;
+            .with_context(|| {
+                format!(
+                    "AnomalyModel {name} revision {} in {}",
+                    spec.revision,
+                    repository.display()
+                )
+            })?;
         let c = loaded.config();
         let mismatch = |what: &str, declared: String, served: String| {
             anyhow::anyhow!(
@@ -95,22 +127,46 @@ pub fn start_model_server(repository: &Path, models: &[&AnomalyModel], intra_op_
             )
         };
         if c.sha256 != spec.artifact.sha256 {
-            return Err(mismatch("spec.artifact.sha256", spec.artifact.sha256.clone(), c.sha256.clone()));
+            return Err(mismatch(
+                "spec.artifact.sha256",
+                spec.artifact.sha256.clone(),
+                c.sha256.clone(),
+            ));
         }
         if !c.features.is_empty() && c.features != spec.input.features {
-            return Err(mismatch("spec.input.features", format!("{:?}", spec.input.features), format!("{:?}", c.features)));
+            return Err(mismatch(
+                "spec.input.features",
+                format!("{:?}", spec.input.features),
+                format!("{:?}", c.features),
+            ));
         }
         if c.lookback != spec.input.lookback.unwrap_or(1) as usize {
-            return Err(mismatch("spec.input.lookback", spec.input.lookback.unwrap_or(1).to_string(), c.lookback.to_string()));
+            return Err(mismatch(
+                "spec.input.lookback",
+                spec.input.lookback.unwrap_or(1).to_string(),
+                c.lookback.to_string(),
+            ));
         }
         let input = c.inputs.first().map(|t| t.name.clone()).unwrap_or_default();
         if input != spec.input.tensor {
-            return Err(mismatch("spec.input.tensor", spec.input.tensor.clone(), format!("input `{input}`")));
+            return Err(mismatch(
+                "spec.input.tensor",
+                spec.input.tensor.clone(),
+                format!("input `{input}`"),
+            ));
         }
         // The v2 client reads the first output as the score.
-        let output = c.outputs.first().map(|t| t.name.clone()).unwrap_or_default();
+        let output = c
+            .outputs
+            .first()
+            .map(|t| t.name.clone())
+            .unwrap_or_default();
         if output != spec.output.tensor {
-            return Err(mismatch("spec.output.tensor", spec.output.tensor.clone(), format!("first output `{output}`")));
+            return Err(mismatch(
+                "spec.output.tensor",
+                spec.output.tensor.clone(),
+                format!("first output `{output}`"),
+            ));
         }
     }
     let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
@@ -132,43 +188,83 @@ pub fn score(a: &ScoreArgs) -> anyhow::Result<()> {
     let mut files = vec![a.pipeline.clone()];
     files.extend(a.rules.iter().cloned());
     let m = crate::load_manifests(&files)?;
-    let Some(pipeline) = m.pipelines.first() else { bail!("{}: no StreamPipeline found", a.pipeline.display()) };
+    let Some(pipeline) = m.pipelines.first() else {
+        bail!("{}: no StreamPipeline found", a.pipeline.display())
+    };
     let mut rules: Vec<&DetectionRule> = m.rules_for(pipeline);
     if !a.only.is_empty() {
         let name = |r: &DetectionRule| r.metadata.name.clone().unwrap_or_default();
         let mut keep = a.only.clone();
         for r in rules.iter().filter(|r| a.only.contains(&name(r))) {
-            keep.extend(r.spec.ensemble.iter().flat_map(|e| e.members.iter().map(|m| m.rule.clone())));
+            keep.extend(
+                r.spec
+                    .ensemble
+                    .iter()
+                    .flat_map(|e| e.members.iter().map(|m| m.rule.clone())),
+            );
         }
         rules.retain(|r| keep.contains(&name(r)));
-        if let Some(missing) = a.only.iter().find(|n| !rules.iter().any(|r| name(r) == **n)) {
+        if let Some(missing) = a
+            .only
+            .iter()
+            .find(|n| !rules.iter().any(|r| name(r) == **n))
+        {
             bail!("rule `{missing}` not found among the rules selecting the pipeline");
         }
     }
     let models: Vec<&AnomalyModel> = m.models.iter().collect();
     let used = models_of(&rules, &m.models);
     // Offline, a model server that cannot answer is an error: waiting is cheap here.
-    let scorer_config = ScorerConfig { deadline: Duration::from_secs(30), ..Default::default() };
+    let scorer_config = ScorerConfig {
+        deadline: Duration::from_secs(30),
+        ..Default::default()
+    };
     let mut scoring = if used.is_empty() {
         None
     } else {
-        let embedded = a.model_repository.as_deref().map(|r| start_model_server(r, &used, Some(1))).transpose()?;
-        let server = embedded.as_ref().map(|e| e.uri.clone()).or_else(|| a.model_server.clone());
+        let embedded = a
+            .model_repository
+            .as_deref()
+            .map(|r| start_model_server(r, &used, Some(1)))
+            .transpose()?;
+        let server = embedded
+            .as_ref()
+            .map(|e| e.uri.clone())
+            .or_else(|| a.model_server.clone());
         let mut scorer = ModelScorer::new(scorer_config, ScoringMetrics::default())?;
         scorer.route_models(&used, server.as_deref())?;
-        if let Some(m) = used.iter().filter_map(|m| m.metadata.name.as_deref()).find(|n| scorer.route(n).is_none()) {
-            bail!("AnomalyModel {m} has no model server: pass --model-repository DIR or --model-server URI");
+        if let Some(m) = used
+            .iter()
+            .filter_map(|m| m.metadata.name.as_deref())
+            .find(|n| scorer.route(n).is_none())
+        {
+            bail!(
+                "AnomalyModel {m} has no model server: pass --model-repository DIR or --model-server URI"
+            );
         }
         Some((scorer, embedded))
     };
-    let opts = EngineOptions { event_scores: true, ..Default::default() };
-    let (mut engine, errors) = Engine::from_resources(pipeline, &rules, &models, opts)
-        .map_err(|e| anyhow::anyhow!("StreamPipeline {}: {e}", pipeline.metadata.name.as_deref().unwrap_or("")))?;
+    let opts = EngineOptions {
+        event_scores: true,
+        ..Default::default()
+    };
+    let (mut engine, errors) =
+        Engine::from_resources(pipeline, &rules, &models, opts).map_err(|e| {
+            anyhow::anyhow!(
+                "StreamPipeline {}: {e}",
+                pipeline.metadata.name.as_deref().unwrap_or("")
+            )
+        })?;
     if let Some(e) = errors.first() {
         bail!("{e}");
     }
     let (header, rows) = vigil_detector::input::read_rows(&a.input)?;
-    let key = a.key.clone().unwrap_or_else(|| a.input.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default());
+    let key = a.key.clone().unwrap_or_else(|| {
+        a.input
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    });
     let mut out = Outputs::default();
     let mut scores = Vec::with_capacity(rows.len());
     let mut batches = Vec::new();
@@ -176,8 +272,21 @@ pub fn score(a: &ScoreArgs) -> anyhow::Result<()> {
     let val_col = header.iter().position(|h| h == "value").unwrap_or(1);
     for (i, row) in rows.iter().enumerate() {
         // Processing time follows event time offline, so idle timeouts are in data time.
-        let now = vigil_detector::decode::parse_event_time(row.cells.get(ts_col).map_or("", |s| s.as_str()), Default::default()).unwrap_or(0);
-        engine.process(&RawRecord { partition: 0, offset: i as i64, key: Some(key.as_bytes()), payload: &row.json }, now, &mut out);
+        let now = vigil_detector::decode::parse_event_time(
+            row.cells.get(ts_col).map_or("", |s| s.as_str()),
+            Default::default(),
+        )
+        .unwrap_or(0);
+        engine.process(
+            &RawRecord {
+                partition: 0,
+                offset: i as i64,
+                key: Some(key.as_bytes()),
+                payload: &row.json,
+            },
+            now,
+            &mut out,
+        );
         scores.append(&mut out.event_scores);
         if let Some((scorer, _)) = scoring.as_mut().filter(|_| !out.model_inputs.is_empty()) {
             // Scores reach the rows after the window closed: a model rule's row score is its
@@ -186,7 +295,10 @@ pub fn score(a: &ScoreArgs) -> anyhow::Result<()> {
             let n = inputs.len();
             let report = scorer.score(inputs);
             if report.scored.len() != n {
-                bail!("model scoring failed for {} of {n} windows closed at row {i}; see the log above", n - report.scored.len());
+                bail!(
+                    "model scoring failed for {} of {n} windows closed at row {i}; see the log above",
+                    n - report.scored.len()
+                );
             }
             batches.extend(report.batches);
             engine.apply_model_scores(report.scored, now, &mut out);
@@ -195,9 +307,14 @@ pub fn score(a: &ScoreArgs) -> anyhow::Result<()> {
     }
     let c = engine.counters();
     if c.decode_errors > 0 || c.late_dropped > 0 {
-        tracing::warn!(decode_errors = c.decode_errors, late = c.late_dropped, "Some rows were not scored (score 0).");
+        tracing::warn!(
+            decode_errors = c.decode_errors,
+            late = c.late_dropped,
+            "Some rows were not scored (score 0)."
+        );
     }
-    let file = std::fs::File::create(&a.output).with_context(|| format!("failed to create {}", a.output.display()))?;
+    let file = std::fs::File::create(&a.output)
+        .with_context(|| format!("failed to create {}", a.output.display()))?;
     let mut w = std::io::BufWriter::new(file);
     writeln!(w, "timestamp,value,anomaly_score")?;
     for (row, s) in rows.iter().zip(&scores) {
@@ -209,7 +326,9 @@ pub fn score(a: &ScoreArgs) -> anyhow::Result<()> {
         let rows_scored: usize = batches.iter().map(|b| b.rows).sum();
         let total: Duration = batches.iter().map(|b| b.elapsed).sum();
         tracing::info!(
-            batches = batches.len(), windows = rows_scored, mean_batch_ms = total.as_secs_f64() * 1e3 / batches.len() as f64,
+            batches = batches.len(),
+            windows = rows_scored,
+            mean_batch_ms = total.as_secs_f64() * 1e3 / batches.len() as f64,
             "Model rule windows scored."
         );
     }

@@ -18,7 +18,10 @@ pub struct InvalidSpec {
 impl InvalidSpec {
     /// Builds an error for `field`.
     pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self { field: field.into(), reason: reason.into() }
+        Self {
+            field: field.into(),
+            reason: reason.into(),
+        }
     }
 }
 
@@ -29,7 +32,10 @@ pub type FieldPath = Vec<String>;
 pub fn parse_path(field: &str, path: &str) -> Result<FieldPath, InvalidSpec> {
     let segments: Vec<String> = path.split('.').map(str::to_string).collect();
     if segments.iter().any(String::is_empty) {
-        return Err(InvalidSpec::new(field, format!("`{path}` is not a dotted path (empty segment)")));
+        return Err(InvalidSpec::new(
+            field,
+            format!("`{path}` is not a dotted path (empty segment)"),
+        ));
     }
     Ok(segments)
 }
@@ -117,15 +123,22 @@ impl PipelineConfig {
         let layout = match (&f.wide, &f.narrow) {
             (Some(w), None) => {
                 if w.fields.is_empty() {
-                    return Err(InvalidSpec::new("spec.format.wide.fields", "at least one field is required"));
+                    return Err(InvalidSpec::new(
+                        "spec.format.wide.fields",
+                        "at least one field is required",
+                    ));
                 }
                 let mut fields = Vec::new();
                 for (i, m) in w.fields.iter().enumerate() {
                     let at = format!("spec.format.wide.fields[{i}]");
                     if fields.iter().any(|(n, _)| n == &m.name) {
-                        return Err(InvalidSpec::new(format!("{at}.name"), format!("duplicate field `{}`", m.name)));
+                        return Err(InvalidSpec::new(
+                            format!("{at}.name"),
+                            format!("duplicate field `{}`", m.name),
+                        ));
                     }
-                    let path = parse_path(&format!("{at}.path"), m.path.as_deref().unwrap_or(&m.name))?;
+                    let path =
+                        parse_path(&format!("{at}.path"), m.path.as_deref().unwrap_or(&m.name))?;
                     fields.push((m.name.clone(), path));
                 }
                 Layout::Wide { fields }
@@ -135,29 +148,46 @@ impl PipelineConfig {
                 value: parse_path("spec.format.narrow.valueField", &n.value_field)?,
                 allowed: n.parameters.clone(),
             },
-            _ => return Err(InvalidSpec::new("spec.format", "exactly one of wide or narrow must be set")),
+            _ => {
+                return Err(InvalidSpec::new(
+                    "spec.format",
+                    "exactly one of wide or narrow must be set",
+                ));
+            }
         };
         if spec.windows.is_empty() {
-            return Err(InvalidSpec::new("spec.windows", "at least one window is required"));
+            return Err(InvalidSpec::new(
+                "spec.windows",
+                "at least one window is required",
+            ));
         }
         let mut tiers: Vec<TierConfig> = Vec::new();
         for (i, w) in spec.windows.iter().enumerate() {
             let at = format!("spec.windows[{i}]");
             let (size, slide) = (w.size_ms(), w.slide_ms());
             if tiers.iter().any(|t| t.name == w.name) {
-                return Err(InvalidSpec::new(format!("{at}.name"), format!("duplicate window `{}`", w.name)));
+                return Err(InvalidSpec::new(
+                    format!("{at}.name"),
+                    format!("duplicate window `{}`", w.name),
+                ));
             }
             if size <= 0 {
                 return Err(InvalidSpec::new(format!("{at}.size"), "must be positive"));
             }
             if slide <= 0 || slide > size {
-                return Err(InvalidSpec::new(format!("{at}.slide"), format!("must be in (0, size]; got {slide} ms for size {size} ms")));
+                return Err(InvalidSpec::new(
+                    format!("{at}.slide"),
+                    format!("must be in (0, size]; got {slide} ms for size {size} ms"),
+                ));
             }
             let pane = gcd(size, slide);
             if size / pane > MAX_PANES_PER_WINDOW {
                 return Err(InvalidSpec::new(
                     format!("{at}.slide"),
-                    format!("gcd(size, slide) = {pane} ms gives {} panes per window, more than {MAX_PANES_PER_WINDOW}", size / pane),
+                    format!(
+                        "gcd(size, slide) = {pane} ms gives {} panes per window, more than {MAX_PANES_PER_WINDOW}",
+                        size / pane
+                    ),
                 ));
             }
             for (field, v) in [
@@ -166,7 +196,10 @@ impl PipelineConfig {
                 ("idleTimeout", w.idle_timeout_ms()),
             ] {
                 if v < 0 {
-                    return Err(InvalidSpec::new(format!("{at}.{field}"), "must not be negative"));
+                    return Err(InvalidSpec::new(
+                        format!("{at}.{field}"),
+                        "must not be negative",
+                    ));
                 }
             }
             tiers.push(TierConfig {
@@ -179,10 +212,21 @@ impl PipelineConfig {
                 idle_timeout_ms: w.idle_timeout_ms(),
             });
         }
-        let mut features = spec.features.clone().unwrap_or_else(|| Feature::ALL.to_vec());
+        let mut features = spec
+            .features
+            .clone()
+            .unwrap_or_else(|| Feature::ALL.to_vec());
         features.sort();
         features.dedup();
-        Ok(Self { name, key, event_time, time_format: f.event_time.format, layout, tiers, features })
+        Ok(Self {
+            name,
+            key,
+            event_time,
+            time_format: f.event_time.format,
+            layout,
+            tiers,
+            features,
+        })
     }
 
     /// Index of a tier by name.

@@ -58,7 +58,10 @@ impl std::fmt::Display for DeadLetterReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             DeadLetterReason::Decode(e) => write!(f, "decode: {e}"),
-            DeadLetterReason::Late { event_time_ms, watermark_ms } => write!(
+            DeadLetterReason::Late {
+                event_time_ms,
+                watermark_ms,
+            } => write!(
                 f,
                 "late: event time {event_time_ms} ms is behind the watermark {watermark_ms} ms by more than every window's allowed lateness"
             ),
@@ -101,8 +104,11 @@ pub struct WindowResult {
 impl WindowResult {
     /// JSON record for the KPI topic.
     pub fn to_json(&self) -> Vec<u8> {
-        let features: serde_json::Map<String, serde_json::Value> =
-            self.features.iter().map(|(k, v)| (k.clone(), (*v).into())).collect();
+        let features: serde_json::Map<String, serde_json::Value> = self
+            .features
+            .iter()
+            .map(|(k, v)| (k.clone(), (*v).into()))
+            .collect();
         serde_json::to_vec(&serde_json::json!({
             "window": self.tier, "key": self.key, "start": self.start, "end": self.end,
             "update": self.update, "features": features,
@@ -215,7 +221,12 @@ pub struct Engine {
 impl Engine {
     /// Builds an engine for a validated pipeline and its rules. Invalid rules are returned
     /// and left out; `models` are the AnomalyModels model rules may refer to.
-    pub fn new(cfg: PipelineConfig, rules: &[&DetectionRule], models: &[&AnomalyModel], opts: EngineOptions) -> (Self, Vec<RuleError>) {
+    pub fn new(
+        cfg: PipelineConfig,
+        rules: &[&DetectionRule],
+        models: &[&AnomalyModel],
+        opts: EngineOptions,
+    ) -> (Self, Vec<RuleError>) {
         let table = FieldTable::for_layout(&cfg.layout);
         let mut engine = Self {
             decoder: Decoder::new(&cfg),
@@ -224,7 +235,14 @@ impl Engine {
             keys: HashMap::new(),
             states: Vec::new(),
             free: Vec::new(),
-            tiers: cfg.tiers.iter().map(|_| TierState { watermark: i64::MIN, timers: Timers::default() }).collect(),
+            tiers: cfg
+                .tiers
+                .iter()
+                .map(|_| TierState {
+                    watermark: i64::MIN,
+                    timers: Timers::default(),
+                })
+                .collect(),
             clocks: PartitionClocks::default(),
             next_offsets: HashMap::new(),
             with_sketch: cfg.needs_sketch(),
@@ -249,32 +267,53 @@ impl Engine {
         models: &[&AnomalyModel],
         opts: EngineOptions,
     ) -> Result<(Self, Vec<RuleError>), InvalidSpec> {
-        Ok(Self::new(PipelineConfig::from_resource(pipeline)?, rules, models, opts))
+        Ok(Self::new(
+            PipelineConfig::from_resource(pipeline)?,
+            rules,
+            models,
+            opts,
+        ))
     }
 
     /// Replaces the rules without touching window state. A rule whose name and spec are
     /// unchanged keeps its per-key state (`for` timers, baselines, firing alerts); a changed or
     /// new rule starts fresh. Returns the rules that did not compile (they are left out).
-    pub fn replace_rules(&mut self, rules: &[&DetectionRule], models: &[&AnomalyModel]) -> Vec<RuleError> {
+    pub fn replace_rules(
+        &mut self,
+        rules: &[&DetectionRule],
+        models: &[&AnomalyModel],
+    ) -> Vec<RuleError> {
         let (set, errors) = RuleSet::compile(rules, &self.cfg, &mut self.table, models);
-        let specs: HashMap<&str, &DetectionRuleSpec> =
-            rules.iter().filter_map(|r| r.metadata.name.as_deref().map(|n| (n, &r.spec))).collect();
+        let specs: HashMap<&str, &DetectionRuleSpec> = rules
+            .iter()
+            .filter_map(|r| r.metadata.name.as_deref().map(|n| (n, &r.spec)))
+            .collect();
         let new: Vec<LoadedRule> = set
             .rules
             .into_iter()
             .map(|compiled| {
-                let spec = specs.get(compiled.name.as_str()).map(|s| (*s).clone()).expect("compiled rules come from the input");
+                let spec = specs
+                    .get(compiled.name.as_str())
+                    .map(|s| (*s).clone())
+                    .expect("compiled rules come from the input");
                 LoadedRule { compiled, spec }
             })
             .collect();
         // Old index of each surviving rule, or None for a fresh one.
         let carry: Vec<Option<usize>> = new
             .iter()
-            .map(|n| self.rules.iter().position(|o| o.compiled.name == n.compiled.name && o.spec == n.spec))
+            .map(|n| {
+                self.rules
+                    .iter()
+                    .position(|o| o.compiled.name == n.compiled.name && o.spec == n.spec)
+            })
             .collect();
         for ks in self.states.iter_mut().flatten() {
             let mut old = std::mem::take(&mut ks.rules);
-            ks.rules = carry.iter().map(|c| c.map(|i| std::mem::take(&mut old[i])).unwrap_or_default()).collect();
+            ks.rules = carry
+                .iter()
+                .map(|c| c.map(|i| std::mem::take(&mut old[i])).unwrap_or_default())
+                .collect();
         }
         self.rules = new;
         self.per_event_rules = self.rules.iter().any(|r| r.compiled.is_per_event());
@@ -288,7 +327,10 @@ impl Engine {
 
     /// Names of the rules running.
     pub fn rule_names(&self) -> Vec<&str> {
-        self.rules.iter().map(|r| r.compiled.name.as_str()).collect()
+        self.rules
+            .iter()
+            .map(|r| r.compiled.name.as_str())
+            .collect()
     }
 
     /// Counters so far.
@@ -298,7 +340,12 @@ impl Engine {
 
     /// Current watermark of each tier (`i64::MIN` before the first).
     pub fn watermarks(&self) -> Vec<(&str, i64)> {
-        self.cfg.tiers.iter().zip(&self.tiers).map(|(c, t)| (c.name.as_str(), t.watermark)).collect()
+        self.cfg
+            .tiers
+            .iter()
+            .zip(&self.tiers)
+            .map(|(c, t)| (c.name.as_str(), t.watermark))
+            .collect()
     }
 
     /// Greatest event time seen per partition.
@@ -335,10 +382,15 @@ impl Engine {
     /// Returns the record's event time (epoch ms), or `None` when it could not be decoded.
     pub fn process(&mut self, rec: &RawRecord<'_>, now_ms: i64, out: &mut Outputs) -> Option<i64> {
         self.counters.records += 1;
-        let next = self.next_offsets.entry(rec.partition).or_insert(rec.offset + 1);
+        let next = self
+            .next_offsets
+            .entry(rec.partition)
+            .or_insert(rec.offset + 1);
         *next = (*next).max(rec.offset + 1);
         let mut values = std::mem::take(&mut self.values);
-        let decoded = self.decoder.decode(rec.payload, rec.key, &mut self.table, &mut values);
+        let decoded = self
+            .decoder
+            .decode(rec.payload, rec.key, &mut self.table, &mut values);
         let event = match decoded {
             Ok(e) => e,
             Err(e) => {
@@ -364,13 +416,17 @@ impl Engine {
             let ks = self.states[key_id as usize].as_mut().expect("live key");
             let mut new_pane = false;
             for &(field, v) in &values {
-                new_pane |= ks.windows[tier].add(tc, t, field, v, rec.offset, self.with_sketch).new_pane;
+                new_pane |= ks.windows[tier]
+                    .add(tc, t, field, v, rec.offset, self.with_sketch)
+                    .new_pane;
             }
             for start in window::window_starts(tc, t) {
                 let end = start + tc.size_ms;
                 if end > wm {
                     if new_pane {
-                        self.tiers[tier].timers.register(end, key_id, TimerKind::Fire);
+                        self.tiers[tier]
+                            .timers
+                            .register(end, key_id, TimerKind::Fire);
                     }
                 } else if end + tc.allowed_lateness_ms > wm {
                     late_updates.push((tier, start));
@@ -383,8 +439,20 @@ impl Engine {
         }
         if !applied {
             self.counters.late_dropped += 1;
-            let watermark_ms = self.tiers.iter().map(|t| t.watermark).min().unwrap_or(i64::MIN);
-            self.dead_letter(rec, DeadLetterReason::Late { event_time_ms: t, watermark_ms }, out);
+            let watermark_ms = self
+                .tiers
+                .iter()
+                .map(|t| t.watermark)
+                .min()
+                .unwrap_or(i64::MIN);
+            self.dead_letter(
+                rec,
+                DeadLetterReason::Late {
+                    event_time_ms: t,
+                    watermark_ms,
+                },
+                out,
+            );
         } else if self.opts.event_scores || self.per_event_rules {
             let s = self.event_score(key_id, t, &values);
             if self.opts.event_scores {
@@ -426,7 +494,9 @@ impl Engine {
         let tc = self.cfg.tiers[tier].clone();
         while let Some((at, timers)) = self.tiers[tier].timers.pop_due(wm) {
             for (key_id, kind) in timers {
-                let Some(ks) = self.states[key_id as usize].as_mut() else { continue };
+                let Some(ks) = self.states[key_id as usize].as_mut() else {
+                    continue;
+                };
                 if kind == TimerKind::Cleanup {
                     ks.windows[tier].purge(&tc, wm);
                     continue;
@@ -439,18 +509,33 @@ impl Engine {
                 self.fire(tier, key_id, at - tc.size_ms, false, now_ms, out);
                 if let Some(ks) = self.states[key_id as usize].as_mut() {
                     ks.windows[tier].purge(&tc, wm);
-                    if tc.allowed_lateness_ms > 0 && at.saturating_add(tc.allowed_lateness_ms) > wm {
-                        self.tiers[tier].timers.register(at + tc.allowed_lateness_ms, key_id, TimerKind::Cleanup);
+                    if tc.allowed_lateness_ms > 0 && at.saturating_add(tc.allowed_lateness_ms) > wm
+                    {
+                        self.tiers[tier].timers.register(
+                            at + tc.allowed_lateness_ms,
+                            key_id,
+                            TimerKind::Cleanup,
+                        );
                     }
                 }
             }
         }
     }
 
-    fn fire(&mut self, tier: usize, key_id: KeyId, start: i64, update: bool, now_ms: i64, out: &mut Outputs) {
+    fn fire(
+        &mut self,
+        tier: usize,
+        key_id: KeyId,
+        start: i64,
+        update: bool,
+        now_ms: i64,
+        out: &mut Outputs,
+    ) {
         let tc = &self.cfg.tiers[tier];
         let end = start + tc.size_ms;
-        let Some(ks) = self.states[key_id as usize].as_mut() else { return };
+        let Some(ks) = self.states[key_id as usize].as_mut() else {
+            return;
+        };
         let fields = ks.windows[tier].window(tc, start, self.with_sketch);
         if fields.is_empty() {
             return;
@@ -481,7 +566,13 @@ impl Engine {
             // Rule state advances in window-end order; re-emitted windows only update KPIs.
             return;
         }
-        let view = WindowView { key: &ks.name, start, end, fields: &fields, table: &self.table };
+        let view = WindowView {
+            key: &ks.name,
+            start,
+            end,
+            fields: &fields,
+            table: &self.table,
+        };
         for (idx, rule) in self.rules.iter().enumerate() {
             let rule = &rule.compiled;
             if rule.tier != tier {
@@ -513,7 +604,11 @@ impl Engine {
             }
             let eval = rule.evaluate(&view, state);
             // Ensemble members only feed their ensemble.
-            let transition = if rule.ensemble_member { None } else { alert::step(rule, state, &eval, end) };
+            let transition = if rule.ensemble_member {
+                None
+            } else {
+                alert::step(rule, state, &eval, end)
+            };
             rule.observe(&view, state);
             state.last_end = Some(end);
             state.last_window_score = Some(eval.score);
@@ -562,7 +657,9 @@ impl Engine {
     /// their window evaluation. Returns the highest score of any rule that is not an ensemble
     /// member, from the events seen so far (rows `0..=i` only).
     fn event_score(&mut self, key_id: KeyId, t: i64, values: &[(u16, f64)]) -> f64 {
-        let Some(ks) = self.states[key_id as usize].as_mut() else { return 0.0 };
+        let Some(ks) = self.states[key_id as usize].as_mut() else {
+            return 0.0;
+        };
         let mut scores = std::mem::take(&mut self.event_rule_scores);
         scores.clear();
         scores.resize(self.rules.len(), None);
@@ -580,7 +677,12 @@ impl Engine {
             }
         }
         for (tier, tc) in self.cfg.tiers.iter().enumerate() {
-            let window_rules = || self.rules.iter().enumerate().filter(|(_, r)| r.compiled.tier == tier && !r.compiled.is_per_event());
+            let window_rules = || {
+                self.rules
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, r)| r.compiled.tier == tier && !r.compiled.is_per_event())
+            };
             if !self.opts.event_scores {
                 for (idx, _) in window_rules() {
                     scores[idx] = ks.rules[idx].last_window_score;
@@ -592,7 +694,13 @@ impl Engine {
             }
             let start = window::align(t, tc.slide_ms);
             let fields = ks.windows[tier].window(tc, start, self.with_sketch);
-            let view = WindowView { key: &ks.name, start, end: start + tc.size_ms, fields: &fields, table: &self.table };
+            let view = WindowView {
+                key: &ks.name,
+                start,
+                end: start + tc.size_ms,
+                fields: &fields,
+                table: &self.table,
+            };
             for (idx, rule) in window_rules() {
                 scores[idx] = Some(rule.compiled.evaluate(&view, &mut ks.rules[idx]).score);
             }
@@ -639,7 +747,10 @@ impl Engine {
                 (self.states.len() - 1) as KeyId
             }
         };
-        self.keys.entry(partition).or_default().insert(key.into(), id);
+        self.keys
+            .entry(partition)
+            .or_default()
+            .insert(key.into(), id);
         id
     }
 
@@ -706,28 +817,66 @@ impl Engine {
     /// revoked, since the window closed.
     /// A skipped window (scoring failed) leaves the lifecycle as it was. Returns how many
     /// scores were applied.
-    pub fn apply_model_scores(&mut self, scored: impl IntoIterator<Item = (ModelInput, f32)>, now_ms: i64, out: &mut Outputs) -> usize {
+    pub fn apply_model_scores(
+        &mut self,
+        scored: impl IntoIterator<Item = (ModelInput, f32)>,
+        now_ms: i64,
+        out: &mut Outputs,
+    ) -> usize {
         let mut applied = 0;
         for (input, raw) in scored {
-            let Some(rule) = self.rules.get(input.rule).map(|r| &r.compiled).filter(|r| r.name == input.rule_name) else { continue };
-            let RuleKind::Model { contract, threshold, .. } = &rule.kind else { continue };
+            let Some(rule) = self
+                .rules
+                .get(input.rule)
+                .map(|r| &r.compiled)
+                .filter(|r| r.name == input.rule_name)
+            else {
+                continue;
+            };
+            let RuleKind::Model {
+                contract,
+                threshold,
+                ..
+            } = &rule.kind
+            else {
+                continue;
+            };
             if **contract != *input.contract {
                 continue; // the model changed since the window closed
             }
-            let Some(ks) = self.states.get_mut(input.key_id as usize).and_then(Option::as_mut).filter(|k| k.name == input.key) else { continue };
+            let Some(ks) = self
+                .states
+                .get_mut(input.key_id as usize)
+                .and_then(Option::as_mut)
+                .filter(|k| k.name == input.key)
+            else {
+                continue;
+            };
             let state = &mut ks.rules[input.rule];
             let model = state.model.get_or_insert_with(Default::default);
             if model.last_scored_end.is_some_and(|e| e >= input.window_end) {
                 continue;
             }
             let raw = f64::from(raw);
-            let Some((score, matched)) = contract.map_score(raw, threshold.unwrap_or(contract.threshold)) else { continue };
+            let Some((score, matched)) =
+                contract.map_score(raw, threshold.unwrap_or(contract.threshold))
+            else {
+                continue;
+            };
             model.last_scored_end = Some(input.window_end);
             state.last_window_score = Some(score);
             applied += 1;
-            let eval = Evaluation { matched, score, value: raw };
+            let eval = Evaluation {
+                matched,
+                score,
+                value: raw,
+            };
             // Ensemble members only feed their ensemble.
-            let transition = if rule.ensemble_member { None } else { alert::step(rule, state, &eval, input.window_end) };
+            let transition = if rule.ensemble_member {
+                None
+            } else {
+                alert::step(rule, state, &eval, input.window_end)
+            };
             let Some(status) = transition else { continue };
             match status {
                 AlertStatus::Firing => self.counters.alerts_firing += 1,
@@ -746,7 +895,12 @@ impl Engine {
                 // The tested value of a model rule is its raw model score.
                 value: Some(raw),
                 score,
-                features: contract.feature_names.iter().cloned().zip(input.raw_features.iter().copied()).collect(),
+                features: contract
+                    .feature_names
+                    .iter()
+                    .cloned()
+                    .zip(input.raw_features.iter().copied())
+                    .collect(),
                 labels: Default::default(),
                 annotations: Default::default(),
                 active_since: state.pending_since.unwrap_or(input.window_end),
@@ -777,7 +931,9 @@ impl Engine {
 /// A stable per-key seed for randomised detectors (64-bit FNV-1a of the key), so replays of
 /// the same stream give the same scores.
 fn key_seed(key: &str) -> u64 {
-    key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+    key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 #[cfg(test)]

@@ -48,15 +48,32 @@ pub struct Row {
 /// [`InputError`] naming the file and, for CSV, the row.
 pub fn read_rows(path: &Path) -> Result<(Vec<String>, Vec<Row>), InputError> {
     let name = path.display().to_string();
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
     match ext.as_str() {
         "csv" => {
-            let mut r = csv::Reader::from_path(path).map_err(|source| InputError::Csv { path: name.clone(), source })?;
-            let header: Vec<String> =
-                r.headers().map_err(|source| InputError::Csv { path: name.clone(), source })?.iter().map(str::to_string).collect();
+            let mut r = csv::Reader::from_path(path).map_err(|source| InputError::Csv {
+                path: name.clone(),
+                source,
+            })?;
+            let header: Vec<String> = r
+                .headers()
+                .map_err(|source| InputError::Csv {
+                    path: name.clone(),
+                    source,
+                })?
+                .iter()
+                .map(str::to_string)
+                .collect();
             let mut rows = Vec::new();
             for rec in r.records() {
-                let rec = rec.map_err(|source| InputError::Csv { path: name.clone(), source })?;
+                let rec = rec.map_err(|source| InputError::Csv {
+                    path: name.clone(),
+                    source,
+                })?;
                 let mut obj = serde_json::Map::with_capacity(header.len());
                 for (h, cell) in header.iter().zip(rec.iter()) {
                     let v = match cell.trim().parse::<f64>() {
@@ -73,11 +90,15 @@ pub fn read_rows(path: &Path) -> Result<(Vec<String>, Vec<Row>), InputError> {
             Ok((header, rows))
         }
         "jsonl" | "json" | "ndjson" => {
-            let text = std::fs::read_to_string(path).map_err(|source| InputError::Read { path: name, source })?;
+            let text = std::fs::read_to_string(path)
+                .map_err(|source| InputError::Read { path: name, source })?;
             let rows = text
                 .lines()
                 .filter(|l| !l.trim().is_empty())
-                .map(|l| Row { cells: Vec::new(), json: l.as_bytes().to_vec() })
+                .map(|l| Row {
+                    cells: Vec::new(),
+                    json: l.as_bytes().to_vec(),
+                })
                 .collect();
             Ok((Vec::new(), rows))
         }

@@ -9,7 +9,11 @@ use vigil_detector::engine::{Engine, EngineOptions, Outputs, RawRecord};
 
 fn shared() -> PathBuf {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/datasets/nab/data");
-    assert!(p.is_dir(), "NAB data not found at {} (the repo expects ../shared beside it)", p.display());
+    assert!(
+        p.is_dir(),
+        "NAB data not found at {} (the repo expects ../shared beside it)",
+        p.display()
+    );
     p
 }
 
@@ -20,14 +24,28 @@ fn machine_temperature_alerts_match_golden() {
     m.add_file(&dir.join("machine-temperature.yaml")).unwrap();
     let rules = m.rules_for(&m.pipelines[0]);
     assert_eq!(rules.len(), 4);
-    let (mut engine, errors) = Engine::from_resources(&m.pipelines[0], &rules, &[], EngineOptions::default()).unwrap();
+    let (mut engine, errors) =
+        Engine::from_resources(&m.pipelines[0], &rules, &[], EngineOptions::default()).unwrap();
     assert!(errors.is_empty(), "{errors:?}");
-    let (_, rows) = vigil_detector::input::read_rows(&shared().join("realKnownCause/machine_temperature_system_failure.csv")).unwrap();
+    let (_, rows) = vigil_detector::input::read_rows(
+        &shared().join("realKnownCause/machine_temperature_system_failure.csv"),
+    )
+    .unwrap();
     let mut out = Outputs::default();
     let mut lines = Vec::new();
     for (i, row) in rows.iter().enumerate() {
-        let now = vigil_detector::decode::parse_event_time(&row.cells[0], Default::default()).unwrap();
-        engine.process(&RawRecord { partition: 0, offset: i as i64, key: Some(b"machine-1"), payload: &row.json }, now, &mut out);
+        let now =
+            vigil_detector::decode::parse_event_time(&row.cells[0], Default::default()).unwrap();
+        engine.process(
+            &RawRecord {
+                partition: 0,
+                offset: i as i64,
+                key: Some(b"machine-1"),
+                payload: &row.json,
+            },
+            now,
+            &mut out,
+        );
         for a in out.alerts.drain(..) {
             lines.push(serde_json::to_string(&a).unwrap());
         }
@@ -39,7 +57,12 @@ fn machine_temperature_alerts_match_golden() {
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         std::fs::write(&golden, &got).unwrap();
     }
-    let want = std::fs::read_to_string(&golden).expect("golden file; create it with UPDATE_GOLDEN=1");
-    assert!(lines.len() >= 4, "the scenario should alert: {} alerts", lines.len());
+    let want =
+        std::fs::read_to_string(&golden).expect("golden file; create it with UPDATE_GOLDEN=1");
+    assert!(
+        lines.len() >= 4,
+        "the scenario should alert: {} alerts",
+        lines.len()
+    );
     assert_eq!(got, want, "alerts differ from {}", golden.display());
 }

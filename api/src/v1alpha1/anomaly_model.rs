@@ -19,9 +19,21 @@ use serde::{Deserialize, Serialize};
     derive = "PartialEq",
     doc = "An ONNX anomaly model with its feature contract, threshold and rollout.",
     printcolumn(name = "Revision", type_ = "string", json_path = ".spec.revision"),
-    printcolumn(name = "Serving", type_ = "string", json_path = ".status.servingRevision"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Serving",
+        type_ = "string",
+        json_path = ".status.servingRevision"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AnomalyModelSpec {

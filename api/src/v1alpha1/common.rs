@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 /// An aggregate computed per key, per numeric field, per window.
 ///
 /// Written `<field>.<feature>` in CEL expressions and model feature contracts (`value.mean`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Feature {
     /// Number of events in the window.
@@ -90,7 +92,10 @@ impl FromStr for Feature {
             .find(|f| f.as_str() == s)
             .ok_or_else(|| {
                 let names: Vec<_> = Feature::ALL.iter().map(|f| f.as_str()).collect();
-                format!("unknown feature `{s}`, expected one of {}", names.join(", "))
+                format!(
+                    "unknown feature `{s}`, expected one of {}",
+                    names.join(", ")
+                )
             })
     }
 }

@@ -26,8 +26,16 @@ use super::Feature;
     doc = "A detection rule: threshold, dynamic baseline, CEL expression or model, with severity, labels and annotations.",
     printcolumn(name = "Severity", type_ = "string", json_path = ".spec.severity"),
     printcolumn(name = "Window", type_ = "string", json_path = ".spec.window"),
-    printcolumn(name = "Accepted", type_ = "string", json_path = ".status.conditions[?(@.type==\"Accepted\")].status"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Accepted",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Accepted\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[x_kube(validation = Rule::new("[has(self.threshold), has(self.baseline), has(self.expression), has(self.model), has(self.detector), has(self.ensemble)].filter(x, x).size() == 1").message("exactly one of threshold, baseline, expression, model, detector or ensemble must be set"))]

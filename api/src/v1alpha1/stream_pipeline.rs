@@ -30,11 +30,31 @@ use super::Feature;
         status_replicas_path = ".status.replicas",
         label_selector_path = ".status.selector"
     ),
-    printcolumn(name = "Topics", type_ = "string", json_path = ".spec.source.kafka.topics"),
-    printcolumn(name = "Parallelism", type_ = "integer", json_path = ".spec.parallelism"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Topics",
+        type_ = "string",
+        json_path = ".spec.source.kafka.topics"
+    ),
+    printcolumn(
+        name = "Parallelism",
+        type_ = "integer",
+        json_path = ".spec.parallelism"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[x_kube(validation = Rule::new("self.windows.all(w, self.windows.exists_one(v, v.name == w.name))").message("window names must be unique"))]
@@ -357,12 +377,16 @@ impl WindowSpec {
 
     /// Slide in milliseconds (the size when tumbling).
     pub fn slide_ms(&self) -> i64 {
-        self.slide.as_ref().map_or(self.size_ms(), super::duration_ms)
+        self.slide
+            .as_ref()
+            .map_or(self.size_ms(), super::duration_ms)
     }
 
     /// Maximum out-of-orderness in milliseconds.
     pub fn max_out_of_orderness_ms(&self) -> i64 {
-        self.max_out_of_orderness.as_ref().map_or(0, super::duration_ms)
+        self.max_out_of_orderness
+            .as_ref()
+            .map_or(0, super::duration_ms)
     }
 
     /// Allowed lateness in milliseconds.
@@ -372,6 +396,8 @@ impl WindowSpec {
 
     /// Idle timeout in milliseconds (default 30 s).
     pub fn idle_timeout_ms(&self) -> i64 {
-        self.idle_timeout.as_ref().map_or(30_000, super::duration_ms)
+        self.idle_timeout
+            .as_ref()
+            .map_or(30_000, super::duration_ms)
     }
 }

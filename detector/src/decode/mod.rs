@@ -133,7 +133,9 @@ impl Decoder {
                 }
                 false
             }
-            Layout::Narrow { parameter, value, .. } => {
+            Layout::Narrow {
+                parameter, value, ..
+            } => {
                 root.insert(parameter, Slot::Parameter);
                 root.insert(value, Slot::Value);
                 wide_paths.push(join(value));
@@ -167,10 +169,16 @@ impl Decoder {
         values.clear();
         let mut scratch = Scratch::default();
         let mut de = serde_json::Deserializer::from_slice(bytes);
-        EntrySeed { node: Some(&self.root), slots: &[], scratch: &mut scratch, values, time_format: self.time_format }
-            .deserialize(&mut de)
-            .and_then(|()| de.end())
-            .map_err(|e| DecodeError::InvalidJson(e.to_string()))?;
+        EntrySeed {
+            node: Some(&self.root),
+            slots: &[],
+            scratch: &mut scratch,
+            values,
+            time_format: self.time_format,
+        }
+        .deserialize(&mut de)
+        .and_then(|()| de.end())
+        .map_err(|e| DecodeError::InvalidJson(e.to_string()))?;
 
         let key = match (scratch.key, &self.key_path) {
             (Some(k), _) => k,
@@ -182,7 +190,12 @@ impl Decoder {
         };
         let event_time_ms = match scratch.time {
             Some(Ok(t)) => t,
-            Some(Err(reason)) => return Err(DecodeError::BadEventTime { path: self.time_path.clone(), reason }),
+            Some(Err(reason)) => {
+                return Err(DecodeError::BadEventTime {
+                    path: self.time_path.clone(),
+                    reason,
+                });
+            }
             None => return Err(DecodeError::MissingEventTime(self.time_path.clone())),
         };
         if let Some(slot) = scratch.not_numeric {
@@ -196,7 +209,9 @@ impl Decoder {
             let (Some(p), Some(v)) = (scratch.parameter, scratch.value) else {
                 return Err(DecodeError::NoFields(self.wide_paths.join(", ")));
             };
-            let id = fields.intern(&p).ok_or_else(|| DecodeError::UnknownParameter(p.to_string()))?;
+            let id = fields
+                .intern(&p)
+                .ok_or_else(|| DecodeError::UnknownParameter(p.to_string()))?;
             values.push((id, v));
         } else if values.is_empty() {
             return Err(DecodeError::NoFields(self.wide_paths.join(", ")));
@@ -219,8 +234,14 @@ impl<'n, 's, 'de> EntrySeed<'n, 's, 'de> {
     fn number(self, v: f64, as_int: Option<i64>) {
         for &slot in self.slots {
             match slot {
-                Slot::Key => self.scratch.key = Some(Cow::Owned(as_int.map_or_else(|| v.to_string(), |i| i.to_string()))),
-                Slot::Time => self.scratch.time = Some(time::from_number(v, as_int, self.time_format)),
+                Slot::Key => {
+                    self.scratch.key = Some(Cow::Owned(
+                        as_int.map_or_else(|| v.to_string(), |i| i.to_string()),
+                    ))
+                }
+                Slot::Time => {
+                    self.scratch.time = Some(time::from_number(v, as_int, self.time_format))
+                }
                 Slot::Field(i) => self.values.push((i, v)),
                 Slot::Value => self.scratch.value = Some(v),
                 Slot::Parameter => self.scratch.parameter = Some(Cow::Owned(v.to_string())),

@@ -10,27 +10,40 @@ fn pipeline(format: &str) -> PipelineConfig {
     PipelineConfig::from_resource(&m.pipelines[0]).unwrap()
 }
 
-fn decode<'a>(cfg: &PipelineConfig, bytes: &'a [u8]) -> Result<(Event<'a>, Vec<(String, f64)>), DecodeError> {
+fn decode<'a>(
+    cfg: &PipelineConfig,
+    bytes: &'a [u8],
+) -> Result<(Event<'a>, Vec<(String, f64)>), DecodeError> {
     let d = Decoder::new(cfg);
     let mut fields = FieldTable::for_layout(&cfg.layout);
     let mut values = Vec::new();
     let ev = d.decode(bytes, None, &mut fields, &mut values)?;
-    let named = values.iter().map(|&(i, v)| (fields.name(i).to_string(), v)).collect();
+    let named = values
+        .iter()
+        .map(|&(i, v)| (fields.name(i).to_string(), v))
+        .collect();
     Ok((ev, named))
 }
 
 #[test]
 fn wide_event_with_datetime() {
-    let cfg = pipeline("{keyField: host, eventTime: {field: timestamp}, wide: {fields: [{name: value}, {name: cpu, path: m.cpu}]}}");
+    let cfg = pipeline(
+        "{keyField: host, eventTime: {field: timestamp}, wide: {fields: [{name: value}, {name: cpu, path: m.cpu}]}}",
+    );
     let (ev, vals) = decode(&cfg, br#"{"host":"a","timestamp":"2013-12-02 21:15:00","value":73.5,"m":{"cpu":"12.5","x":[1,2]},"extra":{"k":1}}"#).unwrap();
     assert_eq!(ev.key, "a");
     assert_eq!(ev.event_time_ms, 1_386_018_900_000);
-    assert_eq!(vals, vec![("value".to_string(), 73.5), ("cpu".to_string(), 12.5)]);
+    assert_eq!(
+        vals,
+        vec![("value".to_string(), 73.5), ("cpu".to_string(), 12.5)]
+    );
 }
 
 #[test]
 fn narrow_event_from_the_issue() {
-    let cfg = pipeline("{keyField: id, eventTime: {field: value.eventTimeMillis}, narrow: {parameterField: parameter, valueField: value.value}}");
+    let cfg = pipeline(
+        "{keyField: id, eventTime: {field: value.eventTimeMillis}, narrow: {parameterField: parameter, valueField: value.value}}",
+    );
     let (ev, vals) = decode(&cfg, br#"{"id":"GT#4202137","parameter":"CurrentDownstream","value":{"eventTimeMillis":1548081433725,"value":2137.0}}"#).unwrap();
     assert_eq!(ev.key, "GT#4202137");
     assert_eq!(ev.event_time_ms, 1_548_081_433_725);
@@ -39,8 +52,14 @@ fn narrow_event_from_the_issue() {
 
 #[test]
 fn rfc3339_and_numeric_key() {
-    let cfg = pipeline("{keyField: id, eventTime: {field: ts, format: Rfc3339}, wide: {fields: [{name: v}]}}");
-    let (ev, _) = decode(&cfg, br#"{"id":42,"ts":"2019-01-21T14:37:13.725+00:00","v":1}"#).unwrap();
+    let cfg = pipeline(
+        "{keyField: id, eventTime: {field: ts, format: Rfc3339}, wide: {fields: [{name: v}]}}",
+    );
+    let (ev, _) = decode(
+        &cfg,
+        br#"{"id":42,"ts":"2019-01-21T14:37:13.725+00:00","v":1}"#,
+    )
+    .unwrap();
     assert_eq!(ev.key, "42");
     assert_eq!(ev.event_time_ms, 1_548_081_433_725);
 }
@@ -51,15 +70,29 @@ fn errors_name_the_field() {
     let e = |b: &[u8]| decode(&cfg, b).unwrap_err().to_string();
     assert_eq!(e(br#"{"id":"a","v":1}"#), "missing event time field `ts`");
     assert_eq!(e(br#"{"ts":1,"v":1}"#), "missing key field `id`");
-    assert_eq!(e(br#"{"id":"a","ts":1,"v":"hot"}"#), "field `v` is not a number");
-    assert_eq!(e(br#"{"id":"a","ts":1}"#), "no numeric field found (expected v)");
-    assert!(e(br#"{"id":"a","ts":"yesterday","v":1}"#).starts_with("event time field `ts`: `yesterday` is neither"));
+    assert_eq!(
+        e(br#"{"id":"a","ts":1,"v":"hot"}"#),
+        "field `v` is not a number"
+    );
+    assert_eq!(
+        e(br#"{"id":"a","ts":1}"#),
+        "no numeric field found (expected v)"
+    );
+    assert!(
+        e(br#"{"id":"a","ts":"yesterday","v":1}"#)
+            .starts_with("event time field `ts`: `yesterday` is neither")
+    );
     assert!(e(b"not json").starts_with("invalid JSON"));
     assert!(e(br#"{"id":"a","ts":1,"v":1} trailing"#).starts_with("invalid JSON"));
 }
 
 #[test]
 fn closed_parameter_set_rejects_unknown_parameters() {
-    let cfg = pipeline("{keyField: id, eventTime: {field: t}, narrow: {parameterField: p, valueField: v, parameters: [a]}}");
-    assert_eq!(decode(&cfg, br#"{"id":"x","t":1,"p":"b","v":2}"#).unwrap_err(), DecodeError::UnknownParameter("b".into()));
+    let cfg = pipeline(
+        "{keyField: id, eventTime: {field: t}, narrow: {parameterField: p, valueField: v, parameters: [a]}}",
+    );
+    assert_eq!(
+        decode(&cfg, br#"{"id":"x","t":1,"p":"b","v":2}"#).unwrap_err(),
+        DecodeError::UnknownParameter("b".into())
+    );
 }

@@ -15,11 +15,18 @@ pub fn parse_event_time(s: &str, format: TimeFormat) -> Result<i64, String> {
 pub(super) fn from_str(s: &str, format: TimeFormat) -> Result<i64, String> {
     let s = s.trim();
     let rfc3339 = || DateTime::parse_from_rfc3339(s).map(|t| t.timestamp_millis());
-    let datetime = || NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f").map(|t| t.and_utc().timestamp_millis());
+    let datetime = || {
+        NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f")
+            .map(|t| t.and_utc().timestamp_millis())
+    };
     match format {
         TimeFormat::Rfc3339 => rfc3339().map_err(|e| format!("`{s}` is not RFC 3339: {e}")),
-        TimeFormat::DateTime => datetime().map_err(|e| format!("`{s}` is not `YYYY-MM-DD HH:MM:SS`: {e}")),
-        TimeFormat::EpochMillis => s.parse::<i64>().map_err(|_| format!("`{s}` is not integer epoch milliseconds")),
+        TimeFormat::DateTime => {
+            datetime().map_err(|e| format!("`{s}` is not `YYYY-MM-DD HH:MM:SS`: {e}"))
+        }
+        TimeFormat::EpochMillis => s
+            .parse::<i64>()
+            .map_err(|_| format!("`{s}` is not integer epoch milliseconds")),
         TimeFormat::EpochSeconds => s
             .parse::<f64>()
             .ok()
@@ -35,7 +42,9 @@ pub(super) fn from_str(s: &str, format: TimeFormat) -> Result<i64, String> {
             } else {
                 datetime().or_else(|_| rfc3339())
             }
-            .map_err(|_| format!("`{s}` is neither epoch milliseconds, RFC 3339 nor `YYYY-MM-DD HH:MM:SS`"))
+            .map_err(|_| {
+                format!("`{s}` is neither epoch milliseconds, RFC 3339 nor `YYYY-MM-DD HH:MM:SS`")
+            })
         }
     }
 }
@@ -47,6 +56,8 @@ pub(super) fn from_number(v: f64, as_int: Option<i64>, format: TimeFormat) -> Re
     match format {
         TimeFormat::EpochSeconds => Ok((v * 1000.0).round() as i64),
         TimeFormat::EpochMillis | TimeFormat::Auto => Ok(as_int.unwrap_or(v.round() as i64)),
-        TimeFormat::Rfc3339 | TimeFormat::DateTime => Err(format!("expected a string, got the number {v}")),
+        TimeFormat::Rfc3339 | TimeFormat::DateTime => {
+            Err(format!("expected a string, got the number {v}"))
+        }
     }
 }

@@ -28,14 +28,30 @@ fn rec(partition: i32, offset: i64, key: &str, t: i64, v: f64) -> Vec<u8> {
 
 fn feed(e: &mut Engine, partition: i32, offset: i64, key: &str, t: i64, v: f64, out: &mut Outputs) {
     let payload = rec(partition, offset, key, t, v);
-    e.process(&RawRecord { partition, offset, key: None, payload: &payload }, 0, out);
+    e.process(
+        &RawRecord {
+            partition,
+            offset,
+            key: None,
+            payload: &payload,
+        },
+        0,
+        out,
+    );
 }
 
 const HOT: &str = "apiVersion: vigil.dev/v1alpha1\nkind: DetectionRule\nmetadata: {name: hot}\nspec: {window: w, threshold: {field: v, feature: max, operator: '>', value: 10}}\n";
 
 #[test]
 fn windows_fire_when_the_watermark_passes_their_end() {
-    let mut e = engine_with("{name: w, size: 10s, maxOutOfOrderness: 2s}", HOT, EngineOptions { emit_windows: true, ..Default::default() });
+    let mut e = engine_with(
+        "{name: w, size: 10s, maxOutOfOrderness: 2s}",
+        HOT,
+        EngineOptions {
+            emit_windows: true,
+            ..Default::default()
+        },
+    );
     let mut out = Outputs::default();
     feed(&mut e, 0, 0, "a", 1_000, 20.0, &mut out);
     feed(&mut e, 0, 1, "a", 11_000, 1.0, &mut out);
@@ -46,7 +62,8 @@ fn windows_fire_when_the_watermark_passes_their_end() {
     assert_eq!(out.alerts.len(), 1);
     assert_eq!(out.alerts[0].status, AlertStatus::Firing);
     assert_eq!(out.alerts[0].value, Some(20.0));
-    let json: serde_json::Value = serde_json::from_slice(&out.alerts[0].to_cloudevent_json()).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_slice(&out.alerts[0].to_cloudevent_json()).unwrap();
     assert_eq!(json["specversion"], "1.0");
     assert_eq!(json["type"], "dev.vigil.alert.firing");
     assert_eq!(json["data"]["features"]["v.max"], 20.0);
@@ -55,12 +72,22 @@ fn windows_fire_when_the_watermark_passes_their_end() {
     feed(&mut e, 0, 3, "a", 22_000, 1.0, &mut out);
     assert_eq!(out.alerts.len(), 1);
     assert_eq!(out.alerts[0].status, AlertStatus::Resolved);
-    assert_eq!(out.alerts[0].fingerprint, alert::fingerprint("p", "hot", "a"));
+    assert_eq!(
+        out.alerts[0].fingerprint,
+        alert::fingerprint("p", "hot", "a")
+    );
 }
 
 #[test]
 fn late_events_update_within_allowed_lateness_and_are_dead_lettered_after() {
-    let mut e = engine_with("{name: w, size: 10s, allowedLateness: 5s}", "", EngineOptions { emit_windows: true, ..Default::default() });
+    let mut e = engine_with(
+        "{name: w, size: 10s, allowedLateness: 5s}",
+        "",
+        EngineOptions {
+            emit_windows: true,
+            ..Default::default()
+        },
+    );
     let mut out = Outputs::default();
     feed(&mut e, 0, 0, "a", 1_000, 1.0, &mut out);
     feed(&mut e, 0, 1, "a", 12_000, 1.0, &mut out); // watermark 12s: [0,10s) fires
@@ -84,7 +111,16 @@ fn late_events_update_within_allowed_lateness_and_are_dead_lettered_after() {
 fn malformed_events_are_dead_lettered_with_reason() {
     let mut e = engine_with("{name: w, size: 10s}", "", EngineOptions::default());
     let mut out = Outputs::default();
-    e.process(&RawRecord { partition: 3, offset: 7, key: Some(b"x"), payload: b"{\"k\":\"a\",\"v\":1}" }, 0, &mut out);
+    e.process(
+        &RawRecord {
+            partition: 3,
+            offset: 7,
+            key: Some(b"x"),
+            payload: b"{\"k\":\"a\",\"v\":1}",
+        },
+        0,
+        &mut out,
+    );
     assert_eq!(out.dead_letters.len(), 1);
     let d = &out.dead_letters[0];
     assert_eq!((d.partition, d.offset), (3, 7));
@@ -96,15 +132,57 @@ fn malformed_events_are_dead_lettered_with_reason() {
 
 #[test]
 fn idle_partition_stops_holding_the_watermark_back() {
-    let mut e = engine_with("{name: w, size: 10s, idleTimeout: 5s}", "", EngineOptions { emit_windows: true, ..Default::default() });
+    let mut e = engine_with(
+        "{name: w, size: 10s, idleTimeout: 5s}",
+        "",
+        EngineOptions {
+            emit_windows: true,
+            ..Default::default()
+        },
+    );
     let mut out = Outputs::default();
     let p = |t: i64, v: f64| format!(r#"{{"k":"a","t":{t},"v":{v}}}"#).into_bytes();
-    e.process(&RawRecord { partition: 0, offset: 0, key: None, payload: &p(1_000, 1.0) }, 0, &mut out);
-    e.process(&RawRecord { partition: 1, offset: 0, key: None, payload: &p(500, 1.0) }, 0, &mut out);
-    e.process(&RawRecord { partition: 0, offset: 1, key: None, payload: &p(30_000, 1.0) }, 1_000, &mut out);
-    assert!(out.windows.is_empty(), "partition 1 at 0.5s holds the watermark");
+    e.process(
+        &RawRecord {
+            partition: 0,
+            offset: 0,
+            key: None,
+            payload: &p(1_000, 1.0),
+        },
+        0,
+        &mut out,
+    );
+    e.process(
+        &RawRecord {
+            partition: 1,
+            offset: 0,
+            key: None,
+            payload: &p(500, 1.0),
+        },
+        0,
+        &mut out,
+    );
+    e.process(
+        &RawRecord {
+            partition: 0,
+            offset: 1,
+            key: None,
+            payload: &p(30_000, 1.0),
+        },
+        1_000,
+        &mut out,
+    );
+    assert!(
+        out.windows.is_empty(),
+        "partition 1 at 0.5s holds the watermark"
+    );
     e.advance(7_000, &mut out); // partition 1 idle for 7s > 5s
-    assert_eq!(out.windows.len(), 2, "both keys' [0,10s) windows fire: {:?}", out.windows);
+    assert_eq!(
+        out.windows.len(),
+        2,
+        "both keys' [0,10s) windows fire: {:?}",
+        out.windows
+    );
 }
 
 #[test]
@@ -130,7 +208,13 @@ fn rule_reload_keeps_state_of_unchanged_rules() {
     assert_eq!(out.alerts.len(), 1);
     let mut m = Manifests::default();
     m.add_str("r", HOT).unwrap();
-    m.add_str("r2", &HOT.replace("name: hot", "name: cold").replace("'>'", "'<'").replace("value: 10", "value: 0")).unwrap();
+    m.add_str(
+        "r2",
+        &HOT.replace("name: hot", "name: cold")
+            .replace("'>'", "'<'")
+            .replace("value: 10", "value: 0"),
+    )
+    .unwrap();
     let refs: Vec<&DetectionRule> = m.rules.iter().collect();
     assert!(e.replace_rules(&refs, &[]).is_empty());
     assert_eq!(e.rule_names(), vec!["hot", "cold"]);
@@ -141,7 +225,14 @@ fn rule_reload_keeps_state_of_unchanged_rules() {
 
 #[test]
 fn duplicate_and_backwards_timestamps_are_counted_once_each() {
-    let mut e = engine_with("{name: w, size: 10s, maxOutOfOrderness: 5s}", "", EngineOptions { emit_windows: true, ..Default::default() });
+    let mut e = engine_with(
+        "{name: w, size: 10s, maxOutOfOrderness: 5s}",
+        "",
+        EngineOptions {
+            emit_windows: true,
+            ..Default::default()
+        },
+    );
     let mut out = Outputs::default();
     for (i, t) in [3_000, 3_000, 2_000, 9_000, 1_000].into_iter().enumerate() {
         feed(&mut e, 0, i as i64, "a", t, i as f64, &mut out);
@@ -150,7 +241,10 @@ fn duplicate_and_backwards_timestamps_are_counted_once_each() {
     assert_eq!(out.windows.len(), 1);
     let f = &out.windows[0].features;
     assert!(f.contains(&("v.count".to_string(), 5.0)));
-    assert!(f.contains(&("v.last".to_string(), 3.0)), "last is the value at the greatest event time: {f:?}");
+    assert!(
+        f.contains(&("v.last".to_string(), 3.0)),
+        "last is the value at the greatest event time: {f:?}"
+    );
 }
 
 proptest! {

@@ -30,7 +30,11 @@ pub struct Agg {
 
 impl std::fmt::Debug for Agg {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Agg").field("count", &self.count).field("mean", &self.mean).field("sketch", &self.sketch.is_some()).finish_non_exhaustive()
+        f.debug_struct("Agg")
+            .field("count", &self.count)
+            .field("mean", &self.mean)
+            .field("sketch", &self.sketch.is_some())
+            .finish_non_exhaustive()
     }
 }
 
@@ -172,7 +176,16 @@ mod tests {
         let max = values.iter().map(|v| v.1).fold(f64::NEG_INFINITY, f64::max);
         // Greatest event time; the later arrival among ties.
         let last = values.iter().max_by_key(|v| v.0).unwrap().1;
-        [n, sum, mean, min, max, var.sqrt(), last, n * 1000.0 / size_ms as f64]
+        [
+            n,
+            sum,
+            mean,
+            min,
+            max,
+            var.sqrt(),
+            last,
+            n * 1000.0 / size_ms as f64,
+        ]
     }
 
     fn close(a: f64, b: f64) -> bool {

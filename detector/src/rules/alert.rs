@@ -63,13 +63,22 @@ pub struct Alert {
 
 /// Stable fingerprint of a (pipeline, rule, key) alert series.
 pub fn fingerprint(pipeline: &str, rule: &str, key: &str) -> String {
-    uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, format!("vigil:{pipeline}/{rule}/{key}").as_bytes()).to_string()
+    uuid::Uuid::new_v5(
+        &uuid::Uuid::NAMESPACE_URL,
+        format!("vigil:{pipeline}/{rule}/{key}").as_bytes(),
+    )
+    .to_string()
 }
 
 /// Advances the lifecycle of one (rule, key) with the evaluation of the window ending at
 /// `window_end`. Returns the transition to emit, if any. Firing is emitted once; while firing,
 /// further matches emit nothing (no re-fire storm).
-pub fn step(rule: &CompiledRule, state: &mut RuleState, eval: &Evaluation, window_end: i64) -> Option<AlertStatus> {
+pub fn step(
+    rule: &CompiledRule,
+    state: &mut RuleState,
+    eval: &Evaluation,
+    window_end: i64,
+) -> Option<AlertStatus> {
     if eval.matched {
         let since = *state.pending_since.get_or_insert(window_end);
         if state.firing_since.is_none() && window_end - since >= rule.for_ms {
@@ -88,7 +97,10 @@ pub fn step(rule: &CompiledRule, state: &mut RuleState, eval: &Evaluation, windo
 /// # Errors
 /// The template engine's message.
 pub fn check_template(t: &str) -> Result<(), String> {
-    minijinja::Environment::new().template_from_str(t).map(|_| ()).map_err(|e| format!("template does not parse: {e}"))
+    minijinja::Environment::new()
+        .template_from_str(t)
+        .map(|_| ())
+        .map_err(|e| format!("template does not parse: {e}"))
 }
 
 /// Renders label/annotation templates with `key`, `rule`, `pipeline`, `window`, `severity`,
@@ -97,7 +109,10 @@ pub fn render(templates: &BTreeMap<String, String>, alert: &Alert) -> BTreeMap<S
     let mut fields: BTreeMap<String, BTreeMap<String, f64>> = BTreeMap::new();
     for (k, v) in &alert.features {
         if let Some((field, feature)) = k.split_once('.') {
-            fields.entry(field.to_string()).or_default().insert(feature.to_string(), *v);
+            fields
+                .entry(field.to_string())
+                .or_default()
+                .insert(feature.to_string(), *v);
         }
     }
     let mut ctx = serde_json::to_value(&fields).unwrap_or_default();
@@ -113,7 +128,12 @@ pub fn render(templates: &BTreeMap<String, String>, alert: &Alert) -> BTreeMap<S
     let env = minijinja::Environment::new();
     templates
         .iter()
-        .map(|(k, t)| (k.clone(), env.render_str(t, &ctx).unwrap_or_else(|_| t.clone())))
+        .map(|(k, t)| {
+            (
+                k.clone(),
+                env.render_str(t, &ctx).unwrap_or_else(|_| t.clone()),
+            )
+        })
         .collect()
 }
 
@@ -129,7 +149,12 @@ impl Alert {
     /// Deterministic event id: the same transition of the same window always gets the same id,
     /// so consumers can drop duplicates after an at-least-once replay.
     pub fn event_id(&self) -> String {
-        format!("{}-{}-{}", self.fingerprint, self.window_end, event_type(self.status).rsplit('.').next().unwrap_or(""))
+        format!(
+            "{}-{}-{}",
+            self.fingerprint,
+            self.window_end,
+            event_type(self.status).rsplit('.').next().unwrap_or("")
+        )
     }
 
     /// The alert as a CloudEvents 1.0 structured-mode JSON document.
@@ -141,7 +166,10 @@ impl Alert {
             .ty(event_type(self.status))
             .subject(self.key.clone())
             .time(time)
-            .data("application/json", serde_json::to_value(self).unwrap_or_default())
+            .data(
+                "application/json",
+                serde_json::to_value(self).unwrap_or_default(),
+            )
             .build()
             .expect("id, source and type are always set");
         serde_json::to_vec(&event).unwrap_or_default()

@@ -77,7 +77,15 @@ impl History {
             let mut dev: Vec<f64> = v.iter().map(|x| (x - median).abs()).collect();
             dev.sort_by(f64::total_cmp);
             let mad = quantile_sorted(&dev, 0.5);
-            self.stats = Some(BaselineStats { samples: v.len(), mean, stddev, median, mad, q1, q3 });
+            self.stats = Some(BaselineStats {
+                samples: v.len(),
+                mean,
+                stddev,
+                median,
+                mad,
+                q1,
+                q3,
+            });
         }
         self.stats
     }

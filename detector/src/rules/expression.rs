@@ -26,16 +26,25 @@ pub struct Expression {
 
 impl std::fmt::Debug for Expression {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Expression").field("expr", &self.source).finish_non_exhaustive()
+        f.debug_struct("Expression")
+            .field("expr", &self.source)
+            .finish_non_exhaustive()
     }
 }
 
 fn compile_one(at: &str, src: &str) -> Result<Program, (String, String)> {
-    let program = Program::compile(src).map_err(|e| (at.to_string(), format!("CEL does not compile: {e}")))?;
+    let program = Program::compile(src)
+        .map_err(|e| (at.to_string(), format!("CEL does not compile: {e}")))?;
     let refs = program.references();
     for v in refs.variables() {
         if !VARIABLES.contains(&v) {
-            return Err((at.to_string(), format!("unknown variable `{v}`; available: {}", VARIABLES.join(", "))));
+            return Err((
+                at.to_string(),
+                format!(
+                    "unknown variable `{v}`; available: {}",
+                    VARIABLES.join(", ")
+                ),
+            ));
         }
     }
     Ok(program)
@@ -48,14 +57,30 @@ impl Expression {
     /// `(field path, reason)` for a syntax error or an unknown variable.
     pub fn compile(e: &ExpressionRule, cfg: &PipelineConfig) -> Result<Self, (String, String)> {
         let program = compile_one("spec.expression.expr", &e.expr)?;
-        let score = e.score.as_deref().map(|s| compile_one("spec.expression.score", s)).transpose()?;
+        let score = e
+            .score
+            .as_deref()
+            .map(|s| compile_one("spec.expression.score", s))
+            .transpose()?;
         let uses_baseline = program.references().has_variable("baseline")
-            || score.as_ref().is_some_and(|s| s.references().has_variable("baseline"));
-        let history_ms = e.history.as_ref().map_or(3_600_000, vigil_api::v1alpha1::duration_ms);
+            || score
+                .as_ref()
+                .is_some_and(|s| s.references().has_variable("baseline"));
+        let history_ms = e
+            .history
+            .as_ref()
+            .map_or(3_600_000, vigil_api::v1alpha1::duration_ms);
         if history_ms <= 0 {
             return Err(("spec.expression.history".into(), "must be positive".into()));
         }
-        Ok(Self { source: e.expr.clone(), program, score, history_ms, uses_baseline, features: cfg.features.clone() })
+        Ok(Self {
+            source: e.expr.clone(),
+            program,
+            score,
+            history_ms,
+            uses_baseline,
+            features: cfg.features.clone(),
+        })
     }
 
     fn context(&self, w: &WindowView<'_>, history: &mut [History]) -> Context<'static, 'static> {
@@ -65,30 +90,37 @@ impl Expression {
         let mut baseline: HashMap<String, Value> = HashMap::new();
         for (id, fv) in w.fields {
             let name = w.table.name(*id).to_string();
-            let per: HashMap<String, Value> =
-                self.features.iter().map(|f| (f.as_str().to_string(), Value::Float(fv.get(*f)))).collect();
+            let per: HashMap<String, Value> = self
+                .features
+                .iter()
+                .map(|f| (f.as_str().to_string(), Value::Float(fv.get(*f))))
+                .collect();
             features.insert(name.clone(), per.into());
             event.insert(name.clone(), Value::Float(fv.get(Feature::Last)));
             if self.uses_baseline
                 && let Some(s) = history.get_mut(*id as usize).and_then(History::stats)
             {
-                    let b: HashMap<String, Value> = [
-                        ("mean", s.mean),
-                        ("stddev", s.stddev),
-                        ("median", s.median),
-                        ("mad", s.mad),
-                        ("q1", s.q1),
-                        ("q3", s.q3),
-                        ("samples", s.samples as f64),
-                    ]
-                    .into_iter()
-                    .map(|(k, v)| (k.to_string(), Value::Float(v)))
-                    .collect();
-                    baseline.insert(name, b.into());
+                let b: HashMap<String, Value> = [
+                    ("mean", s.mean),
+                    ("stddev", s.stddev),
+                    ("median", s.median),
+                    ("mad", s.mad),
+                    ("q1", s.q1),
+                    ("q3", s.q3),
+                    ("samples", s.samples as f64),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), Value::Float(v)))
+                .collect();
+                baseline.insert(name, b.into());
             }
         }
-        let window: HashMap<String, Value> =
-            [("start".to_string(), Value::Int(w.start)), ("end".to_string(), Value::Int(w.end))].into_iter().collect();
+        let window: HashMap<String, Value> = [
+            ("start".to_string(), Value::Int(w.start)),
+            ("end".to_string(), Value::Int(w.end)),
+        ]
+        .into_iter()
+        .collect();
         ctx.add_variable_from_value("key", Value::String(Arc::new(w.key.to_string())));
         ctx.add_variable_from_value("features", features);
         ctx.add_variable_from_value("event", event);
@@ -111,7 +143,11 @@ impl Expression {
             .clamp(0.0, 1.0),
             None => f64::from(u8::from(matched)),
         };
-        Evaluation { matched, score: if score.is_nan() { 0.0 } else { score }, value: f64::NAN }
+        Evaluation {
+            matched,
+            score: if score.is_nan() { 0.0 } else { score },
+            value: f64::NAN,
+        }
     }
 
     /// Records each field's window mean in its history, when `baseline` is used.

@@ -10,7 +10,9 @@ mod expression;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
-use vigil_api::v1alpha1::{AnomalyModel, BaselineMethod, DetectionRule, Direction, Feature, Operator, Severity};
+use vigil_api::v1alpha1::{
+    AnomalyModel, BaselineMethod, DetectionRule, Direction, Feature, Operator, Severity,
+};
 
 use crate::config::{FieldTable, InvalidSpec, PipelineConfig};
 use crate::detectors::{self, Combine, DetectorConfig, DetectorState};
@@ -170,7 +172,11 @@ pub struct Evaluation {
 }
 
 impl Evaluation {
-    const NONE: Evaluation = Evaluation { matched: false, score: 0.0, value: f64::NAN };
+    const NONE: Evaluation = Evaluation {
+        matched: false,
+        score: 0.0,
+        value: f64::NAN,
+    };
 }
 
 /// Per-(rule, key) state.
@@ -237,27 +243,53 @@ impl CompiledRule {
         models: &[&AnomalyModel],
     ) -> Result<Self, RuleError> {
         let name = rule.metadata.name.clone().unwrap_or_else(|| "rule".into());
-        let err = |field: &str, reason: String| RuleError { rule: name.clone(), error: InvalidSpec::new(field, reason) };
+        let err = |field: &str, reason: String| RuleError {
+            rule: name.clone(),
+            error: InvalidSpec::new(field, reason),
+        };
         let s = &rule.spec;
         let tier = cfg.tier(&s.window).ok_or_else(|| {
             let names: Vec<_> = cfg.tiers.iter().map(|t| t.name.as_str()).collect();
-            err("spec.window", format!("window `{}` is not one of the pipeline's windows ({})", s.window, names.join(", ")))
+            err(
+                "spec.window",
+                format!(
+                    "window `{}` is not one of the pipeline's windows ({})",
+                    s.window,
+                    names.join(", ")
+                ),
+            )
         })?;
         let field_id = |at: &str, f: &str, table: &mut FieldTable| {
-            table.get(f).or_else(|| table.intern(f)).ok_or_else(|| err(at, format!("field `{f}` is not a field of the pipeline")))
+            table
+                .get(f)
+                .or_else(|| table.intern(f))
+                .ok_or_else(|| err(at, format!("field `{f}` is not a field of the pipeline")))
         };
         let has_feature = |at: &str, feat: Feature| {
             if cfg.features.contains(&feat) {
                 Ok(())
             } else {
-                Err(err(at, format!("feature `{feat}` is not computed by the pipeline (spec.features)")))
+                Err(err(
+                    at,
+                    format!("feature `{feat}` is not computed by the pipeline (spec.features)"),
+                ))
             }
         };
-        let kind = match (&s.threshold, &s.baseline, &s.expression, &s.model, &s.detector, &s.ensemble) {
+        let kind = match (
+            &s.threshold,
+            &s.baseline,
+            &s.expression,
+            &s.model,
+            &s.detector,
+            &s.ensemble,
+        ) {
             (Some(t), None, None, None, None, None) => {
                 has_feature("spec.threshold.feature", t.feature)?;
                 if !t.value.is_finite() {
-                    return Err(err("spec.threshold.value", "must be a finite number".into()));
+                    return Err(err(
+                        "spec.threshold.value",
+                        "must be a finite number".into(),
+                    ));
                 }
                 RuleKind::Threshold {
                     field: field_id("spec.threshold.field", &t.field, table)?,
@@ -273,7 +305,10 @@ impl CompiledRule {
                     return Err(err("spec.baseline.history", "must be positive".into()));
                 }
                 if !(b.threshold > 0.0 && b.threshold.is_finite()) {
-                    return Err(err("spec.baseline.threshold", "must be a positive number".into()));
+                    return Err(err(
+                        "spec.baseline.threshold",
+                        "must be a positive number".into(),
+                    ));
                 }
                 RuleKind::Baseline {
                     field: field_id("spec.baseline.field", &b.field, table)?,
@@ -289,30 +324,58 @@ impl CompiledRule {
                 Expression::compile(e, cfg).map_err(|reason| err(&reason.0, reason.1))?,
             )),
             (None, None, None, Some(m), None, None) => {
-                let Some(am) = models.iter().find(|x| x.metadata.name.as_deref() == Some(m.model_ref.as_str())) else {
-                    return Err(err("spec.model.modelRef", format!("AnomalyModel `{}` not found", m.model_ref)));
+                let Some(am) = models
+                    .iter()
+                    .find(|x| x.metadata.name.as_deref() == Some(m.model_ref.as_str()))
+                else {
+                    return Err(err(
+                        "spec.model.modelRef",
+                        format!("AnomalyModel `{}` not found", m.model_ref),
+                    ));
                 };
-                let contract = crate::scoring::ModelContract::compile(am, cfg, table).map_err(|e| {
-                    err("spec.model.modelRef", format!("AnomalyModel `{}` does not fit the pipeline: {}: {}", m.model_ref, e.field, e.reason))
-                })?;
+                let contract =
+                    crate::scoring::ModelContract::compile(am, cfg, table).map_err(|e| {
+                        err(
+                            "spec.model.modelRef",
+                            format!(
+                                "AnomalyModel `{}` does not fit the pipeline: {}: {}",
+                                m.model_ref, e.field, e.reason
+                            ),
+                        )
+                    })?;
                 if am.spec.input.window != s.window {
                     return Err(err(
                         "spec.window",
-                        format!("must be `{}`, the window of AnomalyModel `{}` (spec.input.window)", am.spec.input.window, m.model_ref),
+                        format!(
+                            "must be `{}`, the window of AnomalyModel `{}` (spec.input.window)",
+                            am.spec.input.window, m.model_ref
+                        ),
                     ));
                 }
                 if m.threshold.is_some_and(|t| !t.is_finite()) {
-                    return Err(err("spec.model.threshold", "must be a finite number".into()));
+                    return Err(err(
+                        "spec.model.threshold",
+                        "must be a finite number".into(),
+                    ));
                 }
-                RuleKind::Model { model: m.model_ref.clone(), threshold: m.threshold, contract: Arc::new(contract) }
+                RuleKind::Model {
+                    model: m.model_ref.clone(),
+                    threshold: m.threshold,
+                    contract: Arc::new(contract),
+                }
             }
             (None, None, None, None, Some(d), None) => {
                 let config = event::detector_config(d).map_err(|(at, reason)| err(&at, reason))?;
                 RuleKind::Detector(Box::new(DetectorKind {
                     field: field_id("spec.detector.field", &d.field, table)?,
                     config,
-                    threshold: event::threshold("spec.detector.threshold", d.threshold).map_err(|(at, r)| err(&at, r))?,
-                    cooldown_ms: event::cooldown_ms("spec.detector.cooldown", d.cooldown.as_ref().map(vigil_api::v1alpha1::duration_ms)).map_err(|(at, r)| err(&at, r))?,
+                    threshold: event::threshold("spec.detector.threshold", d.threshold)
+                        .map_err(|(at, r)| err(&at, r))?,
+                    cooldown_ms: event::cooldown_ms(
+                        "spec.detector.cooldown",
+                        d.cooldown.as_ref().map(vigil_api::v1alpha1::duration_ms),
+                    )
+                    .map_err(|(at, r)| err(&at, r))?,
                 }))
             }
             (None, None, None, None, None, Some(e)) => RuleKind::Ensemble(Box::new(
@@ -330,7 +393,8 @@ impl CompiledRule {
             return Err(err("spec.for", "must not be negative".into()));
         }
         for (k, v) in s.labels.iter().chain(&s.annotations) {
-            alert::check_template(v).map_err(|reason| err(&format!("spec.labels/annotations[{k}]"), reason))?;
+            alert::check_template(v)
+                .map_err(|reason| err(&format!("spec.labels/annotations[{k}]"), reason))?;
         }
         Ok(Self {
             name,
@@ -347,22 +411,53 @@ impl CompiledRule {
     /// Evaluates the rule on a window without changing state (history is read, not updated).
     pub fn evaluate(&self, w: &WindowView<'_>, state: &mut RuleState) -> Evaluation {
         match &self.kind {
-            RuleKind::Threshold { field, feature, operator, value } => {
-                let Some(x) = w.field(*field).map(|f| f.get(*feature)).filter(|x| !x.is_nan()) else {
+            RuleKind::Threshold {
+                field,
+                feature,
+                operator,
+                value,
+            } => {
+                let Some(x) = w
+                    .field(*field)
+                    .map(|f| f.get(*feature))
+                    .filter(|x| !x.is_nan())
+                else {
                     return Evaluation::NONE;
                 };
                 let matched = operator.holds(x, *value);
-                Evaluation { matched, score: if matched { 1.0 } else { 0.0 }, value: x }
+                Evaluation {
+                    matched,
+                    score: if matched { 1.0 } else { 0.0 },
+                    value: x,
+                }
             }
-            RuleKind::Baseline { field, feature, method, threshold, direction, min_samples, .. } => {
-                let Some(x) = w.field(*field).map(|f| f.get(*feature)).filter(|x| !x.is_nan()) else {
+            RuleKind::Baseline {
+                field,
+                feature,
+                method,
+                threshold,
+                direction,
+                min_samples,
+                ..
+            } => {
+                let Some(x) = w
+                    .field(*field)
+                    .map(|f| f.get(*feature))
+                    .filter(|x| !x.is_nan())
+                else {
                     return Evaluation::NONE;
                 };
                 let Some(stats) = state.history.first_mut().and_then(History::stats) else {
-                    return Evaluation { value: x, ..Evaluation::NONE };
+                    return Evaluation {
+                        value: x,
+                        ..Evaluation::NONE
+                    };
                 };
                 if stats.samples < *min_samples {
-                    return Evaluation { value: x, ..Evaluation::NONE };
+                    return Evaluation {
+                        value: x,
+                        ..Evaluation::NONE
+                    };
                 }
                 // Signed deviation in units of the method's spread; for IQR, past the fences.
                 let (up, down) = match method {
@@ -385,12 +480,19 @@ impl CompiledRule {
                     Direction::Both => up.max(down),
                 };
                 let r = dev / threshold;
-                Evaluation { matched: r >= 1.0, score: ratio_score(r), value: x }
+                Evaluation {
+                    matched: r >= 1.0,
+                    score: ratio_score(r),
+                    value: x,
+                }
             }
             RuleKind::Expression(e) => e.evaluate(w, &mut state.history),
             // Scored asynchronously ([`crate::engine::Engine::apply_model_scores`]): the score
             // of the last scored window.
-            RuleKind::Model { .. } => Evaluation { score: state.last_window_score.unwrap_or(0.0), ..Evaluation::NONE },
+            RuleKind::Model { .. } => Evaluation {
+                score: state.last_window_score.unwrap_or(0.0),
+                ..Evaluation::NONE
+            },
             RuleKind::Detector(_) | RuleKind::Ensemble(_) => {
                 let threshold = self.alarm_threshold().unwrap_or(1.0);
                 let top = state
@@ -399,7 +501,11 @@ impl CompiledRule {
                     .filter(|(p, _, _)| *p >= w.start && *p < w.end)
                     .max_by(|a, b| a.1.total_cmp(&b.1));
                 match top {
-                    Some(&(_, score, value)) => Evaluation { matched: score >= threshold, score, value },
+                    Some(&(_, score, value)) => Evaluation {
+                        matched: score >= threshold,
+                        score,
+                        value,
+                    },
                     None => Evaluation::NONE,
                 }
             }
@@ -410,7 +516,12 @@ impl CompiledRule {
     /// part of its own baseline).
     pub fn observe(&self, w: &WindowView<'_>, state: &mut RuleState) {
         match &self.kind {
-            RuleKind::Baseline { field, feature, history_ms, .. } => {
+            RuleKind::Baseline {
+                field,
+                feature,
+                history_ms,
+                ..
+            } => {
                 if state.history.is_empty() {
                     state.history.push(History::default());
                 }
@@ -420,7 +531,9 @@ impl CompiledRule {
             RuleKind::Expression(e) => e.observe(w, &mut state.history),
             RuleKind::Threshold { .. } | RuleKind::Model { .. } => {}
             // Windows are evaluated in end order: panes before this window's start are done.
-            RuleKind::Detector(_) | RuleKind::Ensemble(_) => state.panes.retain(|(p, _, _)| *p >= w.start),
+            RuleKind::Detector(_) | RuleKind::Ensemble(_) => {
+                state.panes.retain(|(p, _, _)| *p >= w.start)
+            }
         }
     }
 
@@ -449,29 +562,56 @@ impl CompiledRule {
 
     /// A detector rule: scores the value `x` of an event at `t_ms` of its field from the key's
     /// earlier events, then learns it. `None` for other rules and while the detector warms up.
-    pub fn observe_event(&self, state: &mut RuleState, seed: u64, t_ms: i64, x: f64) -> Option<f64> {
-        let RuleKind::Detector(d) = &self.kind else { return None };
-        state.detector.get_or_insert_with(Default::default).update(&d.config, seed, t_ms, x)
+    pub fn observe_event(
+        &self,
+        state: &mut RuleState,
+        seed: u64,
+        t_ms: i64,
+        x: f64,
+    ) -> Option<f64> {
+        let RuleKind::Detector(d) = &self.kind else {
+            return None;
+        };
+        state
+            .detector
+            .get_or_insert_with(Default::default)
+            .update(&d.config, seed, t_ms, x)
     }
 
     /// An ensemble rule: combines its members' scores for the current event (`scores` indexed
     /// like the rule set; `None`: no score). `None` for other rules.
     pub fn combine(&self, scores: &[Option<f64>]) -> Option<f64> {
-        let RuleKind::Ensemble(e) = &self.kind else { return None };
-        let members = e.members.iter().map(|m| (scores.get(m.index).copied().flatten(), m.weight));
+        let RuleKind::Ensemble(e) = &self.kind else {
+            return None;
+        };
+        let members = e
+            .members
+            .iter()
+            .map(|m| (scores.get(m.index).copied().flatten(), m.weight));
         Some(detectors::combine(e.combine, members))
     }
 
     /// A per-event rule: turns the event's score into its alarm score (0 within a cooldown
     /// after an alarm; an alarm at or above the threshold starts one) and records it in the pane
     /// of `t_ms` (panes of `pane_ms`) for the window evaluation. Returns the alarm score.
-    pub fn record_event_score(&self, state: &mut RuleState, pane_ms: i64, t_ms: i64, score: f64, value: f64) -> f64 {
+    pub fn record_event_score(
+        &self,
+        state: &mut RuleState,
+        pane_ms: i64,
+        t_ms: i64,
+        score: f64,
+        value: f64,
+    ) -> f64 {
         let (threshold, cooldown_ms) = match &self.kind {
             RuleKind::Detector(d) => (d.threshold, d.cooldown_ms),
             RuleKind::Ensemble(e) => (e.threshold, e.cooldown_ms),
             _ => return score,
         };
-        let score = if state.cooldown_until.is_some_and(|u| t_ms < u) { 0.0 } else { score };
+        let score = if state.cooldown_until.is_some_and(|u| t_ms < u) {
+            0.0
+        } else {
+            score
+        };
         if score >= threshold && cooldown_ms > 0 {
             state.cooldown_until = Some(t_ms.saturating_add(cooldown_ms));
         }
@@ -481,7 +621,11 @@ impl CompiledRule {
             Some(_) => {}
             None => {
                 // Usually the newest pane; out-of-order events insert in place.
-                let at = state.panes.iter().rposition(|(p, _, _)| *p < pane).map_or(0, |i| i + 1);
+                let at = state
+                    .panes
+                    .iter()
+                    .rposition(|(p, _, _)| *p < pane)
+                    .map_or(0, |i| i + 1);
                 state.panes.insert(at, (pane, score, value));
                 if state.panes.len() > MAX_PANES {
                     state.panes.pop_front();
@@ -533,15 +677,26 @@ impl RuleSet {
             .iter()
             .enumerate()
             .filter_map(|(i, r)| {
-                let RuleKind::Ensemble(e) = &r.kind else { return None };
+                let RuleKind::Ensemble(e) = &r.kind else {
+                    return None;
+                };
                 e.members.iter().enumerate().find_map(|(j, m)| {
                     let reason = match self.rules.iter().find(|x| x.name == m.rule) {
                         None => format!("rule `{}` is not a valid rule of this pipeline", m.rule),
-                        Some(x) if matches!(x.kind, RuleKind::Ensemble(_)) => format!("rule `{}` is an ensemble", m.rule),
+                        Some(x) if matches!(x.kind, RuleKind::Ensemble(_)) => {
+                            format!("rule `{}` is an ensemble", m.rule)
+                        }
                         Some(_) => return None,
                     };
-                    let error = InvalidSpec::new(format!("spec.ensemble.members[{j}].rule"), reason);
-                    Some((i, RuleError { rule: r.name.clone(), error }))
+                    let error =
+                        InvalidSpec::new(format!("spec.ensemble.members[{j}].rule"), reason);
+                    Some((
+                        i,
+                        RuleError {
+                            rule: r.name.clone(),
+                            error,
+                        },
+                    ))
                 })
             })
             .collect();
@@ -554,7 +709,10 @@ impl RuleSet {
         for r in &mut self.rules {
             if let RuleKind::Ensemble(e) = &mut r.kind {
                 for m in &mut e.members {
-                    m.index = names.iter().position(|n| *n == m.rule).expect("checked above");
+                    m.index = names
+                        .iter()
+                        .position(|n| *n == m.rule)
+                        .expect("checked above");
                     members[m.index] = true;
                 }
             }
@@ -566,7 +724,11 @@ impl RuleSet {
 
     /// Indices of the rules reading tier `tier`.
     pub fn for_tier(&self, tier: usize) -> impl Iterator<Item = usize> + '_ {
-        self.rules.iter().enumerate().filter(move |(_, r)| r.tier == tier).map(|(i, _)| i)
+        self.rules
+            .iter()
+            .enumerate()
+            .filter(move |(_, r)| r.tier == tier)
+            .map(|(i, _)| i)
     }
 }
 

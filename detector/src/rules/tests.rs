@@ -24,12 +24,21 @@ fn features(values: &[f64]) -> Vec<(u16, FeatureValues)> {
 }
 
 fn view<'a>(end: i64, fields: &'a [(u16, FeatureValues)], table: &'a FieldTable) -> WindowView<'a> {
-    WindowView { key: "k", start: end - 60_000, end, fields, table }
+    WindowView {
+        key: "k",
+        start: end - 60_000,
+        end,
+        fields,
+        table,
+    }
 }
 
 #[test]
 fn threshold_with_for_fires_once_and_resolves() {
-    let (r, table) = compile("{window: fast, for: 2m, threshold: {field: cpu, feature: mean, operator: '>', value: 85}}").unwrap();
+    let (r, table) = compile(
+        "{window: fast, for: 2m, threshold: {field: cpu, feature: mean, operator: '>', value: 85}}",
+    )
+    .unwrap();
     let mut st = RuleState::default();
     let mut transitions = Vec::new();
     for (i, mean) in [90.0, 91.0, 92.0, 93.0, 94.0, 50.0].into_iter().enumerate() {
@@ -39,7 +48,17 @@ fn threshold_with_for_fires_once_and_resolves() {
         transitions.push(step(&r, &mut st, &e, end));
     }
     // Pending at 1m, held 2m at 3m: fires there, stays quiet while firing, resolves at 6m.
-    assert_eq!(transitions, vec![None, None, Some(AlertStatus::Firing), None, None, Some(AlertStatus::Resolved)]);
+    assert_eq!(
+        transitions,
+        vec![
+            None,
+            None,
+            Some(AlertStatus::Firing),
+            None,
+            None,
+            Some(AlertStatus::Resolved)
+        ]
+    );
 }
 
 #[test]
@@ -98,7 +117,15 @@ fn invalid_rules_name_the_field() {
         e("{window: fast, threshold: {field: mem, feature: mean, operator: '>', value: 1}}"),
         "DetectionRule r: spec.threshold.field: field `mem` is not a field of the pipeline"
     );
-    assert!(e("{window: fast, expression: {expr: 'features.cpu.mean >'}}").starts_with("DetectionRule r: spec.expression.expr: CEL does not compile"));
-    assert!(e("{window: fast, expression: {expr: 'cpu > 1.0'}}").contains("unknown variable `cpu`"));
-    assert_eq!(e("{window: fast, model: {modelRef: lstm}}"), "DetectionRule r: spec.model.modelRef: AnomalyModel `lstm` not found");
+    assert!(
+        e("{window: fast, expression: {expr: 'features.cpu.mean >'}}")
+            .starts_with("DetectionRule r: spec.expression.expr: CEL does not compile")
+    );
+    assert!(
+        e("{window: fast, expression: {expr: 'cpu > 1.0'}}").contains("unknown variable `cpu`")
+    );
+    assert_eq!(
+        e("{window: fast, model: {modelRef: lstm}}"),
+        "DetectionRule r: spec.model.modelRef: AnomalyModel `lstm` not found"
+    );
 }

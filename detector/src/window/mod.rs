@@ -36,7 +36,8 @@ pub fn last_window_end(cfg: &TierConfig, pane_start: i64) -> i64 {
 /// Whether an event at `t` is too late for every window of the tier: the last window holding
 /// it has ended more than `allowedLateness` before the watermark.
 pub fn is_late(cfg: &TierConfig, watermark: i64, t: i64) -> bool {
-    watermark != i64::MIN && last_window_end(cfg, align(t, cfg.pane_ms)) + cfg.allowed_lateness_ms <= watermark
+    watermark != i64::MIN
+        && last_window_end(cfg, align(t, cfg.pane_ms)) + cfg.allowed_lateness_ms <= watermark
 }
 
 /// Aggregates of one pane of one key: one [`Agg`] per field id.
@@ -67,27 +68,53 @@ pub struct Added {
 impl KeyWindows {
     /// Empty state.
     pub fn new() -> Self {
-        Self { panes: VecDeque::new(), last_fired_end: i64::MIN }
+        Self {
+            panes: VecDeque::new(),
+            last_fired_end: i64::MIN,
+        }
     }
 
     /// Adds one value of field `field` at event time `t` from Kafka offset `offset`.
-    pub fn add(&mut self, cfg: &TierConfig, t: i64, field: u16, v: f64, offset: i64, with_sketch: bool) -> Added {
+    pub fn add(
+        &mut self,
+        cfg: &TierConfig,
+        t: i64,
+        field: u16,
+        v: f64,
+        offset: i64,
+        with_sketch: bool,
+    ) -> Added {
         let start = align(t, cfg.pane_ms);
         // Events mostly arrive in order: look at the newest pane first.
         let (idx, new_pane) = match self.panes.back() {
             Some(p) if p.start == start => (self.panes.len() - 1, false),
             Some(p) if p.start < start => {
-                self.panes.push_back(Pane { start, first_offset: offset, aggs: Vec::new() });
+                self.panes.push_back(Pane {
+                    start,
+                    first_offset: offset,
+                    aggs: Vec::new(),
+                });
                 (self.panes.len() - 1, true)
             }
             None => {
-                self.panes.push_back(Pane { start, first_offset: offset, aggs: Vec::new() });
+                self.panes.push_back(Pane {
+                    start,
+                    first_offset: offset,
+                    aggs: Vec::new(),
+                });
                 (0, true)
             }
             Some(_) => match self.panes.binary_search_by_key(&start, |p| p.start) {
                 Ok(i) => (i, false),
                 Err(i) => {
-                    self.panes.insert(i, Pane { start, first_offset: offset, aggs: Vec::new() });
+                    self.panes.insert(
+                        i,
+                        Pane {
+                            start,
+                            first_offset: offset,
+                            aggs: Vec::new(),
+                        },
+                    );
                     (i, true)
                 }
             },
@@ -104,7 +131,12 @@ impl KeyWindows {
 
     /// Features per field of the window `[start, start + size)`, from the panes held now.
     /// Fields without values in the window are left out.
-    pub fn window(&self, cfg: &TierConfig, start: i64, with_sketch: bool) -> Vec<(u16, FeatureValues)> {
+    pub fn window(
+        &self,
+        cfg: &TierConfig,
+        start: i64,
+        with_sketch: bool,
+    ) -> Vec<(u16, FeatureValues)> {
         let end = start + cfg.size_ms;
         let from = self.panes.partition_point(|p| p.start < start);
         let mut merged: Vec<Agg> = Vec::new();
@@ -155,7 +187,10 @@ impl KeyWindows {
                 .iter()
                 .map(|p| {
                     std::mem::size_of::<Pane>()
-                        + p.aggs.iter().map(|a| std::mem::size_of::<Agg>() + a.heap_bytes()).sum::<usize>()
+                        + p.aggs
+                            .iter()
+                            .map(|a| std::mem::size_of::<Agg>() + a.heap_bytes())
+                            .sum::<usize>()
                 })
                 .sum::<usize>()
     }
@@ -186,7 +221,11 @@ impl Timers {
     /// Removes and returns the earliest timers with time `<= watermark`.
     pub fn pop_due(&mut self, watermark: i64) -> Option<(i64, Vec<(KeyId, TimerKind)>)> {
         let entry = self.by_end.first_entry()?;
-        if *entry.key() <= watermark { Some(entry.remove_entry()) } else { None }
+        if *entry.key() <= watermark {
+            Some(entry.remove_entry())
+        } else {
+            None
+        }
     }
 
     /// Number of pending window ends.
@@ -228,7 +267,11 @@ impl PartitionClocks {
                 c.max_event_time = c.max_event_time.max(t);
                 c.last_active_ms = now_ms;
             }
-            None => self.clocks.push(PartitionClock { partition, max_event_time: t, last_active_ms: now_ms }),
+            None => self.clocks.push(PartitionClock {
+                partition,
+                max_event_time: t,
+                last_active_ms: now_ms,
+            }),
         }
     }
 
@@ -237,7 +280,11 @@ impl PartitionClocks {
     /// cannot make its backlog late.
     pub fn assign(&mut self, partition: i32, now_ms: i64) {
         if !self.clocks.iter().any(|c| c.partition == partition) {
-            self.clocks.push(PartitionClock { partition, max_event_time: i64::MIN, last_active_ms: now_ms });
+            self.clocks.push(PartitionClock {
+                partition,
+                max_event_time: i64::MIN,
+                last_active_ms: now_ms,
+            });
         }
     }
 

@@ -23,16 +23,31 @@ fn tier(size: i64, slide: i64, ooo: i64, lateness: i64) -> TierConfig {
 #[test]
 fn hopping_assignment_covers_size_over_slide_windows() {
     let t = tier(30_000, 15_000, 0, 0);
-    assert_eq!(window_starts(&t, 31_000).collect::<Vec<_>>(), vec![30_000, 15_000]);
-    assert_eq!(window_starts(&t, 30_000).collect::<Vec<_>>(), vec![30_000, 15_000]);
+    assert_eq!(
+        window_starts(&t, 31_000).collect::<Vec<_>>(),
+        vec![30_000, 15_000]
+    );
+    assert_eq!(
+        window_starts(&t, 30_000).collect::<Vec<_>>(),
+        vec![30_000, 15_000]
+    );
     let tumbling = tier(60_000, 60_000, 0, 0);
-    assert_eq!(window_starts(&tumbling, 59_999).collect::<Vec<_>>(), vec![0]);
+    assert_eq!(
+        window_starts(&tumbling, 59_999).collect::<Vec<_>>(),
+        vec![0]
+    );
     // Negative event times align downwards.
-    assert_eq!(window_starts(&tumbling, -1).collect::<Vec<_>>(), vec![-60_000]);
+    assert_eq!(
+        window_starts(&tumbling, -1).collect::<Vec<_>>(),
+        vec![-60_000]
+    );
     // Slide not dividing size: windows of 25s every 10s.
     let odd = tier(25_000, 10_000, 0, 0);
     assert_eq!(odd.pane_ms, 5_000);
-    assert_eq!(window_starts(&odd, 22_000).collect::<Vec<_>>(), vec![20_000, 10_000, 0]);
+    assert_eq!(
+        window_starts(&odd, 22_000).collect::<Vec<_>>(),
+        vec![20_000, 10_000, 0]
+    );
 }
 
 #[test]
