@@ -2,7 +2,9 @@
 # The operator's end-to-end tests: a real control plane (e2e/cluster.sh), the chart installed
 # with helm (operator Deployment disabled: no images can run here), a real Kafka broker
 # (scripts/kafka.sh), then `cargo test -p vigil-operator --test e2e -- --ignored`, which runs
-# vigil-operator as a local process with the chart's ServiceAccount token.
+# vigil-operator as a local process with the chart's ServiceAccount token, and `vigil run`
+# for each detector pod it creates (the data-path test; NAB data from $VIGIL_NAB_DATA,
+# default /work/shared/datasets/nab).
 #
 # Usage: e2e/tests/operator.sh [cargo test filter and args...]
 # Environment:
@@ -33,8 +35,8 @@ trap cleanup EXIT
 
 start=$SECONDS
 # Build the tests while the cluster and broker start.
-log "building vigil-operator and its e2e tests"
-cargo test -p vigil-operator --test e2e --no-run >&2 2>&1 &
+log "building vigil-operator, its e2e tests and vigil (the detector the data-path test runs)"
+(cargo build -p vigil --bin vigil && cargo test -p vigil-operator --test e2e --no-run) >&2 2>&1 &
 build=$!
 
 e2e/cluster.sh up >&2

@@ -1,0 +1,18 @@
+# syntax=docker/dockerfile:1
+# vigil-operator: the Kubernetes operator. Build from the repository root:
+#   docker build -f docker/operator.Dockerfile -t ghcr.io/vigil-dev/vigil-operator:0.1.0 .
+FROM docker.io/library/rust:1.95-bookworm AS build
+WORKDIR /src
+# zlib (librdkafka's compression) is linked statically: the runtime image has no libz.
+ENV LIBZ_SYS_STATIC=1
+COPY . .
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked -p vigil-operator --bin vigil-operator \
+ && install -D target/release/vigil-operator /out/vigil-operator
+
+FROM gcr.io/distroless/cc-debian12:nonroot
+COPY --from=build /out/vigil-operator /usr/local/bin/vigil-operator
+USER 65532:65532
+EXPOSE 8080
+ENTRYPOINT ["/usr/local/bin/vigil-operator"]

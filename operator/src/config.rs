@@ -1,0 +1,56 @@
+//! Operator-wide settings taken from the command line (see `main.rs`): images of the workloads
+//! the operator creates, the Kafka default, and timing. Reconcilers read them from the context;
+//! nothing here does I/O.
+
+use std::time::Duration;
+
+/// Port of the detectors' Prometheus endpoint (`vigil run --metrics-addr 0.0.0.0:9090`).
+pub const DETECTOR_METRICS_PORT: i32 = 9090;
+/// Directory where detectors find `pipeline.yaml` and `rules.yaml`.
+pub const DETECTOR_CONFIG_DIR: &str = "/etc/vigil";
+/// The model server binary in its image.
+pub const MODEL_SERVER_BINARY: &str = "vigil-model-server";
+/// Open Inference Protocol v2 gRPC port of model servers.
+pub const MODEL_SERVER_GRPC_PORT: i32 = 8001;
+/// HTTP port of model servers (health and metrics).
+pub const MODEL_SERVER_HTTP_PORT: i32 = 8002;
+/// Directory of the model repository inside model-server pods.
+pub const MODEL_REPOSITORY_DIR: &str = "/models";
+
+/// Settings shared by every reconcile.
+#[derive(Clone, Debug)]
+pub struct OperatorConfig {
+    /// Image of the `vigil` binary run by detector pods.
+    pub detector_image: String,
+    /// Image of `vigil-model-server`.
+    pub model_server_image: String,
+    /// Image of the init container that copies or downloads a model artifact and checks its
+    /// SHA-256 (needs `sh`, `cp`, `mkdir`, `sha256sum` and `curl`, e.g. `curlimages/curl`).
+    pub artifact_fetcher_image: String,
+    /// `imagePullPolicy` of created containers; `None` leaves Kubernetes' default.
+    pub image_pull_policy: Option<String>,
+    /// `bootstrap.servers` for pipelines whose spec has none.
+    pub default_bootstrap_servers: Option<String>,
+    /// How long one Kafka metadata request may take.
+    pub kafka_metadata_timeout: Duration,
+    /// How long partition counts read from Kafka are reused.
+    pub kafka_metadata_ttl: Duration,
+    /// Resync period: every object is reconciled at least this often.
+    pub resync: Duration,
+}
+
+impl OperatorConfig {
+    /// Settings for tests: placeholder images, no Kafka default.
+    pub fn test() -> Self {
+        OperatorConfig {
+            detector_image: "vigil:test".into(),
+            model_server_image: "vigil-model-server:test".into(),
+            artifact_fetcher_image: "curl:test".into(),
+            image_pull_policy: None,
+            default_bootstrap_servers: None,
+            kafka_metadata_timeout: Duration::from_secs(3),
+            kafka_metadata_ttl: Duration::from_secs(15),
+            resync: Duration::from_secs(300),
+        }
+    }
+}

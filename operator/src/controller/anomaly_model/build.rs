@@ -1,0 +1,526 @@
+//! Pure: the desired children of a validated AnomalyModel.
+//!
+//! - ConfigMap `<name>-model-server-config`: one `config.yaml` per served revision (key
+//!   `<version>.config.yaml`) in vigil-model-server's format, made from the spec's feature
+//!   contract and output.
+//! - Deployment `<name>-model-server`: one init container per revision puts the artifact and
+//!   its config into `/models/<name>/<version>/` (copied from a `configmap://` ConfigMap or
+//!   downloaded from `https://`) and checks the SHA-256 before the server starts; the server
+//!   runs with `--model-repository /models`. Its pod template carries a hash of the revisions,
+//!   digests and configs, so a new revision rolls it (old pods serve until new ones are ready).
+//! - Service `<name>-model-server`: gRPC (Open Inference Protocol v2) and HTTP ports.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
+    GRPCAction, KeyToPath, PodSpec, PodTemplateSpec, Probe, Service, ServicePort, ServiceSpec,
+    Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::Resource;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use vigil_api::v1alpha1::{AnomalyModel, ScoreDirection};
+
+use super::validate::{ArtifactSource, ValidatedModel};
+use crate::config::{
+    MODEL_REPOSITORY_DIR, MODEL_SERVER_BINARY, MODEL_SERVER_GRPC_PORT, MODEL_SERVER_HTTP_PORT,
+    OperatorConfig,
+};
+use crate::controller::pod::{
+    child_meta, resources, restricted_container_security, restricted_pod_security,
+};
+use crate::labels::{
+    ARTIFACT_HASH_ANNOTATION, model_server_labels, model_server_name, model_server_selector,
+};
+
+/// Batch size when `spec.batching.maxBatchSize` is absent (vigil-api default).
+pub const DEFAULT_MAX_BATCH_SIZE: u32 = 256;
+/// Queue delay when `spec.batching.maxQueueDelayUs` is absent (vigil-api default).
+pub const DEFAULT_MAX_QUEUE_DELAY_US: u64 = 500;
+/// Where the server-config ConfigMap is mounted in init containers.
+const CONFIG_DIR: &str = "/config";
+/// Where a `configmap://` artifact is mounted in its init container.
+const ARTIFACT_DIR: &str = "/artifact";
+
+/// Script of the init containers: put the artifact in place, check its digest, add the config.
+const FETCH_SCRIPT: &str = r#"set -eu
+dir="$MODEL_REPOSITORY/$MODEL/$VERSION"
+mkdir -p "$dir"
+if [ -n "${SOURCE_FILE:-}" ]; then
+  cp "$SOURCE_FILE" "$dir/model.onnx.part"
+else
+  curl -fsSL --retry 5 --retry-connrefused -o "$dir/model.onnx.part" "$URI"
+fi
+echo "$SHA256  $dir/model.onnx.part" | sha256sum -c -
+mv "$dir/model.onnx.part" "$dir/model.onnx"
+cp "$CONFIG_FILE" "$dir/config.yaml"
+"#;
+
+/// The desired children of one model.
+#[derive(Clone, Debug)]
+pub struct ModelServerChildren {
+    /// `config.yaml` per revision.
+    pub config_map: ConfigMap,
+    /// The model server.
+    pub deployment: Deployment,
+    /// Its gRPC and HTTP endpoints.
+    pub service: Service,
+}
+
+/// vigil-model-server's per-version `config.yaml` (model-server/src/config.rs).
+#[derive(Serialize)]
+struct ServerModelConfig {
+    description: String,
+    platform: &'static str,
+    artifact: &'static str,
+    sha256: String,
+    inputs: Vec<TensorSpec>,
+    outputs: Vec<TensorSpec>,
+    max_batch_size: u32,
+    max_queue_delay_us: u64,
+    features: Vec<String>,
+    lookback: u32,
+    score: ScoreSpec,
+}
+
+#[derive(Serialize)]
+struct TensorSpec {
+    name: String,
+    datatype: &'static str,
+    shape: Vec<i64>,
+}
+
+#[derive(Serialize)]
+struct ScoreSpec {
+    output: String,
+    threshold: f64,
+    anomalous_when: &'static str,
+}
+
+/// Failure to serialise a model-server config.
+#[derive(Debug, thiserror::Error)]
+#[error("failed to render the model-server config of version {version}")]
+pub struct RenderError {
+    version: u64,
+    #[source]
+    source: serde_norway::Error,
+}
+
+/// The `config.yaml` of one served version.
+fn server_config(model: &AnomalyModel, version: u64, sha256: &str) -> Result<String, RenderError> {
+    let spec = &model.spec;
+    let features = spec.input.features.len() as i64;
+    let lookback = spec.input.lookback.unwrap_or(1);
+    let input_shape = if spec.input.lookback.is_some() {
+        vec![-1, i64::from(lookback), features]
+    } else {
+        vec![-1, features]
+    };
+    let batching = spec.batching.as_ref();
+    let config = ServerModelConfig {
+        description: format!(
+            "AnomalyModel {}/{} version {version}, rendered by vigil-operator",
+            model.metadata.namespace.as_deref().unwrap_or_default(),
+            model.metadata.name.as_deref().unwrap_or_default()
+        ),
+        platform: "onnxruntime_onnx",
+        artifact: "model.onnx",
+        sha256: sha256.to_string(),
+        inputs: vec![TensorSpec {
+            name: spec.input.tensor.clone(),
+            datatype: "FP32",
+            shape: input_shape,
+        }],
+        outputs: vec![TensorSpec {
+            name: spec.output.tensor.clone(),
+            datatype: "FP32",
+            shape: vec![-1, 1],
+        }],
+        max_batch_size: batching
+            .and_then(|b| b.max_batch_size)
+            .unwrap_or(DEFAULT_MAX_BATCH_SIZE),
+        max_queue_delay_us: batching
+            .and_then(|b| b.max_queue_delay_us)
+            .unwrap_or(DEFAULT_MAX_QUEUE_DELAY_US),
+        features: spec.input.features.clone(),
+        lookback,
+        score: ScoreSpec {
+            output: spec.output.tensor.clone(),
+            threshold: spec.output.threshold,
+            anomalous_when: match spec.output.anomalous_when {
+                ScoreDirection::Above => "above",
+                ScoreDirection::Below => "below",
+            },
+        },
+    };
+    serde_norway::to_string(&config).map_err(|source| RenderError { version, source })
+}
+
+/// ConfigMap key of a version's config.
+fn config_key(version: u64) -> String {
+    format!("{version}.config.yaml")
+}
+
+/// Builds the children of a validated model.
+///
+/// # Errors
+/// [`RenderError`] if a config cannot be written as YAML (not expected).
+pub fn build(
+    model: &AnomalyModel,
+    v: &ValidatedModel,
+    config: &OperatorConfig,
+) -> Result<ModelServerChildren, RenderError> {
+    let owner: OwnerReference = model.controller_owner_ref(&()).unwrap_or_default();
+    let name = model_server_name(&v.name);
+    let labels = model_server_labels(&v.name);
+    let meta = |n: &str| child_meta(n.to_string(), &v.namespace, labels.clone(), owner.clone());
+
+    let mut data = BTreeMap::new();
+    for r in &v.revisions {
+        data.insert(
+            config_key(r.version),
+            server_config(model, r.version, &r.sha256)?,
+        );
+    }
+    let mut hasher = Sha256::new();
+    for (key, value) in &data {
+        hasher.update(key.as_bytes());
+        hasher.update(value.as_bytes());
+    }
+    for r in &v.revisions {
+        hasher.update(format!("{:?}", r.source).as_bytes());
+    }
+    let template_hash = format!("{:x}", hasher.finalize())[..16].to_string();
+    let config_map = ConfigMap {
+        metadata: meta(&format!("{name}-config")),
+        data: Some(data),
+        ..ConfigMap::default()
+    };
+
+    let mut volumes = vec![
+        Volume {
+            name: "models".into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Volume::default()
+        },
+        Volume {
+            name: "server-config".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: format!("{name}-config"),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+    ];
+    let mut init_containers = Vec::new();
+    for r in &v.revisions {
+        let mut mounts = vec![
+            VolumeMount {
+                name: "models".into(),
+                mount_path: MODEL_REPOSITORY_DIR.into(),
+                ..VolumeMount::default()
+            },
+            VolumeMount {
+                name: "server-config".into(),
+                mount_path: CONFIG_DIR.into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            },
+        ];
+        let mut env = vec![
+            env_var("MODEL_REPOSITORY", MODEL_REPOSITORY_DIR),
+            env_var("MODEL", &v.name),
+            env_var("VERSION", &r.version.to_string()),
+            env_var("SHA256", &r.sha256),
+            env_var(
+                "CONFIG_FILE",
+                &format!("{CONFIG_DIR}/{}", config_key(r.version)),
+            ),
+        ];
+        match &r.source {
+            ArtifactSource::ConfigMap { name: cm, key } => {
+                let volume = format!("artifact-{}", r.version);
+                volumes.push(Volume {
+                    name: volume.clone(),
+                    config_map: Some(ConfigMapVolumeSource {
+                        name: cm.clone(),
+                        items: Some(vec![KeyToPath {
+                            key: key.clone(),
+                            path: "model.onnx".into(),
+                            ..KeyToPath::default()
+                        }]),
+                        ..ConfigMapVolumeSource::default()
+                    }),
+                    ..Volume::default()
+                });
+                mounts.push(VolumeMount {
+                    name: volume,
+                    mount_path: ARTIFACT_DIR.into(),
+                    read_only: Some(true),
+                    ..VolumeMount::default()
+                });
+                env.push(env_var(
+                    "SOURCE_FILE",
+                    &format!("{ARTIFACT_DIR}/model.onnx"),
+                ));
+                env.push(env_var("URI", &format!("configmap://{cm}/{key}")));
+            }
+            ArtifactSource::Http(uri) => env.push(env_var("URI", uri)),
+        }
+        init_containers.push(Container {
+            name: format!("fetch-{}", r.version),
+            image: Some(config.artifact_fetcher_image.clone()),
+            image_pull_policy: config.image_pull_policy.clone(),
+            command: Some(vec!["sh".into(), "-c".into(), FETCH_SCRIPT.into()]),
+            env: Some(env),
+            resources: Some(resources("50m", "32Mi", "128Mi")),
+            security_context: Some(restricted_container_security()),
+            volume_mounts: Some(mounts),
+            ..Container::default()
+        });
+    }
+    let grpc_probe = |period: i32| Probe {
+        grpc: Some(GRPCAction {
+            port: MODEL_SERVER_GRPC_PORT,
+            service: None,
+        }),
+        period_seconds: Some(period),
+        ..Probe::default()
+    };
+    let server = Container {
+        name: "model-server".into(),
+        image: Some(config.model_server_image.clone()),
+        image_pull_policy: config.image_pull_policy.clone(),
+        command: Some(vec![MODEL_SERVER_BINARY.into()]),
+        args: Some(vec![
+            "--model-repository".into(),
+            MODEL_REPOSITORY_DIR.into(),
+            "--grpc-port".into(),
+            MODEL_SERVER_GRPC_PORT.to_string(),
+            "--http-port".into(),
+            MODEL_SERVER_HTTP_PORT.to_string(),
+        ]),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some("grpc".into()),
+                container_port: MODEL_SERVER_GRPC_PORT,
+                ..ContainerPort::default()
+            },
+            ContainerPort {
+                name: Some("http".into()),
+                container_port: MODEL_SERVER_HTTP_PORT,
+                ..ContainerPort::default()
+            },
+        ]),
+        readiness_probe: Some(grpc_probe(5)),
+        liveness_probe: Some(Probe {
+            initial_delay_seconds: Some(30),
+            ..grpc_probe(20)
+        }),
+        resources: Some(resources("250m", "256Mi", "1Gi")),
+        security_context: Some(restricted_container_security()),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "models".into(),
+            mount_path: MODEL_REPOSITORY_DIR.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        }]),
+        ..Container::default()
+    };
+    let deployment = Deployment {
+        metadata: meta(&name),
+        spec: Some(DeploymentSpec {
+            replicas: Some(1),
+            selector: LabelSelector {
+                match_labels: Some(model_server_selector(&v.name)),
+                ..LabelSelector::default()
+            },
+            // Keep the old revision serving until the new pod is ready.
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_surge: Some(IntOrString::Int(1)),
+                    max_unavailable: Some(IntOrString::Int(0)),
+                }),
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels.clone()),
+                    annotations: Some(BTreeMap::from([(
+                        ARTIFACT_HASH_ANNOTATION.to_string(),
+                        template_hash,
+                    )])),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    automount_service_account_token: Some(false),
+                    security_context: Some(restricted_pod_security()),
+                    init_containers: Some(init_containers),
+                    containers: vec![server],
+                    volumes: Some(volumes),
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        }),
+        ..Deployment::default()
+    };
+    let service = Service {
+        metadata: meta(&name),
+        spec: Some(ServiceSpec {
+            selector: Some(model_server_selector(&v.name)),
+            ports: Some(vec![
+                ServicePort {
+                    name: Some("grpc".into()),
+                    port: MODEL_SERVER_GRPC_PORT,
+                    target_port: Some(IntOrString::String("grpc".into())),
+                    app_protocol: Some("grpc".into()),
+                    ..ServicePort::default()
+                },
+                ServicePort {
+                    name: Some("http".into()),
+                    port: MODEL_SERVER_HTTP_PORT,
+                    target_port: Some(IntOrString::String("http".into())),
+                    ..ServicePort::default()
+                },
+            ]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    };
+    Ok(ModelServerChildren {
+        config_map,
+        deployment,
+        service,
+    })
+}
+
+fn env_var(name: &str, value: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..EnvVar::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::anomaly_model::validate::ServedRevision;
+    use crate::controller::test_fixtures::model;
+
+    fn validated(sources: Vec<(u64, ArtifactSource)>) -> ValidatedModel {
+        ValidatedModel {
+            name: "iforest".into(),
+            namespace: "anomaly".into(),
+            revisions: sources
+                .into_iter()
+                .map(|(version, source)| ServedRevision {
+                    version,
+                    source,
+                    sha256: "ab".repeat(32),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn server_config_matches_the_model_server_format() {
+        let yaml = server_config(&model(), 1, &"ab".repeat(32)).unwrap();
+        let v: serde_json::Value = serde_norway::from_str(&yaml).unwrap();
+        assert_eq!(v["platform"], "onnxruntime_onnx");
+        assert_eq!(v["inputs"][0]["name"], "X");
+        assert_eq!(v["inputs"][0]["shape"], serde_json::json!([-1, 2]));
+        assert_eq!(v["outputs"][0]["name"], "scores");
+        assert_eq!(v["score"]["anomalous_when"], "below");
+        assert_eq!(
+            v["features"],
+            serde_json::json!(["value.mean", "value.stddev"])
+        );
+        let mut m = model();
+        m.spec.input.lookback = Some(6);
+        let v: serde_json::Value =
+            serde_norway::from_str(&server_config(&m, 1, "x").unwrap()).unwrap();
+        assert_eq!(v["inputs"][0]["shape"], serde_json::json!([-1, 6, 2]));
+    }
+
+    #[test]
+    fn deployment_fetches_every_revision_and_serves_the_repository() {
+        let v = validated(vec![
+            (
+                1,
+                ArtifactSource::ConfigMap {
+                    name: "iforest-onnx".into(),
+                    key: "model.onnx".into(),
+                },
+            ),
+            (2, ArtifactSource::Http("https://m.example/2.onnx".into())),
+        ]);
+        let c = build(&model(), &v, &OperatorConfig::test()).unwrap();
+        assert_eq!(
+            c.deployment.metadata.name.as_deref(),
+            Some("iforest-model-server")
+        );
+        let pod = c.deployment.spec.unwrap().template.spec.unwrap();
+        let inits = pod.init_containers.unwrap();
+        assert_eq!(
+            inits.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
+            ["fetch-1", "fetch-2"]
+        );
+        let env = |c: &Container, n: &str| {
+            c.env
+                .as_ref()
+                .unwrap()
+                .iter()
+                .find(|e| e.name == n)
+                .and_then(|e| e.value.clone())
+        };
+        assert_eq!(
+            env(&inits[0], "SOURCE_FILE").as_deref(),
+            Some("/artifact/model.onnx")
+        );
+        assert_eq!(env(&inits[1], "SOURCE_FILE"), None);
+        assert_eq!(
+            env(&inits[1], "URI").as_deref(),
+            Some("https://m.example/2.onnx")
+        );
+        assert_eq!(
+            pod.containers[0].args.as_ref().unwrap().join(" "),
+            "--model-repository /models --grpc-port 8001 --http-port 8002"
+        );
+        assert_eq!(
+            pod.containers[0].command.as_ref().unwrap()[0],
+            MODEL_SERVER_BINARY
+        );
+        let keys: Vec<_> = c.config_map.data.unwrap().into_keys().collect();
+        assert_eq!(keys, ["1.config.yaml", "2.config.yaml"]);
+        assert_eq!(c.service.spec.unwrap().ports.unwrap()[0].port, 8001);
+    }
+
+    #[test]
+    fn a_new_revision_changes_the_pod_template() {
+        let hash = |v: &ValidatedModel| {
+            let d = build(&model(), v, &OperatorConfig::test())
+                .unwrap()
+                .deployment;
+            d.spec
+                .unwrap()
+                .template
+                .metadata
+                .unwrap()
+                .annotations
+                .unwrap()[ARTIFACT_HASH_ANNOTATION]
+                .clone()
+        };
+        let a = validated(vec![(1, ArtifactSource::Http("https://m/1".into()))]);
+        let b = validated(vec![(2, ArtifactSource::Http("https://m/2".into()))]);
+        assert_ne!(hash(&a), hash(&b));
+        assert_eq!(hash(&a), hash(&a.clone()));
+    }
+}

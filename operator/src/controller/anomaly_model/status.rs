@@ -1,0 +1,247 @@
+//! Pure: an AnomalyModel's status from its old status, the validation outcome and the observed
+//! Deployment. `servingRevision` becomes `spec.revision` once every replica of the current pod
+//! template is available, and keeps naming the old revision while a new one rolls out.
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use vigil_api::conditions::{self, set_condition};
+use vigil_api::v1alpha1::{AnomalyModel, AnomalyModelStatus};
+
+use super::validate::ModelProblem;
+
+/// CamelCase reasons of the model's conditions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// Ready: every replica serves the current revision.
+    Serving,
+    /// Ready/Progressing/Degraded: the spec cannot be served.
+    InvalidSpec,
+    /// Ready/Degraded: a `configmap://` artifact is missing or fails its digest.
+    ArtifactUnavailable,
+    /// Ready: the server is starting or rolling out.
+    Starting,
+    /// Progressing: a new pod template is rolling out.
+    RollingOut,
+    /// Progressing: the rollout finished.
+    RolloutComplete,
+    /// Degraded: the Deployment reports it cannot make progress.
+    RolloutStuck,
+    /// Degraded: nothing is wrong.
+    AsExpected,
+}
+
+impl Reason {
+    /// The reason as written in conditions.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Serving => "Serving",
+            Reason::InvalidSpec => "InvalidSpec",
+            Reason::ArtifactUnavailable => "ArtifactUnavailable",
+            Reason::Starting => "Starting",
+            Reason::RollingOut => "RollingOut",
+            Reason::RolloutComplete => "RolloutComplete",
+            Reason::RolloutStuck => "RolloutStuck",
+            Reason::AsExpected => "AsExpected",
+        }
+    }
+}
+
+/// What the reconcile did.
+pub enum Outcome<'a> {
+    /// Nothing was applied.
+    Problem(&'a ModelProblem),
+    /// The children were applied; the Deployment as the API server returned it.
+    Applied(&'a Deployment),
+}
+
+/// The new status of `model` after a reconcile.
+pub fn status(model: &AnomalyModel, outcome: &Outcome<'_>, now: Time) -> AnomalyModelStatus {
+    let generation = model.metadata.generation;
+    let mut s = model.status.clone().unwrap_or_default();
+    s.observed_generation = generation;
+    let mut set = |type_: &str, ok: bool, reason: Reason, message: String| {
+        set_condition(
+            &mut s.conditions,
+            type_,
+            ok,
+            reason.as_str(),
+            message,
+            generation,
+            now.clone(),
+        );
+    };
+    match outcome {
+        Outcome::Problem(problem) => {
+            let (reason, message) = match problem {
+                ModelProblem::Invalid(e) => (Reason::InvalidSpec, format!("invalid spec: {e}")),
+                ModelProblem::ArtifactUnavailable(e) => (
+                    Reason::ArtifactUnavailable,
+                    format!("artifact unavailable: {e}"),
+                ),
+            };
+            set(conditions::READY, false, reason, message.clone());
+            set(conditions::PROGRESSING, false, reason, message.clone());
+            set(conditions::DEGRADED, true, reason, message);
+        }
+        Outcome::Applied(deployment) => {
+            let status = deployment.status.clone().unwrap_or_default();
+            let desired = deployment
+                .spec
+                .as_ref()
+                .and_then(|s| s.replicas)
+                .unwrap_or(1);
+            let observed = status.observed_generation.unwrap_or(0)
+                >= deployment.metadata.generation.unwrap_or(0);
+            let updated = status.updated_replicas.unwrap_or(0);
+            let available = status.available_replicas.unwrap_or(0);
+            let total = status.replicas.unwrap_or(0);
+            let complete =
+                observed && updated == desired && available == desired && total == desired;
+            let revision = &model.spec.revision;
+            if complete {
+                s.serving_revision = Some(revision.clone());
+                set(
+                    conditions::READY,
+                    true,
+                    Reason::Serving,
+                    format!("revision {revision} served by {available} of {desired} replicas"),
+                );
+                set(
+                    conditions::PROGRESSING,
+                    false,
+                    Reason::RolloutComplete,
+                    format!("revision {revision} rolled out"),
+                );
+            } else {
+                let serving = s
+                    .serving_revision
+                    .as_deref()
+                    .map_or("no revision".to_string(), |r| format!("revision {r}"));
+                set(
+                    conditions::READY,
+                    false,
+                    Reason::Starting,
+                    format!(
+                        "{updated} of {desired} replicas run revision {revision}, {available} available; serving {serving}"
+                    ),
+                );
+                set(
+                    conditions::PROGRESSING,
+                    true,
+                    Reason::RollingOut,
+                    format!("rolling out revision {revision}"),
+                );
+            }
+            let stuck = status.conditions.iter().flatten().find(|c| {
+                c.type_ == "Progressing"
+                    && c.status == "False"
+                    && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+            });
+            match stuck {
+                Some(c) => set(
+                    conditions::DEGRADED,
+                    true,
+                    Reason::RolloutStuck,
+                    format!(
+                        "Deployment cannot roll out revision {revision}: {}",
+                        c.message.clone().unwrap_or_default()
+                    ),
+                ),
+                None => set(
+                    conditions::DEGRADED,
+                    false,
+                    Reason::AsExpected,
+                    "no problems".into(),
+                ),
+            }
+        }
+    }
+    s
+}
+
+/// Whether a status patch would change more than timestamps.
+pub fn changed(old: Option<&AnomalyModelStatus>, new: &AnomalyModelStatus) -> bool {
+    let Some(old) = old else { return true };
+    !(conditions::eq_time_insensitive(&old.conditions, &new.conditions)
+        && old.observed_generation == new.observed_generation
+        && old.serving_revision == new.serving_revision)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::FieldError;
+    use crate::controller::test_fixtures::{model, time};
+    use k8s_openapi::api::apps::v1::{DeploymentSpec, DeploymentStatus};
+
+    fn deployment(
+        generation: i64,
+        observed: i64,
+        updated: i32,
+        available: i32,
+        total: i32,
+    ) -> Deployment {
+        let mut d = Deployment {
+            spec: Some(DeploymentSpec {
+                replicas: Some(1),
+                ..DeploymentSpec::default()
+            }),
+            status: Some(DeploymentStatus {
+                observed_generation: Some(observed),
+                updated_replicas: Some(updated),
+                available_replicas: Some(available),
+                replicas: Some(total),
+                ..DeploymentStatus::default()
+            }),
+            ..Deployment::default()
+        };
+        d.metadata.generation = Some(generation);
+        d
+    }
+
+    fn cond<'a>(
+        s: &'a AnomalyModelStatus,
+        t: &str,
+    ) -> &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+        s.conditions.iter().find(|c| c.type_ == t).unwrap()
+    }
+
+    #[test]
+    fn serving_revision_follows_completed_rollouts() {
+        let mut m = model();
+        let s = status(&m, &Outcome::Applied(&deployment(1, 1, 0, 0, 1)), time(1));
+        assert_eq!(s.serving_revision, None);
+        assert_eq!(cond(&s, "Ready").reason, "Starting");
+        let s = status(&m, &Outcome::Applied(&deployment(1, 1, 1, 1, 1)), time(2));
+        assert_eq!(s.serving_revision.as_deref(), Some("1"));
+        assert_eq!(
+            cond(&s, "Ready").message,
+            "revision 1 served by 1 of 1 replicas"
+        );
+        m.status = Some(s);
+        m.spec.revision = "2".into();
+        let s = status(&m, &Outcome::Applied(&deployment(2, 2, 1, 1, 2)), time(3));
+        assert_eq!(s.serving_revision.as_deref(), Some("1"));
+        assert_eq!(cond(&s, "Progressing").reason, "RollingOut");
+        assert!(cond(&s, "Ready").message.contains("serving revision 1"));
+    }
+
+    #[test]
+    fn problems_set_reasons() {
+        let m = model();
+        let p = ModelProblem::ArtifactUnavailable(FieldError::new(
+            "spec.artifact.uri",
+            "ConfigMap `x` does not exist",
+        ));
+        let s = status(&m, &Outcome::Problem(&p), time(1));
+        assert_eq!(cond(&s, "Ready").reason, "ArtifactUnavailable");
+        assert_eq!(
+            cond(&s, "Degraded").message,
+            "artifact unavailable: spec.artifact.uri: ConfigMap `x` does not exist"
+        );
+        assert!(!changed(
+            Some(&s),
+            &status(&m, &Outcome::Problem(&p), time(5))
+        ));
+    }
+}

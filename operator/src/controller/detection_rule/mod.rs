@@ -1,0 +1,156 @@
+//! DetectionRule controller: validates a rule against the pipelines it selects and reports
+//! `Accepted` and `status.pipelines`. A rule has no children of its own; the StreamPipeline
+//! controller renders accepted rules into each pipeline's ConfigMap with the same checks.
+
+pub mod dereference;
+pub mod status;
+pub mod validate;
+
+use std::sync::Arc;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
+use vigil_api::v1alpha1::{AnomalyModel, DetectionRule, StreamPipeline};
+
+use self::status::Outcome;
+use self::validate::{PipelineShape, validate_rule, validate_rule_for_pipeline};
+use super::{Context, Error, requeue_on_error};
+use crate::apply::apply_status;
+
+/// Controller name in metrics and logs.
+pub const CONTROLLER: &str = "detection_rule";
+
+/// Validates a rule against what it refers to (pure).
+pub fn check(rule: &DetectionRule, deref: &dereference::Dereferenced) -> Outcome {
+    if let Err(e) = validate_rule(&rule.spec, &deref.models) {
+        return Outcome::Invalid(e);
+    }
+    Outcome::Checked(
+        deref
+            .pipelines
+            .iter()
+            // A pipeline whose own spec is invalid runs nothing; it reports that itself.
+            .filter_map(|p| PipelineShape::of(p).ok().map(|shape| (p, shape)))
+            .map(|(p, shape)| {
+                (
+                    p.name_any(),
+                    validate_rule_for_pipeline(rule, &shape, &deref.models),
+                )
+            })
+            .collect(),
+    )
+}
+
+/// Reconciles one DetectionRule.
+///
+/// # Errors
+/// Transient failures (the status write).
+pub async fn reconcile(rule: Arc<DetectionRule>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _timer = ctx.metrics.reconcile(CONTROLLER);
+    if rule.namespace().is_none() {
+        return Err(Error::MissingNamespace {
+            kind: "DetectionRule",
+            name: rule.name_any(),
+        });
+    }
+    if rule.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    ctx.caches_ready().await?;
+    let deref = dereference::dereference(&rule, &ctx);
+    let outcome = check(&rule, &deref);
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let new_status = status::status(&rule, &outcome, now);
+    let old = rule.status.as_ref();
+    if status::changed(old, &new_status) {
+        if let Outcome::Invalid(e) = &outcome {
+            tracing::info!(rule = %rule.name_any(), error = %e, "Rule is invalid.");
+        }
+        apply_status(&ctx.client, rule.as_ref(), &new_status).await?;
+        let old_conditions = old.map(|s| s.conditions.as_slice()).unwrap_or_default();
+        ctx.publish_transitions(rule.as_ref(), old_conditions, &new_status.conditions)
+            .await;
+    }
+    // Changes of the pipelines and models it reads trigger it through watches.
+    Ok(Action::requeue(ctx.config.resync))
+}
+
+/// Retries failed reconciles after a delay.
+pub fn error_policy(_rule: Arc<DetectionRule>, error: &Error, ctx: Arc<Context>) -> Action {
+    requeue_on_error(CONTROLLER, error, &ctx)
+}
+
+/// Rules to re-check when `pipeline` changes: rules of its namespace that select it now or
+/// list it in their status.
+pub fn rules_for_pipeline(
+    pipeline: &StreamPipeline,
+    rules: &[Arc<DetectionRule>],
+) -> Vec<ObjectRef<DetectionRule>> {
+    let name = pipeline.name_any();
+    rules
+        .iter()
+        .filter(|r| r.metadata.namespace == pipeline.metadata.namespace)
+        .filter(|r| {
+            !dereference::selected_pipelines(r, [Arc::new(pipeline.clone())]).is_empty()
+                || r.status
+                    .as_ref()
+                    .is_some_and(|s| s.pipelines.contains(&name))
+        })
+        .map(|r| ObjectRef::from_obj(r.as_ref()))
+        .collect()
+}
+
+/// Rules to re-check when `model` changes: rules of its namespace that use it.
+pub fn rules_for_model(
+    model: &AnomalyModel,
+    rules: &[Arc<DetectionRule>],
+) -> Vec<ObjectRef<DetectionRule>> {
+    let name = model.name_any();
+    rules
+        .iter()
+        .filter(|r| r.metadata.namespace == model.metadata.namespace)
+        .filter(|r| r.spec.model.as_ref().is_some_and(|m| m.model_ref == name))
+        .map(|r| ObjectRef::from_obj(r.as_ref()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::test_fixtures::{model, nab_fixture};
+
+    #[test]
+    fn check_reports_per_pipeline() {
+        let (nab, d) = nab_fixture();
+        let deref = dereference::Dereferenced {
+            pipelines: vec![nab.clone()],
+            models: d.models.clone(),
+        };
+        let by_name = |n: &str| d.rules.iter().find(|r| r.name_any() == n).unwrap().clone();
+        assert_eq!(
+            check(&by_name("spike"), &deref),
+            Outcome::Checked(vec![("nab".into(), Ok(()))])
+        );
+        let Outcome::Checked(r) = check(&by_name("wrong-window"), &deref) else {
+            panic!()
+        };
+        assert_eq!(r[0].1.as_ref().unwrap_err().field, "spec.window");
+        let no_models = dereference::Dereferenced {
+            pipelines: vec![nab],
+            models: Default::default(),
+        };
+        let Outcome::Invalid(e) = check(&by_name("iforest-score"), &no_models) else {
+            panic!()
+        };
+        assert_eq!(e.field, "spec.model.modelRef");
+        let refs = rules_for_model(&model(), &d.rules);
+        assert_eq!(refs.len(), 1);
+        assert_eq!(rules_for_pipeline(&d_pipeline(), &d.rules).len(), 3);
+    }
+
+    fn d_pipeline() -> StreamPipeline {
+        (*nab_fixture().0).clone()
+    }
+}

@@ -1,0 +1,555 @@
+//! Pure: the desired children of a validated StreamPipeline, as typed objects.
+//!
+//! - ConfigMap `<name>-detector-config`: `pipeline.yaml` (the pipeline, `bootstrapServers`
+//!   filled in) and `rules.yaml` (accepted DetectionRules, then the AnomalyModels they use,
+//!   each annotated with its model server's gRPC address).
+//! - StatefulSet `<name>-detector`: stable pod names, passed as `VIGIL_GROUP_INSTANCE_ID` for
+//!   Kafka static membership. Its pod template carries a hash of `pipeline.yaml` only, so a
+//!   pipeline change rolls the pods while a rule change reaches them through the mounted
+//!   ConfigMap (kubelet refreshes it; the detector reloads `rules.yaml`).
+//! - headless Service, PodDisruptionBudget (one detector down at a time), ServiceAccount,
+//!   Role (read its own ConfigMap, write Events) and RoleBinding.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec, StatefulSetUpdateStrategy};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
+    HTTPGetAction, ObjectFieldSelector, PodSpec, PodTemplateSpec, Probe, SecretKeySelector,
+    SecretVolumeSource, Service, ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::Resource;
+use sha2::{Digest, Sha256};
+use vigil_api::v1alpha1::{AnomalyModel, DetectionRule, StreamPipeline};
+
+use super::validate::ValidatedPipeline;
+use crate::config::{
+    DETECTOR_CONFIG_DIR, DETECTOR_METRICS_PORT, MODEL_SERVER_GRPC_PORT, OperatorConfig,
+};
+use crate::controller::pod::{
+    child_meta, resources, restricted_container_security, restricted_pod_security,
+};
+use crate::labels::{
+    CONFIG_HASH_ANNOTATION, detector_config_name, detector_labels, detector_name,
+    detector_selector, model_server_grpc_address,
+};
+
+/// ConfigMap key of the rendered pipeline.
+pub const PIPELINE_KEY: &str = "pipeline.yaml";
+/// ConfigMap key of the rendered rules and models.
+pub const RULES_KEY: &str = "rules.yaml";
+/// Annotation on rendered AnomalyModels: `host:port` of the model server's gRPC endpoint
+/// (the detector's constant, so both sides agree).
+pub use vigil_detector::scoring::MODEL_SERVER_ANNOTATION;
+/// Env var holding the pod name, used as Kafka `group.instance.id`.
+pub const GROUP_INSTANCE_ENV: &str = "VIGIL_GROUP_INSTANCE_ID";
+/// Env var holding the bootstrap servers, expanded into the `--bootstrap-servers` argument.
+pub const BOOTSTRAP_ENV: &str = "KAFKA_BOOTSTRAP";
+/// Where a `caSecret` is mounted in detector pods.
+pub const KAFKA_CA_DIR: &str = "/etc/vigil-kafka-ca";
+
+/// The desired children of one pipeline.
+#[derive(Clone, Debug)]
+pub struct DetectorChildren {
+    /// `pipeline.yaml` and `rules.yaml`.
+    pub config_map: ConfigMap,
+    /// Identity of the detector pods.
+    pub service_account: ServiceAccount,
+    /// What the detector pods may do.
+    pub role: Role,
+    /// Binds `role` to `service_account`.
+    pub role_binding: RoleBinding,
+    /// Headless Service giving the pods stable DNS names.
+    pub service: Service,
+    /// The detectors.
+    pub stateful_set: StatefulSet,
+    /// At most one detector voluntarily down at a time.
+    pub pdb: PodDisruptionBudget,
+}
+
+/// Failure to serialise the rendered config.
+#[derive(Debug, thiserror::Error)]
+#[error("failed to render {what} as YAML")]
+pub struct RenderError {
+    what: &'static str,
+    #[source]
+    source: serde_norway::Error,
+}
+
+/// Builds every child of a validated pipeline.
+///
+/// # Errors
+/// [`RenderError`] if a resource cannot be written as YAML (not expected for valid objects).
+pub fn build(
+    v: &ValidatedPipeline,
+    config: &OperatorConfig,
+) -> Result<DetectorChildren, RenderError> {
+    let owner = owner_reference(&v.pipeline);
+    let labels = detector_labels(&v.name);
+    let name = detector_name(&v.name);
+    let config_name = detector_config_name(&v.name);
+    let meta = |n: &str| child_meta(n.to_string(), &v.namespace, labels.clone(), owner.clone());
+
+    let pipeline_yaml = render_pipeline(v)?;
+    let rules_yaml = render_rules(&v.rules, &v.models)?;
+    let config_hash = config_hash(&pipeline_yaml);
+
+    let config_map = ConfigMap {
+        metadata: meta(&config_name),
+        data: Some(BTreeMap::from([
+            (PIPELINE_KEY.to_string(), pipeline_yaml),
+            (RULES_KEY.to_string(), rules_yaml),
+        ])),
+        ..ConfigMap::default()
+    };
+    let service_account = ServiceAccount {
+        metadata: meta(&name),
+        ..ServiceAccount::default()
+    };
+    let role = Role {
+        metadata: meta(&name),
+        rules: Some(vec![
+            PolicyRule {
+                api_groups: Some(vec![String::new()]),
+                resources: Some(vec!["configmaps".into()]),
+                resource_names: Some(vec![config_name.clone()]),
+                verbs: vec!["get".into(), "watch".into()],
+                ..PolicyRule::default()
+            },
+            PolicyRule {
+                api_groups: Some(vec!["events.k8s.io".into()]),
+                resources: Some(vec!["events".into()]),
+                verbs: vec!["create".into(), "patch".into()],
+                ..PolicyRule::default()
+            },
+        ]),
+    };
+    let role_binding = RoleBinding {
+        metadata: meta(&name),
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "Role".into(),
+            name: name.clone(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name: name.clone(),
+            namespace: Some(v.namespace.clone()),
+            ..Subject::default()
+        }]),
+    };
+    let service = Service {
+        metadata: meta(&name),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".into()),
+            publish_not_ready_addresses: Some(true),
+            selector: Some(detector_selector(&v.name)),
+            ports: Some(vec![ServicePort {
+                name: Some("metrics".into()),
+                port: DETECTOR_METRICS_PORT,
+                target_port: Some(IntOrString::String("metrics".into())),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    };
+    let selector = LabelSelector {
+        match_labels: Some(detector_selector(&v.name)),
+        ..LabelSelector::default()
+    };
+    let pdb = PodDisruptionBudget {
+        metadata: meta(&name),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(selector.clone()),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        ..PodDisruptionBudget::default()
+    };
+    let stateful_set = StatefulSet {
+        metadata: meta(&name),
+        spec: Some(StatefulSetSpec {
+            replicas: Some(v.replicas),
+            service_name: Some(name.clone()),
+            selector,
+            // Detectors of one group start and stop together: no ordering between them.
+            pod_management_policy: Some("Parallel".into()),
+            update_strategy: Some(StatefulSetUpdateStrategy {
+                type_: Some("RollingUpdate".into()),
+                ..StatefulSetUpdateStrategy::default()
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels.clone()),
+                    annotations: Some(BTreeMap::from([(
+                        CONFIG_HASH_ANNOTATION.to_string(),
+                        config_hash,
+                    )])),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(detector_pod(v, config, &name, &config_name)),
+            },
+            ..StatefulSetSpec::default()
+        }),
+        ..StatefulSet::default()
+    };
+    Ok(DetectorChildren {
+        config_map,
+        service_account,
+        role,
+        role_binding,
+        service,
+        stateful_set,
+        pdb,
+    })
+}
+
+/// The pipeline as a controller owner reference of its children.
+pub fn owner_reference(pipeline: &StreamPipeline) -> OwnerReference {
+    // `controller_owner_ref` needs a uid, which every object read from the API server has.
+    pipeline.controller_owner_ref(&()).unwrap_or_default()
+}
+
+fn detector_pod(
+    v: &ValidatedPipeline,
+    config: &OperatorConfig,
+    name: &str,
+    config_name: &str,
+) -> PodSpec {
+    let path = |key: &str| format!("{DETECTOR_CONFIG_DIR}/{key}");
+    let mut env = vec![
+        EnvVar {
+            name: BOOTSTRAP_ENV.into(),
+            value: Some(v.bootstrap_servers.clone()),
+            ..EnvVar::default()
+        },
+        field_env(GROUP_INSTANCE_ENV, "metadata.name"),
+        field_env("POD_NAMESPACE", "metadata.namespace"),
+    ];
+    // The config is mounted as a directory, never with subPath: kubelet only refreshes
+    // whole-volume ConfigMap mounts, and rule reloads depend on that.
+    let mut mounts = vec![VolumeMount {
+        name: "config".into(),
+        mount_path: DETECTOR_CONFIG_DIR.into(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    }];
+    let mut volumes = vec![Volume {
+        name: "config".into(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: config_name.to_string(),
+            ..ConfigMapVolumeSource::default()
+        }),
+        ..Volume::default()
+    }];
+    if let Some(security) = &v.pipeline.spec.source.kafka.security {
+        if let Some(secret) = &security.credentials_secret {
+            env.push(secret_env("VIGIL_KAFKA_USERNAME", secret, "username"));
+            env.push(secret_env("VIGIL_KAFKA_PASSWORD", secret, "password"));
+        }
+        if let Some(secret) = &security.ca_secret {
+            env.push(EnvVar {
+                name: "VIGIL_KAFKA_CA_LOCATION".into(),
+                value: Some(format!("{KAFKA_CA_DIR}/ca.crt")),
+                ..EnvVar::default()
+            });
+            mounts.push(VolumeMount {
+                name: "kafka-ca".into(),
+                mount_path: KAFKA_CA_DIR.into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            });
+            volumes.push(Volume {
+                name: "kafka-ca".into(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(secret.clone()),
+                    ..SecretVolumeSource::default()
+                }),
+                ..Volume::default()
+            });
+        }
+    }
+    PodSpec {
+        service_account_name: Some(name.to_string()),
+        security_context: Some(restricted_pod_security()),
+        // Time to finish in-flight windows' outputs and commit offsets (static members keep
+        // their partitions across a restart within session.timeout.ms).
+        termination_grace_period_seconds: Some(30),
+        containers: vec![Container {
+            name: "detector".into(),
+            image: Some(config.detector_image.clone()),
+            image_pull_policy: config.image_pull_policy.clone(),
+            command: Some(vec!["vigil".into()]),
+            args: Some(vec![
+                "run".into(),
+                "--pipeline".into(),
+                path(PIPELINE_KEY),
+                "--rules".into(),
+                path(RULES_KEY),
+                "--bootstrap-servers".into(),
+                format!("$({BOOTSTRAP_ENV})"),
+                "--metrics-addr".into(),
+                format!("0.0.0.0:{DETECTOR_METRICS_PORT}"),
+            ]),
+            env: Some(env),
+            ports: Some(vec![ContainerPort {
+                name: Some("metrics".into()),
+                container_port: DETECTOR_METRICS_PORT,
+                ..ContainerPort::default()
+            }]),
+            readiness_probe: Some(Probe {
+                http_get: Some(HTTPGetAction {
+                    path: Some("/metrics".into()),
+                    port: IntOrString::String("metrics".into()),
+                    ..HTTPGetAction::default()
+                }),
+                period_seconds: Some(10),
+                ..Probe::default()
+            }),
+            resources: Some(resources("100m", "128Mi", "512Mi")),
+            security_context: Some(restricted_container_security()),
+            volume_mounts: Some(mounts),
+            ..Container::default()
+        }],
+        volumes: Some(volumes),
+        ..PodSpec::default()
+    }
+}
+
+fn field_env(name: &str, field_path: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: field_path.into(),
+                ..ObjectFieldSelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
+fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.into(),
+                key: key.into(),
+                ..SecretKeySelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
+/// Hex SHA-256 (first 16 digits) of the rendered `pipeline.yaml`.
+pub fn config_hash(pipeline_yaml: &str) -> String {
+    let digest = Sha256::digest(pipeline_yaml.as_bytes());
+    format!("{digest:x}")[..16].to_string()
+}
+
+/// Metadata kept in rendered resources: name, namespace and labels.
+fn rendered_meta(meta: &ObjectMeta) -> ObjectMeta {
+    ObjectMeta {
+        name: meta.name.clone(),
+        namespace: meta.namespace.clone(),
+        labels: meta.labels.clone().filter(|l| !l.is_empty()),
+        ..ObjectMeta::default()
+    }
+}
+
+/// `pipeline.yaml`: the pipeline with metadata name/namespace/labels only and
+/// `bootstrapServers` filled in.
+pub fn render_pipeline(v: &ValidatedPipeline) -> Result<String, RenderError> {
+    let mut spec = v.pipeline.spec.clone();
+    spec.source.kafka.bootstrap_servers = Some(v.bootstrap_servers.clone());
+    let mut rendered = StreamPipeline::new(&v.name, spec);
+    rendered.metadata = rendered_meta(&v.pipeline.metadata);
+    serde_norway::to_string(&rendered).map_err(|source| RenderError {
+        what: PIPELINE_KEY,
+        source,
+    })
+}
+
+/// `rules.yaml`: the rules (sorted by name), then the models they use, as `---`-separated
+/// documents. Models carry the [`MODEL_SERVER_ANNOTATION`]. Empty when there are no rules.
+pub fn render_rules(
+    rules: &[std::sync::Arc<DetectionRule>],
+    models: &[std::sync::Arc<AnomalyModel>],
+) -> Result<String, RenderError> {
+    let err = |source| RenderError {
+        what: RULES_KEY,
+        source,
+    };
+    let mut docs = Vec::new();
+    for rule in rules {
+        let mut r = DetectionRule::new(
+            rule.metadata.name.as_deref().unwrap_or_default(),
+            rule.spec.clone(),
+        );
+        r.metadata = rendered_meta(&rule.metadata);
+        docs.push(serde_norway::to_string(&r).map_err(err)?);
+    }
+    for model in models {
+        let name = model.metadata.name.as_deref().unwrap_or_default();
+        let namespace = model.metadata.namespace.as_deref().unwrap_or_default();
+        let mut m = AnomalyModel::new(name, model.spec.clone());
+        m.metadata = rendered_meta(&model.metadata);
+        m.metadata.annotations = Some(BTreeMap::from([(
+            MODEL_SERVER_ANNOTATION.to_string(),
+            model_server_grpc_address(name, namespace, MODEL_SERVER_GRPC_PORT),
+        )]));
+        docs.push(serde_norway::to_string(&m).map_err(err)?);
+    }
+    Ok(docs.join("---\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::stream_pipeline::validate::validate;
+    use crate::controller::test_fixtures::nab_fixture;
+    use vigil_api::manifest::Manifests;
+
+    fn children() -> (ValidatedPipeline, DetectorChildren) {
+        let (p, d) = nab_fixture();
+        let v = validate(&p, &d, None).unwrap();
+        let c = build(&v, &OperatorConfig::test()).unwrap();
+        (v, c)
+    }
+
+    #[test]
+    fn config_map_round_trips_through_the_manifest_loader() {
+        let (v, c) = children();
+        let data = c.config_map.data.unwrap();
+        let mut m = Manifests::default();
+        m.add_str(PIPELINE_KEY, &data[PIPELINE_KEY]).unwrap();
+        m.add_str(RULES_KEY, &data[RULES_KEY]).unwrap();
+        assert_eq!(m.pipelines.len(), 1);
+        let p = &m.pipelines[0];
+        assert_eq!(
+            p.spec.source.kafka.bootstrap_servers.as_deref(),
+            Some("127.0.0.1:9092")
+        );
+        assert_eq!(p.metadata.labels.as_ref().unwrap()["dataset"], "nab");
+        assert!(p.metadata.uid.is_none() && p.metadata.annotations.is_none());
+        assert!(!data[PIPELINE_KEY].contains("status"));
+        let names: Vec<_> = m
+            .rules
+            .iter()
+            .map(|r| r.metadata.name.clone().unwrap())
+            .collect();
+        assert_eq!(names, ["iforest-score", "spike"]);
+        assert_eq!(m.models.len(), 1);
+        assert_eq!(
+            m.models[0].metadata.annotations.as_ref().unwrap()[MODEL_SERVER_ANNOTATION],
+            "iforest-model-server.anomaly.svc:8001"
+        );
+        assert_eq!(v.rules.len(), 2);
+    }
+
+    #[test]
+    fn stateful_set_runs_the_detector_contract() {
+        let (_, c) = children();
+        let sts = c.stateful_set;
+        assert_eq!(sts.metadata.name.as_deref(), Some("nab-detector"));
+        let owner = &sts.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.name.as_str(), owner.controller),
+            ("StreamPipeline", "nab", Some(true))
+        );
+        let spec = sts.spec.unwrap();
+        assert_eq!(spec.replicas, Some(4));
+        assert_eq!(spec.service_name.as_deref(), Some("nab-detector"));
+        let pod = spec.template.spec.unwrap();
+        let container = &pod.containers[0];
+        assert_eq!(
+            container.args.as_ref().unwrap().join(" "),
+            "run --pipeline /etc/vigil/pipeline.yaml --rules /etc/vigil/rules.yaml --bootstrap-servers $(KAFKA_BOOTSTRAP) --metrics-addr 0.0.0.0:9090"
+        );
+        let env = container.env.as_ref().unwrap();
+        let group = env.iter().find(|e| e.name == GROUP_INSTANCE_ENV).unwrap();
+        assert_eq!(
+            group
+                .value_from
+                .as_ref()
+                .unwrap()
+                .field_ref
+                .as_ref()
+                .unwrap()
+                .field_path,
+            "metadata.name"
+        );
+        let mount = &container.volume_mounts.as_ref().unwrap()[0];
+        assert_eq!(
+            (mount.mount_path.as_str(), mount.sub_path.as_deref()),
+            ("/etc/vigil", None)
+        );
+        assert_eq!(pod.security_context.unwrap().run_as_non_root, Some(true));
+        assert_eq!(
+            container
+                .security_context
+                .as_ref()
+                .unwrap()
+                .allow_privilege_escalation,
+            Some(false)
+        );
+    }
+
+    fn template_hash(c: &DetectorChildren) -> String {
+        let t = &c.stateful_set.spec.as_ref().unwrap().template;
+        t.metadata.as_ref().unwrap().annotations.as_ref().unwrap()[CONFIG_HASH_ANNOTATION].clone()
+    }
+
+    #[test]
+    fn rule_changes_keep_the_pod_template_and_pipeline_changes_roll_it() {
+        let (p, d) = nab_fixture();
+        let config = OperatorConfig::test();
+        let base = build(&validate(&p, &d, None).unwrap(), &config).unwrap();
+
+        let mut d2 = d.clone();
+        let mut rule = (*d2.rules[0]).clone();
+        rule.spec.threshold.as_mut().unwrap().value += 1.0;
+        d2.rules[0] = std::sync::Arc::new(rule);
+        let rules_changed = build(&validate(&p, &d2, None).unwrap(), &config).unwrap();
+        assert_ne!(base.config_map.data, rules_changed.config_map.data);
+        assert_eq!(
+            base.stateful_set.spec.as_ref().unwrap().template,
+            rules_changed.stateful_set.spec.as_ref().unwrap().template
+        );
+
+        let mut p2 = (*p).clone();
+        p2.spec.windows[0].max_out_of_orderness = Some("10s".parse().unwrap());
+        let pipeline_changed = build(
+            &validate(&std::sync::Arc::new(p2), &d, None).unwrap(),
+            &config,
+        )
+        .unwrap();
+        assert_ne!(template_hash(&base), template_hash(&pipeline_changed));
+    }
+
+    #[test]
+    fn headless_service_pdb_and_rbac() {
+        let (_, c) = children();
+        let svc = c.service.spec.unwrap();
+        assert_eq!(svc.cluster_ip.as_deref(), Some("None"));
+        assert_eq!(
+            c.pdb.spec.unwrap().max_unavailable,
+            Some(IntOrString::Int(1))
+        );
+        let rule = &c.role.rules.unwrap()[0];
+        assert_eq!(
+            rule.resource_names.as_deref(),
+            Some(&["nab-detector-config".to_string()][..])
+        );
+        assert_eq!(c.role_binding.subjects.unwrap()[0].name, "nab-detector");
+    }
+}

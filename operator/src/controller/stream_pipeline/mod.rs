@@ -1,0 +1,189 @@
+//! StreamPipeline controller: runs a pipeline as a StatefulSet of detectors in one Kafka
+//! consumer group, with its rules rendered into a ConfigMap.
+
+pub mod build;
+pub mod dereference;
+pub mod status;
+pub mod validate;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
+use vigil_api::v1alpha1::{AnomalyModel, DetectionRule, StreamPipeline};
+
+use self::build::DetectorChildren;
+use self::status::Outcome;
+use self::validate::ReplicaLimit;
+use super::detection_rule::dereference::selected_pipelines;
+use super::{Context, Error, requeue_on_error};
+use crate::apply::{apply, apply_status};
+
+/// Controller name in metrics and logs.
+pub const CONTROLLER: &str = "stream_pipeline";
+/// Requeue delay while the partitions of the source topics cannot be read.
+const KAFKA_RETRY: Duration = Duration::from_secs(30);
+
+/// Reconciles one StreamPipeline.
+///
+/// # Errors
+/// Transient failures (API writes); an invalid spec is reported in the status instead.
+pub async fn reconcile(pipeline: Arc<StreamPipeline>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _timer = ctx.metrics.reconcile(CONTROLLER);
+    if pipeline.namespace().is_none() {
+        return Err(Error::MissingNamespace {
+            kind: "StreamPipeline",
+            name: pipeline.name_any(),
+        });
+    }
+    if pipeline.metadata.deletion_timestamp.is_some() {
+        // Children go with it (owner references); nothing outside the cluster to clean up.
+        return Ok(Action::await_change());
+    }
+    ctx.caches_ready().await?;
+    let deref = dereference::dereference(&pipeline, &ctx).await;
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let (new_status, action) = match validate::validate(
+        &pipeline,
+        &deref,
+        ctx.config.default_bootstrap_servers.as_deref(),
+    ) {
+        Err(error) => {
+            tracing::info!(pipeline = %pipeline.name_any(), %error, "Pipeline spec is invalid.");
+            let s = status::status(&pipeline, &Outcome::Invalid(&error), now);
+            (s, Action::await_change())
+        }
+        Ok(validated) => {
+            let children = build::build(&validated, &ctx.config)?;
+            let started = Instant::now();
+            let stateful_set = apply_children(&ctx, &children).await?;
+            ctx.metrics.applied(CONTROLLER, started);
+            let s = status::status(
+                &pipeline,
+                &Outcome::Applied {
+                    validated: &validated,
+                    stateful_set: &stateful_set,
+                },
+                now,
+            );
+            let action = match validated.limit {
+                ReplicaLimit::Unknown { .. } => Action::requeue(KAFKA_RETRY),
+                _ => Action::requeue(ctx.config.resync),
+            };
+            (s, action)
+        }
+    };
+    let old = pipeline.status.as_ref();
+    if status::changed(old, &new_status) {
+        apply_status(&ctx.client, pipeline.as_ref(), &new_status).await?;
+        let old_conditions = old.map(|s| s.conditions.as_slice()).unwrap_or_default();
+        ctx.publish_transitions(pipeline.as_ref(), old_conditions, &new_status.conditions)
+            .await;
+    }
+    Ok(action)
+}
+
+/// Applies the children in two rounds: what others refer to first (ServiceAccount, Role,
+/// ConfigMap, Service), then the RoleBinding (the API server checks the Role it binds against
+/// the operator's own permissions, so the Role must exist), the StatefulSet and the
+/// PodDisruptionBudget. Returns the applied StatefulSet.
+async fn apply_children(
+    ctx: &Context,
+    c: &DetectorChildren,
+) -> Result<k8s_openapi::api::apps::v1::StatefulSet, Error> {
+    let client = &ctx.client;
+    tokio::try_join!(
+        apply(client, &c.service_account),
+        apply(client, &c.role),
+        apply(client, &c.config_map),
+        apply(client, &c.service),
+    )?;
+    let (_, stateful_set, _) = tokio::try_join!(
+        apply(client, &c.role_binding),
+        apply(client, &c.stateful_set),
+        apply(client, &c.pdb)
+    )?;
+    Ok(stateful_set)
+}
+
+/// Retries failed reconciles after a delay.
+pub fn error_policy(_pipeline: Arc<StreamPipeline>, error: &Error, ctx: Arc<Context>) -> Action {
+    requeue_on_error(CONTROLLER, error, &ctx)
+}
+
+/// Pipelines to reconcile when `rule` changes: those it selects now and those whose config
+/// includes it (it may have stopped selecting them, or been deleted).
+pub fn pipelines_for_rule(
+    rule: &DetectionRule,
+    pipelines: &[Arc<StreamPipeline>],
+) -> Vec<ObjectRef<StreamPipeline>> {
+    let name = rule.name_any();
+    let selected = selected_pipelines(rule, pipelines.iter().cloned());
+    pipelines
+        .iter()
+        .filter(|p| p.metadata.namespace == rule.metadata.namespace)
+        .filter(|p| {
+            selected.iter().any(|s| Arc::ptr_eq(s, p))
+                || p.status.as_ref().is_some_and(|s| s.rules.contains(&name))
+        })
+        .map(|p| ObjectRef::from_obj(p.as_ref()))
+        .collect()
+}
+
+/// Pipelines to reconcile when `model` changes: those selected by a rule that uses it.
+pub fn pipelines_for_model(
+    model: &AnomalyModel,
+    rules: &[Arc<DetectionRule>],
+    pipelines: &[Arc<StreamPipeline>],
+) -> Vec<ObjectRef<StreamPipeline>> {
+    let name = model.name_any();
+    let mut refs: Vec<ObjectRef<StreamPipeline>> = rules
+        .iter()
+        .filter(|r| r.metadata.namespace == model.metadata.namespace)
+        .filter(|r| r.spec.model.as_ref().is_some_and(|m| m.model_ref == name))
+        .flat_map(|r| pipelines_for_rule(r, pipelines))
+        .collect();
+    refs.sort_by(|a, b| a.name.cmp(&b.name));
+    refs.dedup();
+    refs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::test_fixtures::{model, nab_fixture, parse_pipeline};
+
+    #[test]
+    fn rule_and_model_changes_map_to_the_pipelines_they_affect() {
+        let (nab, d) = nab_fixture();
+        let other = parse_pipeline(|s| {
+            s.replace("name: nab\n", "name: other\n")
+                .replace("dataset: nab", "dataset: web")
+        });
+        let pipelines = vec![nab.clone(), other.clone()];
+        let spike = d.rules.iter().find(|r| r.name_any() == "spike").unwrap();
+        let names = |refs: Vec<ObjectRef<StreamPipeline>>| {
+            refs.into_iter().map(|r| r.name).collect::<Vec<_>>()
+        };
+        // `spike` selects dataset=nab only; `iforest-score` has no selector.
+        assert_eq!(names(pipelines_for_rule(spike, &pipelines)), ["nab"]);
+        assert_eq!(
+            names(pipelines_for_model(&model(), &d.rules, &pipelines)),
+            ["nab", "other"]
+        );
+        // A rule that stopped selecting a pipeline still maps to it while its config has it.
+        let mut other_with_rule = (*other).clone();
+        other_with_rule.status = Some(vigil_api::v1alpha1::StreamPipelineStatus {
+            rules: vec!["spike".into()],
+            ..Default::default()
+        });
+        let pipelines = vec![nab, Arc::new(other_with_rule)];
+        assert_eq!(
+            names(pipelines_for_rule(spike, &pipelines)),
+            ["nab", "other"]
+        );
+    }
+}

@@ -1,0 +1,13 @@
+//! End-to-end tests of vigil-operator against a real control plane (etcd, kube-apiserver,
+//! kube-controller-manager, kube-scheduler, kwok nodes) and a real Kafka broker, with the
+//! chart installed. Run them with `e2e/tests/operator.sh`, which starts all of that; they are
+//! `#[ignore]`d in a plain `cargo test`.
+
+mod crds;
+mod datapath;
+mod fixtures;
+mod harness;
+mod leader;
+mod models;
+mod pipelines;
+mod rules;

@@ -1,0 +1,179 @@
+//! AnomalyModels: a pipeline whose rule needs a missing or unready model is `Degraded` and
+//! names it; once the artifact is there and the model server is available the model reports
+//! the revision it serves and the pipeline recovers.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use kube::api::{Patch, PatchParams};
+use sha2::{Digest, Sha256};
+use vigil_api::manifest::Manifests;
+use vigil_api::v1alpha1::{AnomalyModel, DetectionRule, StreamPipeline};
+
+use crate::fixtures;
+use crate::harness::{
+    Operator, TEST_MANAGER, TestNamespace, admin, condition, create_topic, repo_root, uuid_like,
+    wait_for,
+};
+
+const T: Duration = Duration::from_secs(30);
+
+async fn degraded(ns: &TestNamespace) -> Option<(String, String, String)> {
+    let p = ns.api::<StreamPipeline>().get("scored").await.ok()?;
+    condition(&p.status?.conditions, "Degraded")
+}
+
+#[tokio::test]
+#[ignore = "needs the e2e cluster: run e2e/tests/operator.sh"]
+async fn a_missing_model_degrades_the_pipeline_until_it_is_served() {
+    let client = admin().await;
+    let ns = TestNamespace::create(&client, "e2e-model").await;
+    let topic = format!("e2e-model-{}", &uuid_like()[..8]);
+    create_topic(&topic, 1).await;
+    let op = Operator::start(&client, &ns.name, &[]).await;
+    let onnx = std::fs::read(repo_root().join("models/repository/iforest/1/model.onnx")).unwrap();
+    let sha = format!("{:x}", Sha256::digest(&onnx));
+
+    ns.apply_yaml(&fixtures::pipeline("scored", &topic, 1, "scored"))
+        .await;
+    ns.apply_yaml(&fixtures::model_rule("iforest-score", "scored", "iforest"))
+        .await;
+
+    // 1. No AnomalyModel: the rule is rejected and the pipeline is Degraded naming it.
+    let (_, reason, message) = wait_for("Degraded (model missing)", T, || async {
+        degraded(&ns)
+            .await
+            .filter(|c| c.0 == "True" && c.2.contains("iforest"))
+    })
+    .await;
+    assert_eq!(reason, "RulesRejected");
+    assert!(
+        message.contains("spec.model.modelRef: AnomalyModel `iforest` does not exist"),
+        "{message}"
+    );
+
+    // 2. The model exists but its artifact ConfigMap does not: the model is not Ready, the
+    //    rule is accepted, and the pipeline is Degraded because of the model.
+    ns.apply_yaml(&fixtures::model("iforest", &sha)).await;
+    let (_, reason, message) = wait_for("Degraded (model not ready)", T, || async {
+        // The model may be seen before its own status is written: wait for its reason.
+        degraded(&ns)
+            .await
+            .filter(|c| c.1 == "ModelNotReady" && c.2.contains("ArtifactUnavailable"))
+    })
+    .await;
+    assert_eq!(reason, "ModelNotReady");
+    assert!(
+        message.contains("AnomalyModel `iforest` is not ready (ArtifactUnavailable"),
+        "{message}"
+    );
+    assert!(
+        message.contains("ConfigMap `iforest-onnx` does not exist"),
+        "{message}"
+    );
+    let m = ns.api::<AnomalyModel>().get("iforest").await.unwrap();
+    let (ready, reason, _) = condition(&m.status.unwrap().conditions, "Ready").unwrap();
+    assert_eq!(
+        (ready.as_str(), reason.as_str()),
+        ("False", "ArtifactUnavailable")
+    );
+    let rule = ns
+        .api::<DetectionRule>()
+        .get("iforest-score")
+        .await
+        .unwrap();
+    assert_eq!(
+        condition(&rule.status.unwrap().conditions, "Accepted")
+            .unwrap()
+            .0,
+        "True"
+    );
+
+    // 3. The artifact arrives: the model server Deployment becomes available (kwok), the
+    //    model serves revision 1, and the pipeline is no longer Degraded.
+    let cm = ConfigMap {
+        metadata: kube::api::ObjectMeta {
+            name: Some("iforest-onnx".into()),
+            ..Default::default()
+        },
+        binary_data: Some(BTreeMap::from([(
+            "model.onnx".to_string(),
+            ByteString(onnx),
+        )])),
+        ..Default::default()
+    };
+    ns.api::<ConfigMap>()
+        .patch(
+            "iforest-onnx",
+            &PatchParams::apply(TEST_MANAGER),
+            &Patch::Apply(&cm),
+        )
+        .await
+        .unwrap();
+    let model = wait_for("servingRevision 1", Duration::from_secs(60), || async {
+        ns.api::<AnomalyModel>()
+            .get("iforest")
+            .await
+            .ok()
+            .filter(|m| {
+                m.status
+                    .as_ref()
+                    .and_then(|s| s.serving_revision.as_deref())
+                    == Some("1")
+            })
+    })
+    .await;
+    assert_eq!(
+        condition(&model.status.unwrap().conditions, "Ready")
+            .unwrap()
+            .1,
+        "Serving"
+    );
+    wait_for("Degraded=False", T, || async {
+        degraded(&ns).await.filter(|c| c.0 == "False")
+    })
+    .await;
+
+    let deployment = ns
+        .api::<Deployment>()
+        .get("iforest-model-server")
+        .await
+        .unwrap();
+    let pod = deployment.spec.unwrap().template.spec.unwrap();
+    assert_eq!(pod.init_containers.as_ref().unwrap()[0].name, "fetch-1");
+    assert_eq!(
+        pod.containers[0].args.as_ref().unwrap().join(" "),
+        "--model-repository /models --grpc-port 8001 --http-port 8002"
+    );
+    let svc = ns
+        .api::<Service>()
+        .get("iforest-model-server")
+        .await
+        .unwrap();
+    assert_eq!(svc.spec.unwrap().ports.unwrap()[0].port, 8001);
+    // The detectors' rules.yaml carries the model and where its server is.
+    let cm = ns
+        .api::<ConfigMap>()
+        .get("scored-detector-config")
+        .await
+        .unwrap();
+    let mut m = Manifests::default();
+    m.add_str("rules.yaml", &cm.data.unwrap()["rules.yaml"])
+        .unwrap();
+    assert_eq!(m.models.len(), 1);
+    assert_eq!(
+        m.models[0].metadata.annotations.as_ref().unwrap()["vigil.dev/model-server"],
+        format!("iforest-model-server.{}.svc:8001", ns.name)
+    );
+    let config = ns
+        .api::<ConfigMap>()
+        .get("iforest-model-server-config")
+        .await
+        .unwrap();
+    assert!(config.data.unwrap()["1.config.yaml"].contains(&sha));
+    assert!(op.terminate().await.success());
+    ns.delete().await;
+}
