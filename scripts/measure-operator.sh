@@ -13,6 +13,7 @@
 #   VIGIL_BENCH_PIPELINES   pipelines for `scale` (default 1000)
 #   VIGIL_BENCH_CHANGES     timed changes of each kind for `latency` (default 200)
 #   VIGIL_E2E_CLUSTER       cluster name (default "operator-bench")
+#   VIGIL_E2E_NODES         kwok nodes (default pipelines/100 + 2; each takes 110 pods)
 #   VIGIL_E2E_KEEP=1        leave the cluster running afterwards
 # Prints the numbers on stdout; logs go to stderr and $OUT (default /tmp/vigil-measure-operator).
 set -euo pipefail
@@ -20,8 +21,10 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 WHAT="${1:-all}"
 export VIGIL_E2E_CLUSTER="${VIGIL_E2E_CLUSTER:-operator-bench}"
+# kwok nodes take 110 pods each: one detector pod per pipeline needs N/100 nodes.
 PIPELINES="${VIGIL_BENCH_PIPELINES:-1000}"
 CHANGES="${VIGIL_BENCH_CHANGES:-200}"
+export VIGIL_E2E_NODES="${VIGIL_E2E_NODES:-$((PIPELINES / 100 + 2))}"
 OUT="${OUT:-/tmp/vigil-measure-operator}"
 mkdir -p "$OUT"
 log() { printf '[measure-operator %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }

@@ -125,7 +125,7 @@ spec:
     )
     .await;
     assert!(
-        message.contains("exactly one of threshold, baseline, expression or model must be set"),
+        message.contains("exactly one of threshold, baseline, expression, model, detector or ensemble must be set"),
         "{message}"
     );
     let message = rejection(

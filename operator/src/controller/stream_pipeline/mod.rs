@@ -59,7 +59,12 @@ pub async fn reconcile(pipeline: Arc<StreamPipeline>, ctx: Arc<Context>) -> Resu
         Ok(validated) => {
             let children = build::build(&validated, &ctx.config)?;
             let started = Instant::now();
-            let stateful_set = apply_children(&ctx, &children).await?;
+            // `selector` is written only after the children were applied once.
+            let existing = pipeline
+                .status
+                .as_ref()
+                .is_some_and(|s| s.selector.is_some());
+            let stateful_set = apply_children(&ctx, &children, existing).await?;
             ctx.metrics.applied(CONTROLLER, started);
             let s = status::status(
                 &pipeline,
@@ -86,15 +91,30 @@ pub async fn reconcile(pipeline: Arc<StreamPipeline>, ctx: Arc<Context>) -> Resu
     Ok(action)
 }
 
-/// Applies the children in two rounds: what others refer to first (ServiceAccount, Role,
-/// ConfigMap, Service), then the RoleBinding (the API server checks the Role it binds against
-/// the operator's own permissions, so the Role must exist), the StatefulSet and the
-/// PodDisruptionBudget. Returns the applied StatefulSet.
+/// Applies the children. The first time, in two rounds: what others refer to first
+/// (ServiceAccount, Role, ConfigMap, Service), then the RoleBinding (the API server checks the
+/// Role it binds against the operator's own permissions, so the Role must exist), the
+/// StatefulSet (its pods need the ServiceAccount) and the PodDisruptionBudget. Once they all
+/// exist (`existing`: a previous apply succeeded), in one round, which halves the latency of
+/// a change. Returns the applied StatefulSet.
 async fn apply_children(
     ctx: &Context,
     c: &DetectorChildren,
+    existing: bool,
 ) -> Result<k8s_openapi::api::apps::v1::StatefulSet, Error> {
     let client = &ctx.client;
+    if existing {
+        let (_, _, _, _, _, stateful_set, _) = tokio::try_join!(
+            apply(client, &c.service_account),
+            apply(client, &c.role),
+            apply(client, &c.config_map),
+            apply(client, &c.service),
+            apply(client, &c.role_binding),
+            apply(client, &c.stateful_set),
+            apply(client, &c.pdb)
+        )?;
+        return Ok(stateful_set);
+    }
     tokio::try_join!(
         apply(client, &c.service_account),
         apply(client, &c.role),
