@@ -254,7 +254,7 @@ fn detector_pod(
         }
         if let Some(secret) = &security.ca_secret {
             env.push(EnvVar {
-                name: "VIGIL_KAFKA_CA_LOCATION".into(),
+                name: vigil_detector::source::CA_FILE_ENV.into(),
                 value: Some(format!("{KAFKA_CA_DIR}/ca.crt")),
                 ..EnvVar::default()
             });
