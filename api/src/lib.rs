@@ -5,12 +5,14 @@
 //! - [`v1alpha1::StreamPipeline`]: Kafka source, event format, event-time windows, sinks.
 //! - [`v1alpha1::DetectionRule`]: thresholds, baselines, CEL expressions and model rules.
 //! - [`v1alpha1::AnomalyModel`]: an ONNX model, its feature contract and rollout.
+//! - [`contract`]: the command lines, variables and paths of the binaries the operator runs.
 
 // kube's derive takes one `printcolumn(...)` attribute per column, which clippy reads as
 // duplicated attributes.
 #![allow(clippy::duplicated_attributes)]
 
 pub mod conditions;
+pub mod contract;
 pub mod manifest;
 pub mod v1alpha1;
 

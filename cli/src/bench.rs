@@ -26,7 +26,7 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{ClientConfig, Message};
 use vigil_api::manifest::Manifests;
-use vigil_detector::engine::{Engine, EngineOptions, Outputs, RawRecord};
+use vigil_core::engine::{Engine, EngineOptions, Outputs, RawRecord};
 use vigil_detector::runner::{self, Control, RunnerConfig, wall_clock_ms};
 use vigil_detector::sink::LatencyProbe;
 use vigil_detector::source::{SourceSettings, admin};

@@ -42,7 +42,7 @@ pub struct ReplayArgs {
     #[arg(long, default_value = "timestamp")]
     pub time_field: String,
     /// Kafka bootstrap servers.
-    #[arg(long, env = "VIGIL_BOOTSTRAP_SERVERS")]
+    #[arg(long, env = vigil_api::contract::detector::env::BOOTSTRAP_SERVERS)]
     pub bootstrap_servers: String,
 }
 
@@ -111,7 +111,7 @@ pub fn load(
     key_field: Option<&str>,
     time_field: &str,
 ) -> anyhow::Result<(Vec<ReplayRecord>, u64)> {
-    let (_, rows) = vigil_detector::input::read_rows(input)?;
+    let (_, rows) = vigil_core::input::read_rows(input)?;
     let default_key = key.map(str::to_string).unwrap_or_else(|| {
         input
             .file_stem()
@@ -128,7 +128,7 @@ pub fn load(
                     .and_then(|v| lookup(v, time_field))
                     .and_then(|t| match t {
                         serde_json::Value::String(s) => {
-                            vigil_detector::decode::parse_event_time(s, TimeFormat::Auto).ok()
+                            vigil_core::decode::parse_event_time(s, TimeFormat::Auto).ok()
                         }
                         serde_json::Value::Number(n) => {
                             n.as_i64().or_else(|| n.as_f64().map(|f| f as i64))

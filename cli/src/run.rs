@@ -14,7 +14,6 @@
 //!   processed and every window has fired, with a summary.
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{RecvTimeoutError, SyncSender};
@@ -29,6 +28,7 @@ use rdkafka::producer::DefaultProducerContext;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use vigil_api::manifest::Manifests;
 use vigil_api::v1alpha1::{AnomalyModel, DetectionRule, StreamPipeline, TimeFormat};
+use vigil_api::contract::detector::{DetectorArgs, env as contract_env};
 use vigil_detector::runner::{self, Control, RunSummary, RunnerConfig, RunnerHandle};
 use vigil_detector::source::admin;
 use vigil_detector::telemetry::{self, Metrics};
@@ -38,23 +38,10 @@ use crate::replay::{self, ReplayReport, Speed};
 /// Arguments of `vigil run`.
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// StreamPipeline manifest (the first StreamPipeline in the file is run).
-    #[arg(long)]
-    pub pipeline: PathBuf,
-    /// DetectionRule manifest(s); the rules whose pipelineSelector selects the pipeline run.
-    /// The pipeline file is searched too.
-    #[arg(long, num_args = 1..)]
-    pub rules: Vec<PathBuf>,
-    /// Kafka bootstrap servers; overrides spec.source.kafka.bootstrapServers. Without either,
-    /// an embedded mock cluster is started in this process.
-    #[arg(long, env = "VIGIL_BOOTSTRAP_SERVERS")]
-    pub bootstrap_servers: Option<String>,
-    /// Serve Prometheus metrics on `http://ADDR/metrics`, e.g. 127.0.0.1:9464.
-    #[arg(long)]
-    pub metrics_addr: Option<SocketAddr>,
-    /// Static group membership id (librdkafka `group.instance.id`), e.g. the pod name.
-    #[arg(long, env = "VIGIL_GROUP_INSTANCE_ID")]
-    pub group_instance_id: Option<String>,
+    /// Pipeline and rule files, broker, metrics and group instance: the flags the operator
+    /// renders into detector pods (vigil-api's contract).
+    #[command(flatten)]
+    pub detector: DetectorArgs,
     /// Create missing source and sink topics (always done on the embedded broker and with
     /// --replay).
     #[arg(long)]
@@ -93,11 +80,11 @@ pub struct RunArgs {
     pub no_watch: bool,
     /// Serve the AnomalyModels of model rules from this model repository, in this process
     /// (`<dir>/<model>/<revision>/{model.onnx,config.yaml}`; ONNX Runtime from ORT_DYLIB_PATH).
-    #[arg(long, env = "VIGIL_MODEL_REPOSITORY", conflicts_with = "model_server")]
+    #[arg(long, env = contract_env::MODEL_REPOSITORY, conflicts_with = "model_server")]
     pub model_repository: Option<PathBuf>,
     /// Score model rules on this model server (`http://host:port`). Without it or
     /// --model-repository, each AnomalyModel's `vigil.dev/model-server` annotation is used.
-    #[arg(long, env = "VIGIL_MODEL_SERVER")]
+    #[arg(long, env = contract_env::MODEL_SERVER)]
     pub model_server: Option<String>,
 }
 
@@ -188,9 +175,9 @@ fn ensure_topics(
 /// # Errors
 /// Invalid manifests, an unreachable broker, a failed replay, or outputs the broker rejected.
 pub fn run(a: &RunArgs) -> anyhow::Result<()> {
-    let mut files = vec![a.pipeline.clone()];
-    files.extend(a.rules.iter().cloned());
-    let mut loaded = load(&files, &a.pipeline)?;
+    let mut files = vec![a.detector.pipeline.clone()];
+    files.extend(a.detector.rules.iter().cloned());
+    let mut loaded = load(&files, &a.detector.pipeline)?;
     let name = loaded.pipeline.metadata.name.clone().unwrap_or_default();
 
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -198,7 +185,7 @@ pub fn run(a: &RunArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let metrics = Metrics::new();
-    if let Some(addr) = a.metrics_addr {
+    if let Some(addr) = a.detector.metrics_addr {
         let (bound, serve) = rt.block_on(telemetry::serve(addr, metrics.clone()))?;
         rt.spawn(async move {
             if let Err(e) = serve.await {
@@ -210,7 +197,7 @@ pub fn run(a: &RunArgs) -> anyhow::Result<()> {
     let (events, rx) = std::sync::mpsc::sync_channel::<Event>(64);
     spawn_signal_handler(&rt, events.clone());
 
-    let broker = resolve_broker(a.bootstrap_servers.as_deref(), &loaded.pipeline)?;
+    let broker = resolve_broker(a.detector.bootstrap_servers.as_deref(), &loaded.pipeline)?;
     let bootstrap = broker.bootstrap();
     if matches!(broker, Broker::Embedded(_)) || a.create_topics || a.replay.is_some() {
         ensure_topics(&broker, &loaded.pipeline, a.partitions)?;
@@ -246,7 +233,7 @@ pub fn run(a: &RunArgs) -> anyhow::Result<()> {
         .as_ref()
         .map(|e| e.uri.clone())
         .or_else(|| a.model_server.clone());
-    let group_instance_id = a.group_instance_id.clone();
+    let group_instance_id = a.detector.group_instance_id.clone();
     let spawn = |l: &Loaded| -> anyhow::Result<RunnerHandle> {
         let mut cfg = RunnerConfig::new(l.pipeline.clone(), l.rules.clone(), bootstrap.clone());
         cfg.models = l.models.clone();
@@ -328,7 +315,7 @@ pub fn run(a: &RunArgs) -> anyhow::Result<()> {
             && last.elapsed() >= Duration::from_millis(100)
         {
             changed = None;
-            match reload(&files, &a.pipeline, &loaded, first) {
+            match reload(&files, &a.detector.pipeline, &loaded, first) {
                 Ok(Reload::Unchanged) => {}
                 Ok(Reload::Rules(l)) => {
                     let ctl = Control::ReplaceRules {
@@ -449,7 +436,7 @@ fn reload(
         );
     }
     // Validate before replacing anything.
-    vigil_detector::config::PipelineConfig::from_resource(&l.pipeline)
+    vigil_core::config::PipelineConfig::from_resource(&l.pipeline)
         .map_err(|e| anyhow::anyhow!("StreamPipeline: {e}"))?;
     if l.pipeline.spec != current.pipeline.spec {
         return Ok(Reload::Pipeline(l));
@@ -548,7 +535,7 @@ impl Labels {
             );
         };
         let parse = |s: &str| {
-            vigil_detector::decode::parse_event_time(s, TimeFormat::Auto)
+            vigil_core::decode::parse_event_time(s, TimeFormat::Auto)
                 .map_err(|e| anyhow::anyhow!("{series}: {e}"))
         };
         let windows = windows
@@ -759,7 +746,7 @@ mod tests {
         let l = Labels::load(&f, Path::new("/data/nab/data/realKnownCause/machine.csv")).unwrap();
         assert_eq!(l.series, "realKnownCause/machine.csv");
         assert_eq!(l.windows.len(), 2);
-        let t = vigil_detector::decode::parse_event_time("2013-12-11 00:00:00", TimeFormat::Auto)
+        let t = vigil_core::decode::parse_event_time("2013-12-11 00:00:00", TimeFormat::Auto)
             .unwrap();
         assert_eq!(l.window_of(t), Some(1));
         assert_eq!(l.window_of(t - 3 * 86_400_000), None);

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Args;
 use vigil_api::v1alpha1::{AnomalyModel, DetectionRule};
-use vigil_detector::engine::{Engine, EngineOptions, Outputs, RawRecord};
+use vigil_core::engine::{Engine, EngineOptions, Outputs, RawRecord};
 use vigil_detector::scoring::{ModelScorer, ScorerConfig, ScoringMetrics};
 
 /// Arguments of `vigil score`.
@@ -37,11 +37,11 @@ pub struct ScoreArgs {
     /// Serve the AnomalyModels of model rules from this model repository, in this process
     /// (`<dir>/<model>/<revision>/{model.onnx,config.yaml}`; ONNX Runtime from ORT_DYLIB_PATH,
     /// see scripts/setup-onnxruntime.sh).
-    #[arg(long, env = "VIGIL_MODEL_REPOSITORY", conflicts_with = "model_server")]
+    #[arg(long, env = vigil_api::contract::detector::env::MODEL_REPOSITORY, conflicts_with = "model_server")]
     pub model_repository: Option<PathBuf>,
     /// Score model rules on this running model server (`http://host:port`). Without it or
     /// --model-repository, each AnomalyModel's `vigil.dev/model-server` annotation is used.
-    #[arg(long, env = "VIGIL_MODEL_SERVER")]
+    #[arg(long, env = vigil_api::contract::detector::env::MODEL_SERVER)]
     pub model_server: Option<String>,
 }
 
@@ -258,7 +258,7 @@ pub fn score(a: &ScoreArgs) -> anyhow::Result<()> {
     if let Some(e) = errors.first() {
         bail!("{e}");
     }
-    let (header, rows) = vigil_detector::input::read_rows(&a.input)?;
+    let (header, rows) = vigil_core::input::read_rows(&a.input)?;
     let key = a.key.clone().unwrap_or_else(|| {
         a.input
             .file_name()
@@ -272,7 +272,7 @@ pub fn score(a: &ScoreArgs) -> anyhow::Result<()> {
     let val_col = header.iter().position(|h| h == "value").unwrap_or(1);
     for (i, row) in rows.iter().enumerate() {
         // Processing time follows event time offline, so idle timeouts are in data time.
-        let now = vigil_detector::decode::parse_event_time(
+        let now = vigil_core::decode::parse_event_time(
             row.cells.get(ts_col).map_or("", |s| s.as_str()),
             Default::default(),
         )

@@ -26,9 +26,9 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::BorrowedMessage;
 use vigil_api::v1alpha1::{AnomalyModel, DetectionRule, StreamPipeline};
 
-use crate::config::{InvalidSpec, PipelineConfig};
-use crate::engine::{Counters, Engine, EngineOptions, Outputs, RawRecord};
-use crate::rules::RuleError;
+use vigil_core::config::{InvalidSpec, PipelineConfig};
+use vigil_core::engine::{Counters, Engine, EngineOptions, Outputs, RawRecord};
+use vigil_core::rules::RuleError;
 use crate::scoring::{ModelScorer, ScorerConfig, ScoringError};
 use crate::sink::{LatencyProbe, Origin, SinkError, SinkTopics, Sinks};
 use crate::source::{

@@ -16,7 +16,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::engine::Counters;
+use vigil_core::engine::Counters;
 
 /// One record in this many feeds the per-event latency histograms.
 pub const LATENCY_SAMPLE_EVERY: u64 = 16;

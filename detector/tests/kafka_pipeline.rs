@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use kafka_support::*;
 use rdkafka::Message;
-use vigil_detector::rules::alert::fingerprint;
+use vigil_core::rules::alert::fingerprint;
 use vigil_detector::runner::{self, Control, RunnerConfig};
 use vigil_detector::telemetry::Metrics;
 

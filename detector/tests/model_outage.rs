@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use model_support::{Driver, Seen, TestServer, manifests};
 use vigil_api::v1alpha1::{AnomalyModel, DetectionRule};
-use vigil_detector::engine::{Engine, EngineOptions};
-use vigil_detector::rules::alert::AlertStatus;
+use vigil_core::engine::{Engine, EngineOptions};
+use vigil_core::rules::alert::AlertStatus;
 use vigil_detector::scoring::{ModelScorer, ScorerConfig};
 use vigil_detector::telemetry::Metrics;
 

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use model_support::{Driver, Seen, TestServer, manifests, nab_rows};
 use vigil_api::v1alpha1::{AnomalyModel, DetectionRule};
-use vigil_detector::engine::{Engine, EngineOptions, Outputs, RawRecord};
-use vigil_detector::rules::alert::AlertStatus;
+use vigil_core::engine::{Engine, EngineOptions, Outputs, RawRecord};
+use vigil_core::rules::alert::AlertStatus;
 use vigil_detector::scoring::{ModelScorer, ScorerConfig, ScoringMetrics};
 
 const MACHINE_TEMPERATURE: &str = "data/realKnownCause/machine_temperature_system_failure.csv";

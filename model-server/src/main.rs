@@ -1,32 +1,21 @@
 //! `vigil-model-server`: serves the models of a repository over gRPC (Open Inference Protocol
 //! v2 + health checking) and Prometheus metrics over HTTP, until SIGTERM or Ctrl-C.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
+use vigil_api::contract::model_server::ModelServerArgs;
 use vigil_model_server::{ModelServer, ServerConfig};
 
 /// Vigil model server: ONNX models over the Open Inference Protocol v2 (gRPC).
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
-    /// Model repository: <repository>/<model>/<version>/{model.onnx,config.yaml}.
-    #[arg(long, env = "VIGIL_MODEL_REPOSITORY")]
-    repository: PathBuf,
-    /// gRPC listen address (inference + grpc.health.v1). 8001 is Triton's gRPC port.
-    #[arg(long, env = "VIGIL_MODEL_GRPC_ADDR", default_value = "127.0.0.1:8001")]
-    grpc_addr: SocketAddr,
-    /// Prometheus /metrics listen address. 8002 is Triton's metrics port.
-    #[arg(
-        long,
-        env = "VIGIL_MODEL_METRICS_ADDR",
-        default_value = "127.0.0.1:8002"
-    )]
-    metrics_addr: SocketAddr,
+    /// Repository and listen addresses: the flags the operator renders (vigil-api's contract).
+    #[command(flatten)]
+    contract: ModelServerArgs,
     /// Load only these models at startup (repeatable); default: every model in the repository.
     #[arg(
         long = "model",
@@ -67,6 +56,11 @@ async fn shutdown_signal() {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let ModelServerArgs {
+        repository,
+        grpc_addr,
+        metrics_addr,
+    } = args.contract.clone();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     if args.log_json {
         tracing_subscriber::fmt()
@@ -78,7 +72,7 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let config = ServerConfig {
-        repository: args.repository.clone(),
+        repository: repository.clone(),
         startup_models: (!args.models.is_empty()).then(|| args.models.clone()),
         ort_dylib_path: None,
         intra_op_threads: args.intra_op_threads,
@@ -87,16 +81,16 @@ async fn main() -> anyhow::Result<()> {
     let server = ModelServer::start(config)
         .await
         .context("failed to start the model server")?;
-    let grpc = tokio::net::TcpListener::bind(args.grpc_addr)
+    let grpc = tokio::net::TcpListener::bind(grpc_addr)
         .await
-        .with_context(|| format!("failed to bind gRPC address {}", args.grpc_addr))?;
-    let metrics = tokio::net::TcpListener::bind(args.metrics_addr)
+        .with_context(|| format!("failed to bind gRPC address {}", grpc_addr))?;
+    let metrics = tokio::net::TcpListener::bind(metrics_addr)
         .await
-        .with_context(|| format!("failed to bind metrics address {}", args.metrics_addr))?;
+        .with_context(|| format!("failed to bind metrics address {}", metrics_addr))?;
     tracing::info!(
-        grpc = %args.grpc_addr,
-        metrics = %args.metrics_addr,
-        repository = %args.repository.display(),
+        grpc = %grpc_addr,
+        metrics = %metrics_addr,
+        repository = %repository.display(),
         "Model server listening."
     );
 
@@ -123,4 +117,21 @@ async fn main() -> anyhow::Result<()> {
     grpc_result.context("gRPC server failed")?;
     metrics_result.context("metrics server failed")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The command line the operator renders for model-server pods parses with this binary's
+    /// own parser (it once passed flags the binary did not have, and the pods exited with 2).
+    #[test]
+    fn operator_rendered_command_parses() {
+        let rendered = ModelServerArgs::in_pod();
+        let argv = std::iter::once(vigil_api::contract::model_server::BINARY.to_string())
+            .chain(rendered.to_args());
+        let parsed = Args::try_parse_from(argv).unwrap();
+        assert_eq!(parsed.contract, rendered);
+        assert!(parsed.contract.grpc_addr.ip().is_unspecified());
+    }
 }

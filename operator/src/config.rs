@@ -4,18 +4,20 @@
 
 use std::time::Duration;
 
-/// Port of the detectors' Prometheus endpoint (`vigil run --metrics-addr 0.0.0.0:9090`).
-pub const DETECTOR_METRICS_PORT: i32 = 9090;
+use vigil_api::contract::{detector, model_server};
+
+/// Port of the detectors' Prometheus endpoint (the detector contract's).
+pub const DETECTOR_METRICS_PORT: i32 = detector::METRICS_PORT as i32;
 /// Directory where detectors find `pipeline.yaml` and `rules.yaml`.
-pub const DETECTOR_CONFIG_DIR: &str = "/etc/vigil";
+pub const DETECTOR_CONFIG_DIR: &str = detector::CONFIG_DIR;
 /// The model server binary in its image.
-pub const MODEL_SERVER_BINARY: &str = "vigil-model-server";
+pub const MODEL_SERVER_BINARY: &str = model_server::BINARY;
 /// Open Inference Protocol v2 gRPC port of model servers.
-pub const MODEL_SERVER_GRPC_PORT: i32 = 8001;
-/// HTTP port of model servers (health and metrics).
-pub const MODEL_SERVER_HTTP_PORT: i32 = 8002;
+pub const MODEL_SERVER_GRPC_PORT: i32 = model_server::GRPC_PORT as i32;
+/// Prometheus metrics port of model servers.
+pub const MODEL_SERVER_HTTP_PORT: i32 = model_server::METRICS_PORT as i32;
 /// Directory of the model repository inside model-server pods.
-pub const MODEL_REPOSITORY_DIR: &str = "/models";
+pub const MODEL_REPOSITORY_DIR: &str = model_server::REPOSITORY_DIR;
 
 /// Settings shared by every reconcile.
 #[derive(Clone, Debug)]

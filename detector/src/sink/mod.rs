@@ -19,8 +19,8 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use vigil_api::v1alpha1::SinksSpec;
 
-use crate::engine::{DeadLetter, WindowResult};
-use crate::rules::alert::Alert;
+use vigil_core::engine::{DeadLetter, WindowResult};
+use vigil_core::rules::alert::Alert;
 use crate::telemetry::Metrics;
 
 /// Failure of a sink.

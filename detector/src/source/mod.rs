@@ -26,19 +26,21 @@ use vigil_api::v1alpha1::{
 
 use crate::telemetry::Metrics;
 
+use vigil_api::contract::detector::{self as contract, env as contract_env};
+
 /// Environment variable with the static group membership id (`group.instance.id`), e.g. the
 /// pod name of a StatefulSet replica: a restarted replica gets its partitions back without a
 /// rebalance.
-pub const GROUP_INSTANCE_ID_ENV: &str = "VIGIL_GROUP_INSTANCE_ID";
+pub const GROUP_INSTANCE_ID_ENV: &str = contract_env::GROUP_INSTANCE_ID;
 /// Environment variable with the SASL user name (`spec.source.kafka.security.credentialsSecret`).
-pub const USERNAME_ENV: &str = "VIGIL_KAFKA_USERNAME";
+pub const USERNAME_ENV: &str = contract_env::KAFKA_USERNAME;
 /// Environment variable with the SASL password.
-pub const PASSWORD_ENV: &str = "VIGIL_KAFKA_PASSWORD";
+pub const PASSWORD_ENV: &str = contract_env::KAFKA_PASSWORD;
 /// Environment variable with the path of the CA certificate file
 /// (`spec.source.kafka.security.caSecret`); default [`CA_FILE_DEFAULT`].
-pub const CA_FILE_ENV: &str = "VIGIL_KAFKA_CA_FILE";
+pub const CA_FILE_ENV: &str = contract_env::KAFKA_CA_FILE;
 /// Where the operator mounts the `ca.crt` of `caSecret` unless [`CA_FILE_ENV`] says otherwise.
-pub const CA_FILE_DEFAULT: &str = "/var/run/secrets/vigil.dev/kafka-ca/ca.crt";
+pub const CA_FILE_DEFAULT: &str = contract::KAFKA_CA_FILE;
 
 /// Properties Vigil sets itself and `spec.source.kafka.properties` may not override.
 pub const RESERVED_PROPERTIES: &[&str] = &[

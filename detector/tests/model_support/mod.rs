@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use vigil_api::manifest::Manifests;
-use vigil_detector::engine::{Engine, Outputs, RawRecord};
-use vigil_detector::rules::alert::Alert;
+use vigil_core::engine::{Engine, Outputs, RawRecord};
+use vigil_core::rules::alert::Alert;
 use vigil_detector::scoring::{ModelScorer, ScoreReport};
 use vigil_model_server::{ModelServer, ServerConfig};
 
@@ -169,11 +169,11 @@ impl Driver {
 
 /// `(event time ms, JSON payload)` of every row of a NAB CSV.
 pub fn nab_rows(relpath: &str) -> Vec<(i64, Vec<u8>)> {
-    let (_, rows) = vigil_detector::input::read_rows(&nab(relpath)).unwrap();
+    let (_, rows) = vigil_core::input::read_rows(&nab(relpath)).unwrap();
     rows.into_iter()
         .map(|r| {
             (
-                vigil_detector::decode::parse_event_time(&r.cells[0], Default::default()).unwrap(),
+                vigil_core::decode::parse_event_time(&r.cells[0], Default::default()).unwrap(),
                 r.json,
             )
         })

@@ -25,6 +25,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Resource;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use vigil_api::contract::model_server::ModelServerArgs;
 use vigil_api::v1alpha1::{AnomalyModel, ScoreDirection};
 
 use super::validate::{ArtifactSource, ValidatedModel};
@@ -298,14 +299,7 @@ pub fn build(
         image: Some(config.model_server_image.clone()),
         image_pull_policy: config.image_pull_policy.clone(),
         command: Some(vec![MODEL_SERVER_BINARY.into()]),
-        args: Some(vec![
-            "--model-repository".into(),
-            MODEL_REPOSITORY_DIR.into(),
-            "--grpc-port".into(),
-            MODEL_SERVER_GRPC_PORT.to_string(),
-            "--http-port".into(),
-            MODEL_SERVER_HTTP_PORT.to_string(),
-        ]),
+        args: Some(ModelServerArgs::in_pod().to_args()),
         ports: Some(vec![
             ContainerPort {
                 name: Some("grpc".into()),

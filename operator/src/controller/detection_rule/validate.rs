@@ -1,6 +1,6 @@
 //! Pure validation of a DetectionRule: on its own (its CEL expressions parse and use only the
 //! rule variables, its model exists) and against each pipeline it selects. Against a pipeline
-//! the rule is compiled with the detector's own compiler (`vigil_detector::rules::CompiledRule`),
+//! the rule is compiled with the detector's own compiler (`vigil_core::rules::CompiledRule`),
 //! so the operator accepts exactly what detectors can run; the operator adds checks the
 //! detector cannot make alone (references inside CEL, a model's feature contract, a baseline's
 //! history long enough for `minSamples`). The StreamPipeline controller uses the same checks to
@@ -15,8 +15,8 @@ use cel::common::ast::{EntryExpr, Expr, IdedExpr};
 use vigil_api::v1alpha1::{
     AnomalyModel, DetectionRule, DetectionRuleSpec, Feature, StreamPipeline,
 };
-use vigil_detector::config::{FieldTable, PipelineConfig};
-use vigil_detector::rules::CompiledRule;
+use vigil_core::config::{FieldTable, PipelineConfig};
+use vigil_core::rules::CompiledRule;
 
 use crate::controller::FieldError;
 

@@ -38,19 +38,16 @@ use crate::labels::{
     detector_selector, model_server_grpc_address,
 };
 
-/// ConfigMap key of the rendered pipeline.
-pub const PIPELINE_KEY: &str = "pipeline.yaml";
-/// ConfigMap key of the rendered rules and models.
-pub const RULES_KEY: &str = "rules.yaml";
-/// Annotation on rendered AnomalyModels: `host:port` of the model server's gRPC endpoint
-/// (the detector's constant, so both sides agree).
-pub use vigil_detector::scoring::MODEL_SERVER_ANNOTATION;
+/// Annotation on rendered AnomalyModels: `host:port` of the model server's gRPC endpoint.
+pub use vigil_api::contract::MODEL_SERVER_ANNOTATION;
+use vigil_api::contract::detector::{
+    self as contract, DetectorArgs, KAFKA_CA_DIR, PIPELINE_FILE as PIPELINE_KEY,
+    RULES_FILE as RULES_KEY, env as contract_env,
+};
 /// Env var holding the pod name, used as Kafka `group.instance.id`.
-pub const GROUP_INSTANCE_ENV: &str = "VIGIL_GROUP_INSTANCE_ID";
-/// Env var holding the bootstrap servers, expanded into the `--bootstrap-servers` argument.
-pub const BOOTSTRAP_ENV: &str = "KAFKA_BOOTSTRAP";
-/// Where a `caSecret` is mounted in detector pods.
-pub const KAFKA_CA_DIR: &str = "/etc/vigil-kafka-ca";
+pub const GROUP_INSTANCE_ENV: &str = contract_env::GROUP_INSTANCE_ID;
+/// Env var holding the bootstrap servers.
+pub const BOOTSTRAP_ENV: &str = contract_env::BOOTSTRAP_SERVERS;
 
 /// The desired children of one pipeline.
 #[derive(Clone, Debug)]
@@ -221,7 +218,6 @@ fn detector_pod(
     name: &str,
     config_name: &str,
 ) -> PodSpec {
-    let path = |key: &str| format!("{DETECTOR_CONFIG_DIR}/{key}");
     let mut env = vec![
         EnvVar {
             name: BOOTSTRAP_ENV.into(),
@@ -249,13 +245,21 @@ fn detector_pod(
     }];
     if let Some(security) = &v.pipeline.spec.source.kafka.security {
         if let Some(secret) = &security.credentials_secret {
-            env.push(secret_env("VIGIL_KAFKA_USERNAME", secret, "username"));
-            env.push(secret_env("VIGIL_KAFKA_PASSWORD", secret, "password"));
+            env.push(secret_env(
+                contract_env::KAFKA_USERNAME,
+                secret,
+                contract::USERNAME_KEY,
+            ));
+            env.push(secret_env(
+                contract_env::KAFKA_PASSWORD,
+                secret,
+                contract::PASSWORD_KEY,
+            ));
         }
         if let Some(secret) = &security.ca_secret {
             env.push(EnvVar {
-                name: vigil_detector::source::CA_FILE_ENV.into(),
-                value: Some(format!("{KAFKA_CA_DIR}/ca.crt")),
+                name: contract_env::KAFKA_CA_FILE.into(),
+                value: Some(contract::KAFKA_CA_FILE.into()),
                 ..EnvVar::default()
             });
             mounts.push(VolumeMount {
@@ -284,18 +288,8 @@ fn detector_pod(
             name: "detector".into(),
             image: Some(config.detector_image.clone()),
             image_pull_policy: config.image_pull_policy.clone(),
-            command: Some(vec!["vigil".into()]),
-            args: Some(vec![
-                "run".into(),
-                "--pipeline".into(),
-                path(PIPELINE_KEY),
-                "--rules".into(),
-                path(RULES_KEY),
-                "--bootstrap-servers".into(),
-                format!("$({BOOTSTRAP_ENV})"),
-                "--metrics-addr".into(),
-                format!("0.0.0.0:{DETECTOR_METRICS_PORT}"),
-            ]),
+            command: Some(vec![contract::BINARY.into()]),
+            args: Some(DetectorArgs::in_pod().to_args()),
             env: Some(env),
             ports: Some(vec![ContainerPort {
                 name: Some("metrics".into()),

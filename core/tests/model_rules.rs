@@ -4,9 +4,9 @@
 
 use vigil_api::manifest::Manifests;
 use vigil_api::v1alpha1::{AnomalyModel, DetectionRule};
-use vigil_detector::engine::{Engine, EngineOptions, Outputs, RawRecord};
-use vigil_detector::rules::alert::AlertStatus;
-use vigil_detector::scoring::ModelInput;
+use vigil_core::engine::{Engine, EngineOptions, Outputs, RawRecord};
+use vigil_core::rules::alert::AlertStatus;
+use vigil_core::model::ModelInput;
 
 const MIN: i64 = 60_000;
 

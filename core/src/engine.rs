@@ -14,7 +14,7 @@ use crate::decode::{DecodeError, Decoder};
 use crate::features::FeatureValues;
 use crate::rules::alert::{self, Alert, AlertStatus};
 use crate::rules::{CompiledRule, Evaluation, RuleError, RuleKind, RuleSet, RuleState, WindowView};
-use crate::scoring::{ModelInput, WindowVector};
+use crate::model::{ModelInput, WindowVector};
 use crate::window::{self, KeyId, KeyWindows, PartitionClocks, TimerKind, Timers};
 
 /// One consumed record.
@@ -130,7 +130,7 @@ pub struct Outputs {
     /// [`EngineOptions::event_scores`]); 0 for dead-lettered records.
     pub event_scores: Vec<f64>,
     /// Feature vectors of model rules' closed windows, to score with
-    /// [`crate::scoring::ModelScorer`] and hand back to [`Engine::apply_model_scores`].
+    /// the detector runtime's model scorer and hand back to [`Engine::apply_model_scores`].
     pub model_inputs: Vec<ModelInput>,
 }
 
@@ -808,8 +808,8 @@ impl Engine {
         v
     }
 
-    /// Applies raw scores of model rule windows (from [`crate::scoring::ModelScorer`]): maps
-    /// each to a score in [0, 1] and a match ([`crate::scoring::ModelContract::map_score`],
+    /// Applies raw scores of model rule windows (from the detector runtime's model scorer): maps
+    /// each to a score in [0, 1] and a match ([`crate::model::ModelContract::map_score`],
     /// with the rule's threshold override) and advances the rule's alert lifecycle at the
     /// window's end, appending transitions to `out`. Per (rule, key), scores must come in
     /// window-end order: one for a window not after the last applied is dropped, as are scores

@@ -3,9 +3,9 @@
 
 use vigil_api::manifest::Manifests;
 use vigil_api::v1alpha1::DetectionRule;
-use vigil_detector::engine::{Engine, EngineOptions, Outputs, RawRecord};
-use vigil_detector::rules::RuleError;
-use vigil_detector::rules::alert::AlertStatus;
+use vigil_core::engine::{Engine, EngineOptions, Outputs, RawRecord};
+use vigil_core::rules::RuleError;
+use vigil_core::rules::alert::AlertStatus;
 
 const MIN: i64 = 60_000;
 

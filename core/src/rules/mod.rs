@@ -63,7 +63,7 @@ pub enum RuleKind {
     },
     /// A CEL condition.
     Expression(Box<Expression>),
-    /// An AnomalyModel; its windows are scored by the scoring stage ([`crate::scoring`]), not
+    /// An AnomalyModel; its windows are scored by the runtime's scoring stage ([`crate::model`]), not
     /// here.
     Model {
         /// AnomalyModel name.
@@ -71,7 +71,7 @@ pub enum RuleKind {
         /// Threshold override.
         threshold: Option<f64>,
         /// The model's feature contract in this pipeline.
-        contract: Arc<crate::scoring::ModelContract>,
+        contract: Arc<crate::model::ModelContract>,
     },
     /// A per-event detector on one field ([`crate::detectors`]).
     Detector(Box<DetectorKind>),
@@ -198,7 +198,7 @@ pub struct RuleState {
     /// Per-event rules: no alarm before this event time (cooldown).
     cooldown_until: Option<i64>,
     /// Model rules: the key's window sequence and scoring progress.
-    pub model: Option<Box<crate::scoring::ModelState>>,
+    pub model: Option<Box<crate::model::ModelState>>,
 }
 
 /// Panes of event scores kept per (rule, key); older ones are dropped first.
@@ -334,7 +334,7 @@ impl CompiledRule {
                     ));
                 };
                 let contract =
-                    crate::scoring::ModelContract::compile(am, cfg, table).map_err(|e| {
+                    crate::model::ModelContract::compile(am, cfg, table).map_err(|e| {
                         err(
                             "spec.model.modelRef",
                             format!(

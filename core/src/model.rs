@@ -1,15 +1,42 @@
-//! The feature contract of an AnomalyModel compiled against one pipeline: which window
-//! features, in which order and scale, form the model's input row; how many consecutive
-//! windows of a key a sequence model reads; and how a raw model score maps to Vigil's anomaly
-//! score in [0, 1] and a match. Pure: the engine calls it at window close, the scoring stage
-//! never looks inside.
+//! Model rules, the pure half: the feature contract of an AnomalyModel compiled against one
+//! pipeline (which window features, in which order and scale, form the model's input row; how
+//! many consecutive windows of a key a sequence model reads; how a raw model score maps to
+//! Vigil's anomaly score in [0, 1] and a match) and the [`ModelInput`] rows the engine emits at
+//! window close. Scoring them on a model server (gRPC, retries, breaker) is the detector
+//! runtime's job (`vigil_detector::scoring`); this module never looks at the network.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use vigil_api::v1alpha1::{AnomalyModel, Feature, ScoreDirection};
 
 use crate::config::{FieldTable, InvalidSpec, PipelineConfig};
 use crate::rules::WindowView;
+use crate::window::KeyId;
+
+/// The input of one model rule for one key's closed window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelInput {
+    /// Index of the rule in the engine's rule set when the window closed.
+    pub rule: usize,
+    /// `metadata.name` of that rule (scores for a rule replaced meanwhile are dropped).
+    pub rule_name: String,
+    /// The model's contract (model name and version on the server, row length).
+    pub contract: Arc<ModelContract>,
+    /// The key's state id in the engine.
+    pub key_id: KeyId,
+    /// Entity key.
+    pub key: Box<str>,
+    /// Start of the newest window of the input, epoch ms.
+    pub window_start: i64,
+    /// End (exclusive) of the newest window, epoch ms.
+    pub window_end: i64,
+    /// The row sent to the model: `lookback * features` normalised values, oldest window
+    /// first, features in contract order.
+    pub values: Vec<f32>,
+    /// Raw (not normalised) features of the newest window in contract order, for the alert.
+    pub raw_features: Vec<f64>,
+}
 
 /// Most windows a sequence model may read (`spec.input.lookback`); bounds the per-key state.
 pub const MAX_LOOKBACK: usize = 1024;

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use vigil_api::manifest::Manifests;
-use vigil_detector::engine::{Engine, EngineOptions, Outputs, RawRecord};
+use vigil_core::engine::{Engine, EngineOptions, Outputs, RawRecord};
 
 fn shared() -> PathBuf {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/datasets/nab/data");
@@ -27,7 +27,7 @@ fn machine_temperature_alerts_match_golden() {
     let (mut engine, errors) =
         Engine::from_resources(&m.pipelines[0], &rules, &[], EngineOptions::default()).unwrap();
     assert!(errors.is_empty(), "{errors:?}");
-    let (_, rows) = vigil_detector::input::read_rows(
+    let (_, rows) = vigil_core::input::read_rows(
         &shared().join("realKnownCause/machine_temperature_system_failure.csv"),
     )
     .unwrap();
@@ -35,7 +35,7 @@ fn machine_temperature_alerts_match_golden() {
     let mut lines = Vec::new();
     for (i, row) in rows.iter().enumerate() {
         let now =
-            vigil_detector::decode::parse_event_time(&row.cells[0], Default::default()).unwrap();
+            vigil_core::decode::parse_event_time(&row.cells[0], Default::default()).unwrap();
         engine.process(
             &RawRecord {
                 partition: 0,

@@ -1,0 +1,204 @@
+//! The contract between the operator and the binaries it runs: the command lines, environment
+//! variables, mount paths and ports of the detector (`vigil run`) and the model server
+//! (`vigil-model-server`). The operator renders pods from these types
+//! ([`detector::DetectorArgs::to_args`], [`model_server::ModelServerArgs::to_args`]) and the
+//! binaries parse their command lines with the same types (`#[command(flatten)]`, feature
+//! `clap`), so a flag or variable cannot be spelled differently on the two sides: a test parses
+//! each rendered command line with the binary's own parser.
+
+/// Annotation on an AnomalyModel naming its model server's gRPC endpoint (`host:port` or a
+/// URI); the operator sets it on the models it renders into a detector's `rules.yaml`.
+pub const MODEL_SERVER_ANNOTATION: &str = "vigil.dev/model-server";
+
+/// `vigil run` as the operator starts it in a detector pod.
+pub mod detector {
+    use std::net::SocketAddr;
+    use std::path::PathBuf;
+
+    /// The detector binary.
+    pub const BINARY: &str = "vigil";
+    /// Subcommand that runs a detector.
+    pub const SUBCOMMAND: &str = "run";
+    /// Where the pipeline's ConfigMap is mounted (as a directory: kubelet refreshes only
+    /// whole-volume ConfigMap mounts, and rule reloads depend on that).
+    pub const CONFIG_DIR: &str = "/etc/vigil";
+    /// ConfigMap key (and file name under [`CONFIG_DIR`]) of the StreamPipeline.
+    pub const PIPELINE_FILE: &str = "pipeline.yaml";
+    /// ConfigMap key (and file name under [`CONFIG_DIR`]) of the selected DetectionRules and the
+    /// AnomalyModels they use.
+    pub const RULES_FILE: &str = "rules.yaml";
+    /// Port of the detector's Prometheus `/metrics`.
+    pub const METRICS_PORT: u16 = 9090;
+    /// Where the `ca.crt` of `spec.source.kafka.security.caSecret` is mounted.
+    pub const KAFKA_CA_DIR: &str = "/etc/vigil-kafka-ca";
+    /// The CA file under [`KAFKA_CA_DIR`] ([`CA_KEY`] of the Secret); what the detector reads
+    /// when [`env::KAFKA_CA_FILE`] is unset.
+    pub const KAFKA_CA_FILE: &str = "/etc/vigil-kafka-ca/ca.crt";
+
+    /// Environment variables the detector reads.
+    pub mod env {
+        /// Kafka bootstrap servers (`--bootstrap-servers`).
+        pub const BOOTSTRAP_SERVERS: &str = "VIGIL_BOOTSTRAP_SERVERS";
+        /// Static group membership id, librdkafka `group.instance.id` (the pod name).
+        pub const GROUP_INSTANCE_ID: &str = "VIGIL_GROUP_INSTANCE_ID";
+        /// SASL user name (from `credentialsSecret`, key `username`).
+        pub const KAFKA_USERNAME: &str = "VIGIL_KAFKA_USERNAME";
+        /// SASL password (from `credentialsSecret`, key `password`).
+        pub const KAFKA_PASSWORD: &str = "VIGIL_KAFKA_PASSWORD";
+        /// Path of the CA certificate that verifies the brokers.
+        pub const KAFKA_CA_FILE: &str = "VIGIL_KAFKA_CA_FILE";
+        /// Model server URI for model rules (`--model-server`).
+        pub const MODEL_SERVER: &str = "VIGIL_MODEL_SERVER";
+        /// Model repository served in process (`--model-repository`).
+        pub const MODEL_REPOSITORY: &str = "VIGIL_MODEL_REPOSITORY";
+    }
+
+    /// Secret key of the SASL user name in `credentialsSecret`.
+    pub const USERNAME_KEY: &str = "username";
+    /// Secret key of the SASL password in `credentialsSecret`.
+    pub const PASSWORD_KEY: &str = "password";
+    /// Secret key of the CA certificate in `caSecret`.
+    pub const CA_KEY: &str = "ca.crt";
+
+    /// The flags of `vigil run` that the operator sets (the rest keep their defaults). The
+    /// bootstrap servers and the group instance id come from [`env`].
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    #[cfg_attr(feature = "clap", derive(clap::Args))]
+    pub struct DetectorArgs {
+        /// StreamPipeline manifest (the first StreamPipeline in the file is run).
+        #[cfg_attr(feature = "clap", arg(long))]
+        pub pipeline: PathBuf,
+        /// DetectionRule manifest(s); the rules whose pipelineSelector selects the pipeline
+        /// run. The pipeline file is searched too.
+        #[cfg_attr(feature = "clap", arg(long, num_args = 1..))]
+        pub rules: Vec<PathBuf>,
+        /// Kafka bootstrap servers; overrides spec.source.kafka.bootstrapServers. Without
+        /// either, an embedded mock cluster is started in this process.
+        #[cfg_attr(feature = "clap", arg(long, env = env::BOOTSTRAP_SERVERS))]
+        pub bootstrap_servers: Option<String>,
+        /// Serve Prometheus metrics on `http://ADDR/metrics`, e.g. 127.0.0.1:9464.
+        #[cfg_attr(feature = "clap", arg(long))]
+        pub metrics_addr: Option<SocketAddr>,
+        /// Static group membership id (librdkafka `group.instance.id`), e.g. the pod name.
+        #[cfg_attr(feature = "clap", arg(long, env = env::GROUP_INSTANCE_ID))]
+        pub group_instance_id: Option<String>,
+    }
+
+    impl DetectorArgs {
+        /// What the operator runs in a pod: the mounted config, metrics on all interfaces;
+        /// bootstrap servers and instance id from the environment.
+        pub fn in_pod() -> Self {
+            DetectorArgs {
+                pipeline: PathBuf::from(CONFIG_DIR).join(PIPELINE_FILE),
+                rules: vec![PathBuf::from(CONFIG_DIR).join(RULES_FILE)],
+                bootstrap_servers: None,
+                metrics_addr: Some(SocketAddr::from(([0, 0, 0, 0], METRICS_PORT))),
+                group_instance_id: None,
+            }
+        }
+
+        /// The command line after the binary: `run --pipeline P --rules R ...`.
+        pub fn to_args(&self) -> Vec<String> {
+            let mut args = vec![SUBCOMMAND.to_string(), "--pipeline".into()];
+            args.push(self.pipeline.display().to_string());
+            args.push("--rules".into());
+            args.extend(self.rules.iter().map(|r| r.display().to_string()));
+            if let Some(b) = &self.bootstrap_servers {
+                args.extend(["--bootstrap-servers".into(), b.clone()]);
+            }
+            if let Some(a) = &self.metrics_addr {
+                args.extend(["--metrics-addr".into(), a.to_string()]);
+            }
+            if let Some(g) = &self.group_instance_id {
+                args.extend(["--group-instance-id".into(), g.clone()]);
+            }
+            args
+        }
+    }
+}
+
+/// `vigil-model-server` as the operator starts it for an AnomalyModel.
+pub mod model_server {
+    use std::net::SocketAddr;
+    use std::path::PathBuf;
+
+    /// The model server binary.
+    pub const BINARY: &str = "vigil-model-server";
+    /// Where the model repository is assembled in the pod.
+    pub const REPOSITORY_DIR: &str = "/models";
+    /// gRPC port (Open Inference Protocol v2 + grpc.health.v1); 8001 is Triton's.
+    pub const GRPC_PORT: u16 = 8001;
+    /// Prometheus `/metrics` port; 8002 is Triton's.
+    pub const METRICS_PORT: u16 = 8002;
+
+    /// Environment variables the model server reads.
+    pub mod env {
+        /// `--repository`.
+        pub const REPOSITORY: &str = "VIGIL_MODEL_REPOSITORY";
+        /// `--grpc-addr`.
+        pub const GRPC_ADDR: &str = "VIGIL_MODEL_GRPC_ADDR";
+        /// `--metrics-addr`.
+        pub const METRICS_ADDR: &str = "VIGIL_MODEL_METRICS_ADDR";
+    }
+
+    /// Where the model server reads models and listens.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    #[cfg_attr(feature = "clap", derive(clap::Args))]
+    pub struct ModelServerArgs {
+        /// Model repository: <repository>/<model>/<version>/{model.onnx,config.yaml}.
+        #[cfg_attr(feature = "clap", arg(long, env = env::REPOSITORY))]
+        pub repository: PathBuf,
+        /// gRPC listen address (inference + grpc.health.v1). Pods listen on 0.0.0.0.
+        #[cfg_attr(feature = "clap", arg(long, env = env::GRPC_ADDR, default_value = "127.0.0.1:8001"))]
+        pub grpc_addr: SocketAddr,
+        /// Prometheus /metrics listen address.
+        #[cfg_attr(feature = "clap", arg(long, env = env::METRICS_ADDR, default_value = "127.0.0.1:8002"))]
+        pub metrics_addr: SocketAddr,
+    }
+
+    impl ModelServerArgs {
+        /// What the operator runs in a pod: the assembled repository, both ports on all
+        /// interfaces (the Service and the kubelet's probes reach the pod IP, not loopback).
+        pub fn in_pod() -> Self {
+            ModelServerArgs {
+                repository: PathBuf::from(REPOSITORY_DIR),
+                grpc_addr: SocketAddr::from(([0, 0, 0, 0], GRPC_PORT)),
+                metrics_addr: SocketAddr::from(([0, 0, 0, 0], METRICS_PORT)),
+            }
+        }
+
+        /// The command line after the binary.
+        pub fn to_args(&self) -> Vec<String> {
+            vec![
+                "--repository".into(),
+                self.repository.display().to_string(),
+                "--grpc-addr".into(),
+                self.grpc_addr.to_string(),
+                "--metrics-addr".into(),
+                self.metrics_addr.to_string(),
+            ]
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::detector::*;
+
+    #[test]
+    fn ca_file_is_the_ca_key_under_the_mount() {
+        assert_eq!(KAFKA_CA_FILE, format!("{KAFKA_CA_DIR}/{CA_KEY}"));
+    }
+
+    #[test]
+    fn detector_args_render_every_set_flag() {
+        let mut a = DetectorArgs::in_pod();
+        assert_eq!(
+            a.to_args().join(" "),
+            "run --pipeline /etc/vigil/pipeline.yaml --rules /etc/vigil/rules.yaml --metrics-addr 0.0.0.0:9090"
+        );
+        a.bootstrap_servers = Some("k:9092".into());
+        a.group_instance_id = Some("p-0".into());
+        assert!(a.to_args().join(" ").ends_with("--bootstrap-servers k:9092 --metrics-addr 0.0.0.0:9090 --group-instance-id p-0"));
+    }
+}

@@ -1,0 +1,27 @@
+//! Vigil's detection core: everything between record bytes and alerts that needs no I/O. No
+//! Kafka, gRPC, HTTP or Kubernetes client lives here, so the detector runtime
+//! (`vigil-detector`), the `vigil` command and the operator (`vigil-operator`) all link the
+//! same code, and a rule the operator accepts is a rule a detector runs.
+//!
+//! The stages, each in its own module:
+//! - [`config`]: a StreamPipeline spec validated into what the engine runs.
+//! - [`decode`]: event bytes -> [`decode::Event`] (key, event time, numeric fields).
+//! - [`window`]: tumbling/hopping window assignment, watermarks, allowed lateness.
+//! - [`features`]: incremental aggregates per window (count ... p99).
+//! - [`rules`]: the one rule contract: compile (every check of a DetectionRule against a
+//!   pipeline), evaluate, per-(rule, key) state, alert lifecycle.
+//! - [`detectors`]: per-event streaming detectors (seasonal baseline, random cut forest,
+//!   change points) and score calibration, used by detector and ensemble rules.
+//! - [`model`]: model rules' feature contract and input rows (scored elsewhere).
+//! - [`engine`]: ties the pure stages together; no clock (time is passed in).
+//! - [`input`]: NAB-style CSV / JSON-lines files as records.
+
+pub mod config;
+pub mod decode;
+pub mod detectors;
+pub mod engine;
+pub mod features;
+pub mod input;
+pub mod model;
+pub mod rules;
+pub mod window;
