@@ -199,6 +199,8 @@ mod tests {
         );
         a.bootstrap_servers = Some("k:9092".into());
         a.group_instance_id = Some("p-0".into());
-        assert!(a.to_args().join(" ").ends_with("--bootstrap-servers k:9092 --metrics-addr 0.0.0.0:9090 --group-instance-id p-0"));
+        assert!(a.to_args().join(" ").ends_with(
+            "--bootstrap-servers k:9092 --metrics-addr 0.0.0.0:9090 --group-instance-id p-0"
+        ));
     }
 }

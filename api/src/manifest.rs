@@ -130,26 +130,13 @@ impl Manifests {
     }
 }
 
-/// Whether a Kubernetes label selector matches a label set (`matchLabels` and the `In`,
-/// `NotIn`, `Exists`, `DoesNotExist` expressions, ANDed). Unknown operators never match.
+/// Whether `selector` selects an object with `labels`, by kube's [`kube::core::Selector`]
+/// (`matchLabels` and the `In`, `NotIn`, `Exists`, `DoesNotExist` expressions). An invalid
+/// selector (an unknown operator, `In` without values) selects nothing; rules report it as
+/// invalid through [`crate::v1alpha1::DetectionRuleSpec::selector`].
 pub fn selector_matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
-    let labels_ok = selector
-        .match_labels
-        .iter()
-        .flatten()
-        .all(|(k, v)| labels.get(k) == Some(v));
-    let exprs_ok = selector.match_expressions.iter().flatten().all(|e| {
-        let value = labels.get(&e.key);
-        let values = e.values.as_deref().unwrap_or_default();
-        match e.operator.as_str() {
-            "In" => value.is_some_and(|v| values.contains(v)),
-            "NotIn" => value.is_none_or(|v| !values.contains(v)),
-            "Exists" => value.is_some(),
-            "DoesNotExist" => value.is_none(),
-            _ => false,
-        }
-    });
-    labels_ok && exprs_ok
+    use kube::core::{Selector, SelectorExt};
+    Selector::try_from(selector.clone()).is_ok_and(|s| s.matches(labels))
 }
 
 #[cfg(test)]

@@ -62,3 +62,23 @@ pub fn load_manifests(paths: &[PathBuf]) -> anyhow::Result<vigil_api::manifest::
     }
     Ok(m)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vigil_api::contract::detector::{BINARY, DetectorArgs};
+
+    /// The command line the operator renders into detector pods parses with this binary's own
+    /// parser into the same arguments (one contract, two sides).
+    #[test]
+    fn operator_rendered_detector_command_parses() {
+        let mut rendered = DetectorArgs::in_pod();
+        rendered.bootstrap_servers = Some("kafka:9092".into());
+        rendered.group_instance_id = Some("nab-detector-0".into());
+        let argv = std::iter::once(BINARY.to_string()).chain(rendered.to_args());
+        let Command::Run(parsed) = Cli::try_parse_from(argv).unwrap().command else {
+            panic!("not the run subcommand");
+        };
+        assert_eq!(parsed.detector, rendered);
+    }
+}

@@ -26,9 +26,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use vigil_api::contract::detector::{DetectorArgs, env as contract_env};
 use vigil_api::manifest::Manifests;
 use vigil_api::v1alpha1::{AnomalyModel, DetectionRule, StreamPipeline, TimeFormat};
-use vigil_api::contract::detector::{DetectorArgs, env as contract_env};
 use vigil_detector::runner::{self, Control, RunSummary, RunnerConfig, RunnerHandle};
 use vigil_detector::source::admin;
 use vigil_detector::telemetry::{self, Metrics};
@@ -746,8 +746,8 @@ mod tests {
         let l = Labels::load(&f, Path::new("/data/nab/data/realKnownCause/machine.csv")).unwrap();
         assert_eq!(l.series, "realKnownCause/machine.csv");
         assert_eq!(l.windows.len(), 2);
-        let t = vigil_core::decode::parse_event_time("2013-12-11 00:00:00", TimeFormat::Auto)
-            .unwrap();
+        let t =
+            vigil_core::decode::parse_event_time("2013-12-11 00:00:00", TimeFormat::Auto).unwrap();
         assert_eq!(l.window_of(t), Some(1));
         assert_eq!(l.window_of(t - 3 * 86_400_000), None);
         assert!(Labels::load(&f, Path::new("x/unknown.csv")).is_err());

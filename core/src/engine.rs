@@ -12,9 +12,9 @@ use vigil_api::v1alpha1::{AnomalyModel, DetectionRule, DetectionRuleSpec, Featur
 use crate::config::{FieldTable, InvalidSpec, PipelineConfig};
 use crate::decode::{DecodeError, Decoder};
 use crate::features::FeatureValues;
+use crate::model::{ModelInput, WindowVector};
 use crate::rules::alert::{self, Alert, AlertStatus};
 use crate::rules::{CompiledRule, Evaluation, RuleError, RuleKind, RuleSet, RuleState, WindowView};
-use crate::model::{ModelInput, WindowVector};
 use crate::window::{self, KeyId, KeyWindows, PartitionClocks, TimerKind, Timers};
 
 /// One consumed record.
@@ -582,7 +582,7 @@ impl Engine {
             if state.last_end.is_some_and(|e| e >= end) {
                 continue;
             }
-            if let RuleKind::Model { contract, .. } = &rule.kind {
+            if let RuleKind::Model(crate::rules::Model { contract, .. }) = &rule.kind {
                 // Scored outside the engine; the alert follows in apply_model_scores.
                 state.last_end = Some(end);
                 match contract.on_window(&view, state.model.get_or_insert_with(Default::default)) {
@@ -833,11 +833,11 @@ impl Engine {
             else {
                 continue;
             };
-            let RuleKind::Model {
+            let RuleKind::Model(crate::rules::Model {
                 contract,
                 threshold,
                 ..
-            } = &rule.kind
+            }) = &rule.kind
             else {
                 continue;
             };

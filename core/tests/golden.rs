@@ -34,8 +34,7 @@ fn machine_temperature_alerts_match_golden() {
     let mut out = Outputs::default();
     let mut lines = Vec::new();
     for (i, row) in rows.iter().enumerate() {
-        let now =
-            vigil_core::decode::parse_event_time(&row.cells[0], Default::default()).unwrap();
+        let now = vigil_core::decode::parse_event_time(&row.cells[0], Default::default()).unwrap();
         engine.process(
             &RawRecord {
                 partition: 0,

@@ -5,8 +5,8 @@
 use vigil_api::manifest::Manifests;
 use vigil_api::v1alpha1::{AnomalyModel, DetectionRule};
 use vigil_core::engine::{Engine, EngineOptions, Outputs, RawRecord};
-use vigil_core::rules::alert::AlertStatus;
 use vigil_core::model::ModelInput;
+use vigil_core::rules::alert::AlertStatus;
 
 const MIN: i64 = 60_000;
 

@@ -26,15 +26,15 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::BorrowedMessage;
 use vigil_api::v1alpha1::{AnomalyModel, DetectionRule, StreamPipeline};
 
-use vigil_core::config::{InvalidSpec, PipelineConfig};
-use vigil_core::engine::{Counters, Engine, EngineOptions, Outputs, RawRecord};
-use vigil_core::rules::RuleError;
 use crate::scoring::{ModelScorer, ScorerConfig, ScoringError};
 use crate::sink::{LatencyProbe, Origin, SinkError, SinkTopics, Sinks};
 use crate::source::{
     Assignment, PartitionIds, RebalanceHandler, SourceContext, SourceError, SourceSettings,
 };
 use crate::telemetry::{LATENCY_SAMPLE_EVERY, Metrics};
+use vigil_core::config::{InvalidSpec, PipelineConfig};
+use vigil_core::engine::{Counters, Engine, EngineOptions, Outputs, RawRecord};
+use vigil_core::rules::RuleError;
 
 /// Wall-clock time in epoch milliseconds.
 #[inline]

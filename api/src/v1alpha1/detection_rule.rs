@@ -223,9 +223,190 @@ pub struct DetectionRuleStatus {
     pub pipelines: Vec<String>,
 }
 
+/// The kinds of DetectionRule: one per member of the spec's one-of. Everything that walks
+/// every kind (the CRD's CEL rule, the core's compile, the agreement tests) is generated from
+/// [`RuleKindName::ALL`], so a new kind cannot be forgotten in one of them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RuleKindName {
+    /// `spec.threshold`.
+    Threshold,
+    /// `spec.baseline`.
+    Baseline,
+    /// `spec.expression`.
+    Expression,
+    /// `spec.model`.
+    Model,
+    /// `spec.detector`.
+    Detector,
+    /// `spec.ensemble`.
+    Ensemble,
+}
+
+impl RuleKindName {
+    /// Every kind, in the order of the spec's fields.
+    pub const ALL: [RuleKindName; 6] = [
+        RuleKindName::Threshold,
+        RuleKindName::Baseline,
+        RuleKindName::Expression,
+        RuleKindName::Model,
+        RuleKindName::Detector,
+        RuleKindName::Ensemble,
+    ];
+
+    /// The spec field that declares this kind, e.g. `threshold`.
+    pub fn field(self) -> &'static str {
+        match self {
+            RuleKindName::Threshold => "threshold",
+            RuleKindName::Baseline => "baseline",
+            RuleKindName::Expression => "expression",
+            RuleKindName::Model => "model",
+            RuleKindName::Detector => "detector",
+            RuleKindName::Ensemble => "ensemble",
+        }
+    }
+
+    /// `threshold, baseline, expression, model, detector or ensemble`.
+    pub fn one_of_message() -> String {
+        let names: Vec<&str> = Self::ALL.iter().map(|k| k.field()).collect();
+        let (last, rest) = names.split_last().expect("kinds");
+        format!("exactly one of {} or {last} must be set", rest.join(", "))
+    }
+}
+
+impl std::fmt::Display for RuleKindName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.field())
+    }
+}
+
+/// A rule's one kind with its settings ([`DetectionRuleSpec::kind`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum RuleKindSpec<'a> {
+    /// `spec.threshold`.
+    Threshold(&'a ThresholdRule),
+    /// `spec.baseline`.
+    Baseline(&'a BaselineRule),
+    /// `spec.expression`.
+    Expression(&'a ExpressionRule),
+    /// `spec.model`.
+    Model(&'a ModelRule),
+    /// `spec.detector`.
+    Detector(&'a super::DetectorRule),
+    /// `spec.ensemble`.
+    Ensemble(&'a super::EnsembleRule),
+}
+
+impl RuleKindSpec<'_> {
+    /// Which kind this is.
+    pub fn name(&self) -> RuleKindName {
+        match self {
+            RuleKindSpec::Threshold(_) => RuleKindName::Threshold,
+            RuleKindSpec::Baseline(_) => RuleKindName::Baseline,
+            RuleKindSpec::Expression(_) => RuleKindName::Expression,
+            RuleKindSpec::Model(_) => RuleKindName::Model,
+            RuleKindSpec::Detector(_) => RuleKindName::Detector,
+            RuleKindSpec::Ensemble(_) => RuleKindName::Ensemble,
+        }
+    }
+}
+
+/// A spec with none or several kinds set (the API server's CEL rule rejects it too; files
+/// read by `vigil` are checked here).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{}; set: [{}]", RuleKindName::one_of_message(), .set.iter().map(|k| k.field()).collect::<Vec<_>>().join(", "))]
+pub struct KindError {
+    /// The kinds that are set.
+    pub set: Vec<RuleKindName>,
+}
+
 impl DetectionRuleSpec {
+    /// The rule's one kind: the only place that decides the spec's one-of.
+    ///
+    /// # Errors
+    /// [`KindError`] when no kind or more than one is set.
+    pub fn kind(&self) -> Result<RuleKindSpec<'_>, KindError> {
+        let all = [
+            self.threshold.as_ref().map(RuleKindSpec::Threshold),
+            self.baseline.as_ref().map(RuleKindSpec::Baseline),
+            self.expression.as_ref().map(RuleKindSpec::Expression),
+            self.model.as_ref().map(RuleKindSpec::Model),
+            self.detector.as_ref().map(RuleKindSpec::Detector),
+            self.ensemble.as_ref().map(RuleKindSpec::Ensemble),
+        ];
+        let set: Vec<RuleKindSpec<'_>> = all.into_iter().flatten().collect();
+        match set.as_slice() {
+            [one] => Ok(*one),
+            _ => Err(KindError {
+                set: set.iter().map(RuleKindSpec::name).collect(),
+            }),
+        }
+    }
+
+    /// `pipelineSelector` as kube's [`kube::core::Selector`]; `None` selects every pipeline.
+    ///
+    /// # Errors
+    /// An expression with an unknown operator, or `In`/`NotIn` without values.
+    pub fn selector(
+        &self,
+    ) -> Result<Option<kube::core::Selector>, kube::core::ParseExpressionError> {
+        self.pipeline_selector
+            .clone()
+            .map(kube::core::Selector::try_from)
+            .transpose()
+    }
+
     /// The `for` duration in milliseconds (0 when absent).
     pub fn for_ms(&self) -> i64 {
         self.for_duration.as_ref().map_or(0, super::duration_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kube::CustomResourceExt;
+
+    use super::*;
+
+    /// The API server's one-of rule names every kind, and says so in the same words as
+    /// [`DetectionRuleSpec::kind`].
+    #[test]
+    fn crd_one_of_rule_covers_every_kind() {
+        let crd = serde_json::to_value(DetectionRule::crd()).unwrap();
+        let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+        let rules = spec["x-kubernetes-validations"].as_array().unwrap();
+        let one_of = rules
+            .iter()
+            .find(|r| r["rule"].as_str().unwrap().contains("has(self.threshold)"))
+            .expect("one-of rule");
+        for kind in RuleKindName::ALL {
+            let has = format!("has(self.{})", kind.field());
+            assert!(one_of["rule"].as_str().unwrap().contains(&has), "{has}");
+            assert!(spec["properties"].get(kind.field()).is_some(), "{kind}");
+        }
+        assert_eq!(one_of["message"], RuleKindName::one_of_message());
+    }
+
+    #[test]
+    fn kind_is_the_one_set_member() {
+        let spec: DetectionRuleSpec = serde_norway::from_str(
+            "{window: w, threshold: {field: v, feature: mean, operator: '>', value: 1}}",
+        )
+        .unwrap();
+        assert_eq!(spec.kind().unwrap().name(), RuleKindName::Threshold);
+        let mut two = spec.clone();
+        two.expression = Some(ExpressionRule {
+            expr: "true".into(),
+            history: None,
+            score: None,
+        });
+        let e = two.kind().unwrap_err();
+        assert_eq!(e.set, [RuleKindName::Threshold, RuleKindName::Expression]);
+        assert!(
+            e.to_string().contains("set: [threshold, expression]"),
+            "{e}"
+        );
+        let mut none = spec;
+        none.threshold = None;
+        assert!(none.kind().unwrap_err().set.is_empty());
     }
 }

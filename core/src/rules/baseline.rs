@@ -1,7 +1,177 @@
-//! Trailing per-key history of one value and its robust and classical statistics, for
-//! dynamic baselines (z-score, median/MAD, IQR fences).
+//! `spec.baseline`: a window feature against its own trailing per-key history (z-score,
+//! median/MAD, IQR fences), and the [`History`] of one value with its robust and classical
+//! statistics (also what CEL rules read as `baseline`).
 
 use std::collections::VecDeque;
+
+use vigil_api::v1alpha1::{BaselineMethod, BaselineRule, Direction, Feature, duration_ms};
+
+use super::scope::Scope;
+use super::{Evaluation, RuleState, WindowView, ratio_score};
+use crate::config::InvalidSpec;
+
+/// Windows of history a baseline needs when `minSamples` is absent (the CRD's documented
+/// default).
+pub const DEFAULT_MIN_SAMPLES: u32 = 10;
+
+/// Smallest spread used as a divisor, so a perfectly flat history still scores a change.
+const MIN_SPREAD: f64 = 1e-9;
+
+/// A compiled baseline rule.
+#[derive(Debug)]
+pub struct Baseline {
+    /// Field id.
+    pub field: u16,
+    /// Feature of the field.
+    pub feature: Feature,
+    /// Statistic.
+    pub method: BaselineMethod,
+    /// History span, ms.
+    pub history_ms: i64,
+    /// Firing score (sigmas, robust sigmas or fence multiplier).
+    pub threshold: f64,
+    /// Anomalous side.
+    pub direction: Direction,
+    /// Samples needed before it can fire.
+    pub min_samples: usize,
+}
+
+/// Checks what needs no pipeline.
+///
+/// # Errors
+/// A history that is not positive, a threshold that is not a positive number.
+pub fn validate(b: &BaselineRule) -> Result<(), InvalidSpec> {
+    if duration_ms(&b.history) <= 0 {
+        return Err(InvalidSpec::new(
+            "spec.baseline.history",
+            "must be positive",
+        ));
+    }
+    if !(b.threshold > 0.0 && b.threshold.is_finite()) {
+        return Err(InvalidSpec::new(
+            "spec.baseline.threshold",
+            "must be a positive number",
+        ));
+    }
+    Ok(())
+}
+
+impl Baseline {
+    /// Compiles against a pipeline.
+    ///
+    /// # Errors
+    /// The field or feature is not the pipeline's, or `history` holds fewer windows of the
+    /// rule's tier than `minSamples` (the rule could never fire); see [`validate`].
+    pub fn compile(b: &BaselineRule, scope: &mut Scope<'_>) -> Result<Self, InvalidSpec> {
+        validate(b)?;
+        let field = scope.field("spec.baseline.field", &b.field)?;
+        scope.feature("spec.baseline.feature", b.feature)?;
+        let history_ms = duration_ms(&b.history);
+        let min_samples = b.min_samples.unwrap_or(DEFAULT_MIN_SAMPLES).max(2);
+        let tier = scope.tier();
+        let windows = history_ms / tier.slide_ms.max(1);
+        if windows < i64::from(min_samples) {
+            return Err(InvalidSpec::new(
+                "spec.baseline.history",
+                format!(
+                    "{} holds {windows} windows of window `{}` (slide {} ms), fewer than minSamples {min_samples}: the rule could never fire",
+                    format_ms(history_ms),
+                    tier.name,
+                    tier.slide_ms
+                ),
+            ));
+        }
+        Ok(Baseline {
+            field,
+            feature: b.feature,
+            method: b.method,
+            history_ms,
+            threshold: b.threshold,
+            direction: b.direction,
+            min_samples: min_samples as usize,
+        })
+    }
+
+    /// Scores the window's feature against the key's history (read, not updated).
+    pub fn evaluate(&self, w: &WindowView<'_>, state: &mut RuleState) -> Evaluation {
+        let Some(x) = w
+            .field(self.field)
+            .map(|f| f.get(self.feature))
+            .filter(|x| !x.is_nan())
+        else {
+            return Evaluation::NONE;
+        };
+        let Some(stats) = state.history.first_mut().and_then(History::stats) else {
+            return Evaluation {
+                value: x,
+                ..Evaluation::NONE
+            };
+        };
+        if stats.samples < self.min_samples {
+            return Evaluation {
+                value: x,
+                ..Evaluation::NONE
+            };
+        }
+        // Signed deviation in units of the method's spread; for IQR, past the fences.
+        let (up, down) = match self.method {
+            BaselineMethod::ZScore => {
+                let d = (x - stats.mean) / stats.stddev.max(MIN_SPREAD);
+                (d, -d)
+            }
+            BaselineMethod::Mad => {
+                let d = (x - stats.median) / (1.4826 * stats.mad).max(MIN_SPREAD);
+                (d, -d)
+            }
+            BaselineMethod::Iqr => {
+                let iqr = (stats.q3 - stats.q1).max(MIN_SPREAD);
+                ((x - stats.q3) / iqr, (stats.q1 - x) / iqr)
+            }
+        };
+        let dev = match self.direction {
+            Direction::Above => up,
+            Direction::Below => down,
+            Direction::Both => up.max(down),
+        };
+        let r = dev / self.threshold;
+        Evaluation {
+            matched: r >= 1.0,
+            score: ratio_score(r),
+            value: x,
+        }
+    }
+
+    /// Adds the window's feature to the key's history.
+    pub fn observe(&self, w: &WindowView<'_>, state: &mut RuleState) {
+        if state.history.is_empty() {
+            state.history.push(History::default());
+        }
+        let x = w
+            .field(self.field)
+            .map_or(f64::NAN, |f| f.get(self.feature));
+        state.history[0].push(w.end, x, self.history_ms);
+    }
+}
+
+/// `90000` -> `1m 30s`.
+fn format_ms(ms: i64) -> String {
+    let (mut rest, mut parts) = (ms, Vec::new());
+    for (unit, len) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+    ] {
+        if rest >= len {
+            parts.push(format!("{}{unit}", rest / len));
+            rest %= len;
+        }
+    }
+    if rest > 0 || parts.is_empty() {
+        parts.push(format!("{rest}ms"));
+    }
+    parts.join(" ")
+}
 
 /// Statistics of a history.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]

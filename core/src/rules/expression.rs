@@ -1,18 +1,27 @@
-//! CEL expression rules (the `cel` crate): variables `key`, `features`, `baseline`, `event`
-//! and `window` built per evaluation from the window's features and the key's history.
+//! `spec.expression`: CEL rules (the `cel` crate). Variables `key`, `features`, `baseline`,
+//! `event` and `window` are built per evaluation from the window's features and the key's
+//! history. Compile checks every `features.<field>.<feature>`, `baseline.<field>.<stat>` and
+//! `event.<field>` reference against the pipeline, with comprehension variables (`x` in
+//! `[1, 2].exists(x, x > 1)`) in scope.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use cel::common::ast::{EntryExpr, Expr, IdedExpr};
 use cel::{Context, Program, Value};
 use vigil_api::v1alpha1::{ExpressionRule, Feature};
 
 use super::baseline::History;
+use super::scope::Scope;
 use super::{Evaluation, WindowView};
-use crate::config::PipelineConfig;
+use crate::config::InvalidSpec;
 
 /// Variables an expression may use.
 pub const VARIABLES: [&str; 5] = ["key", "features", "baseline", "event", "window"];
+/// Statistics of `baseline.<field>`.
+pub const BASELINE_STATS: [&str; 7] = ["mean", "stddev", "median", "mad", "q1", "q3", "samples"];
+/// Trailing history kept for `baseline` when `spec.expression.history` is unset.
+pub const DEFAULT_HISTORY_MS: i64 = 3_600_000;
 
 /// A compiled CEL rule.
 pub struct Expression {
@@ -32,54 +41,74 @@ impl std::fmt::Debug for Expression {
     }
 }
 
-fn compile_one(at: &str, src: &str) -> Result<Program, (String, String)> {
-    let program = Program::compile(src)
-        .map_err(|e| (at.to_string(), format!("CEL does not compile: {e}")))?;
-    let refs = program.references();
-    for v in refs.variables() {
-        if !VARIABLES.contains(&v) {
-            return Err((
-                at.to_string(),
-                format!(
-                    "unknown variable `{v}`; available: {}",
-                    VARIABLES.join(", ")
-                ),
-            ));
-        }
-    }
+/// Parses one expression and checks its references; with a scope, also the fields, features
+/// and statistics they select.
+fn compile_one(at: &str, src: &str, scope: Option<&mut Scope<'_>>) -> Result<Program, InvalidSpec> {
+    let program = Program::compile(src).map_err(|e| {
+        InvalidSpec::new(
+            at,
+            format!("CEL does not parse: {}", e.to_string().replace('\n', " ")),
+        )
+    })?;
+    let mut bound = Vec::new();
+    let mut scope = scope;
+    walk(program.expression(), &mut bound, &mut |chain| {
+        check_chain(at, chain, scope.as_deref_mut())
+    })?;
     Ok(program)
 }
 
+/// Checks what needs no pipeline: both expressions parse and use only [`VARIABLES`]; the
+/// history is positive.
+///
+/// # Errors
+/// The first problem, with its field path.
+pub fn validate(e: &ExpressionRule) -> Result<(), InvalidSpec> {
+    compile_one("spec.expression.expr", &e.expr, None)?;
+    if let Some(s) = &e.score {
+        compile_one("spec.expression.score", s, None)?;
+    }
+    history_ms(e).map(drop)
+}
+
+fn history_ms(e: &ExpressionRule) -> Result<i64, InvalidSpec> {
+    let ms = e
+        .history
+        .as_ref()
+        .map_or(DEFAULT_HISTORY_MS, vigil_api::v1alpha1::duration_ms);
+    if ms <= 0 {
+        return Err(InvalidSpec::new(
+            "spec.expression.history",
+            "must be positive",
+        ));
+    }
+    Ok(ms)
+}
+
 impl Expression {
-    /// Compiles the condition and optional score expression.
+    /// Compiles the condition and optional score expression against a pipeline.
     ///
     /// # Errors
-    /// `(field path, reason)` for a syntax error or an unknown variable.
-    pub fn compile(e: &ExpressionRule, cfg: &PipelineConfig) -> Result<Self, (String, String)> {
-        let program = compile_one("spec.expression.expr", &e.expr)?;
+    /// A syntax error, an unknown variable, or a reference to a field, feature or statistic
+    /// the pipeline does not have, with its field path.
+    pub fn compile(e: &ExpressionRule, scope: &mut Scope<'_>) -> Result<Self, InvalidSpec> {
+        let program = compile_one("spec.expression.expr", &e.expr, Some(scope))?;
         let score = e
             .score
             .as_deref()
-            .map(|s| compile_one("spec.expression.score", s))
+            .map(|s| compile_one("spec.expression.score", s, Some(scope)))
             .transpose()?;
         let uses_baseline = program.references().has_variable("baseline")
             || score
                 .as_ref()
                 .is_some_and(|s| s.references().has_variable("baseline"));
-        let history_ms = e
-            .history
-            .as_ref()
-            .map_or(3_600_000, vigil_api::v1alpha1::duration_ms);
-        if history_ms <= 0 {
-            return Err(("spec.expression.history".into(), "must be positive".into()));
-        }
         Ok(Self {
             source: e.expr.clone(),
             program,
             score,
-            history_ms,
+            history_ms: history_ms(e)?,
             uses_baseline,
-            features: cfg.features.clone(),
+            features: scope.cfg.features.clone(),
         })
     }
 
@@ -163,4 +192,124 @@ impl Expression {
             history[i].push(w.end, fv.get(Feature::Mean), self.history_ms);
         }
     }
+}
+
+/// Visits every maximal `ident(.field)*` chain of an expression, leaving out chains rooted at
+/// a bound comprehension variable.
+fn walk<'e>(
+    expr: &'e IdedExpr,
+    bound: &mut Vec<&'e str>,
+    visit: &mut dyn FnMut(&[&'e str]) -> Result<(), InvalidSpec>,
+) -> Result<(), InvalidSpec> {
+    if let Some(chain) = chain(expr) {
+        if !bound.contains(&chain[0]) && !chain[0].starts_with('@') {
+            visit(&chain)?;
+        }
+        return Ok(());
+    }
+    match &expr.expr {
+        Expr::Call(call) => {
+            if let Some(target) = &call.target {
+                walk(target, bound, visit)?;
+            }
+            for arg in &call.args {
+                walk(arg, bound, visit)?;
+            }
+        }
+        Expr::Comprehension(c) => {
+            walk(&c.iter_range, bound, visit)?;
+            walk(&c.accu_init, bound, visit)?;
+            let depth = bound.len();
+            bound.push(&c.iter_var);
+            if let Some(v) = &c.iter_var2 {
+                bound.push(v);
+            }
+            bound.push(&c.accu_var);
+            walk(&c.loop_cond, bound, visit)?;
+            walk(&c.loop_step, bound, visit)?;
+            walk(&c.result, bound, visit)?;
+            bound.truncate(depth);
+        }
+        Expr::List(list) => {
+            for e in &list.elements {
+                walk(e, bound, visit)?;
+            }
+        }
+        Expr::Map(map) => {
+            for entry in &map.entries {
+                match &entry.expr {
+                    EntryExpr::StructField(f) => walk(&f.value, bound, visit)?,
+                    EntryExpr::MapEntry(e) => {
+                        walk(&e.key, bound, visit)?;
+                        walk(&e.value, bound, visit)?;
+                    }
+                }
+            }
+        }
+        Expr::Struct(s) => {
+            for entry in &s.entries {
+                if let EntryExpr::StructField(f) = &entry.expr {
+                    walk(&f.value, bound, visit)?;
+                }
+            }
+        }
+        Expr::Select(select) => walk(&select.operand, bound, visit)?,
+        Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => {}
+    }
+    Ok(())
+}
+
+/// `a.b.c` as `[a, b, c]` when the expression is only an identifier and field selections.
+fn chain(expr: &IdedExpr) -> Option<Vec<&str>> {
+    match &expr.expr {
+        Expr::Ident(name) => Some(vec![name.as_str()]),
+        Expr::Select(select) => {
+            let mut c = chain(&select.operand)?;
+            c.push(select.field.as_str());
+            Some(c)
+        }
+        _ => None,
+    }
+}
+
+fn check_chain(at: &str, chain: &[&str], scope: Option<&mut Scope<'_>>) -> Result<(), InvalidSpec> {
+    let root = chain[0];
+    if !VARIABLES.contains(&root) {
+        return Err(InvalidSpec::new(
+            at,
+            format!(
+                "unknown variable `{root}`; available: {}",
+                VARIABLES.join(", ")
+            ),
+        ));
+    }
+    let Some(scope) = scope else { return Ok(()) };
+    match (root, chain.get(1), chain.get(2)) {
+        ("features", Some(field), feature) => {
+            scope.has_field(at, field)?;
+            if let Some(feature) = feature {
+                let feature: Feature = feature.parse().map_err(|e: String| {
+                    InvalidSpec::new(at, format!("features.{field}.{feature}: {e}"))
+                })?;
+                scope.feature(at, feature)?;
+            }
+        }
+        ("baseline", Some(field), stat) => {
+            scope.has_field(at, field)?;
+            if let Some(stat) = stat
+                && !BASELINE_STATS.contains(stat)
+            {
+                return Err(InvalidSpec::new(
+                    at,
+                    format!(
+                        "baseline.{field}.{stat}: unknown statistic `{stat}`, expected one of {}",
+                        BASELINE_STATS.join(", ")
+                    ),
+                ));
+            }
+        }
+        ("event", Some(field), _) => scope.has_field(at, field)?,
+        _ => {}
+    }
+    Ok(())
 }

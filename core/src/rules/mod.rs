@@ -1,24 +1,42 @@
-//! Detection rules, pure: compiled from `DetectionRule` specs against a pipeline, evaluated on
-//! a window's features per key, with per-(rule, key) state for `for` durations and baselines.
-//! Each evaluation yields a match and an anomaly score in [0, 1]. No I/O.
+//! Detection rules, pure: the one rule contract. [`CompiledRule::compile`] makes every check of
+//! a DetectionRule against a pipeline (window, fields, features, CEL references, history vs
+//! `minSamples`, a model's feature contract, templates) and [`RuleSet::compile`] those across
+//! a pipeline's rules (duplicate names, ensemble members); the operator's `Accepted` condition,
+//! the rules it renders into a detector's config and the detector's own compile all call these,
+//! so they cannot disagree. [`validate_spec`] is the part that needs no pipeline.
+//!
+//! Each kind lives in its own module with its compile, evaluate/observe and state:
+//! [`threshold`], [`baseline`], [`expression`], [`model`], [`detector`], [`ensemble`] (the
+//! last two share [`per_event`]); [`RuleKind`] only dispatches. Evaluation yields a match and
+//! an anomaly score in [0, 1] per window, with per-(rule, key) state for `for` durations and
+//! histories. No I/O.
 
 pub mod alert;
 pub mod baseline;
-mod event;
-mod expression;
+pub mod detector;
+pub mod ensemble;
+pub mod expression;
+pub mod model;
+pub mod per_event;
+pub mod scope;
+pub mod threshold;
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::Arc;
 
-use vigil_api::v1alpha1::{
-    AnomalyModel, BaselineMethod, DetectionRule, Direction, Feature, Operator, Severity,
-};
+use vigil_api::v1alpha1::{AnomalyModel, DetectionRule, DetectionRuleSpec, RuleKindSpec, Severity};
 
 use crate::config::{FieldTable, InvalidSpec, PipelineConfig};
-use crate::detectors::{self, Combine, DetectorConfig, DetectorState};
+use crate::detectors::DetectorState;
 use crate::features::FeatureValues;
+pub use baseline::Baseline;
 use baseline::History;
+pub use detector::Detector;
+pub use ensemble::{Ensemble, EnsembleMember};
 pub use expression::Expression;
+pub use model::Model;
+use per_event::Alarm;
+use scope::Scope;
+pub use threshold::Threshold;
 
 /// A rule that cannot run in this pipeline.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -30,90 +48,21 @@ pub struct RuleError {
     pub error: InvalidSpec,
 }
 
-/// What a rule tests.
+/// What a rule tests: one variant per kind, each defined in its own module.
 #[derive(Debug)]
 pub enum RuleKind {
     /// `<field>.<feature> <op> <value>`.
-    Threshold {
-        /// Field id.
-        field: u16,
-        /// Feature of the field.
-        feature: Feature,
-        /// Comparison.
-        operator: Operator,
-        /// Threshold.
-        value: f64,
-    },
+    Threshold(Threshold),
     /// The feature against its own trailing history.
-    Baseline {
-        /// Field id.
-        field: u16,
-        /// Feature of the field.
-        feature: Feature,
-        /// Statistic.
-        method: BaselineMethod,
-        /// History span.
-        history_ms: i64,
-        /// Firing score (sigmas, robust sigmas or fence multiplier).
-        threshold: f64,
-        /// Anomalous side.
-        direction: Direction,
-        /// Samples needed before it can fire.
-        min_samples: usize,
-    },
+    Baseline(Baseline),
     /// A CEL condition.
     Expression(Box<Expression>),
-    /// An AnomalyModel; its windows are scored by the runtime's scoring stage ([`crate::model`]), not
-    /// here.
-    Model {
-        /// AnomalyModel name.
-        model: String,
-        /// Threshold override.
-        threshold: Option<f64>,
-        /// The model's feature contract in this pipeline.
-        contract: Arc<crate::model::ModelContract>,
-    },
+    /// An AnomalyModel; its windows are scored outside the core ([`crate::model`]).
+    Model(Model),
     /// A per-event detector on one field ([`crate::detectors`]).
-    Detector(Box<DetectorKind>),
+    Detector(Box<Detector>),
     /// Combines other rules' event scores.
-    Ensemble(Box<EnsembleKind>),
-}
-
-/// A compiled `spec.detector`.
-#[derive(Debug)]
-pub struct DetectorKind {
-    /// Field id.
-    pub field: u16,
-    /// Model and calibration.
-    pub config: DetectorConfig,
-    /// Alarm threshold on the score.
-    pub threshold: f64,
-    /// Event-time span after an alarm during which the rule reports 0 (0: none).
-    pub cooldown_ms: i64,
-}
-
-/// One resolved member of an ensemble.
-#[derive(Debug, Clone, PartialEq)]
-pub struct EnsembleMember {
-    /// Member rule name.
-    pub rule: String,
-    /// Index of the member in the [`RuleSet`] (resolved by [`RuleSet::compile`]).
-    pub index: usize,
-    /// Weight of its score.
-    pub weight: f64,
-}
-
-/// A compiled `spec.ensemble`.
-#[derive(Debug)]
-pub struct EnsembleKind {
-    /// Members.
-    pub members: Vec<EnsembleMember>,
-    /// Combination.
-    pub combine: Combine,
-    /// Alarm threshold on the score.
-    pub threshold: f64,
-    /// Event-time span after an alarm during which the rule reports 0 (0: none).
-    pub cooldown_ms: i64,
+    Ensemble(Box<Ensemble>),
 }
 
 /// A rule ready to evaluate in one pipeline.
@@ -136,6 +85,44 @@ pub struct CompiledRule {
     /// The rule is a member of an ensemble of the same set: it raises no alerts and does not
     /// count in event scores (set by [`RuleSet::compile`]).
     pub ensemble_member: bool,
+}
+
+/// Checks what can be checked without a pipeline: exactly one kind is set; that kind's own
+/// settings (CEL parses and uses only the rule variables, durations and thresholds are in
+/// range, a model rule's AnomalyModel is among `models`); `for` is not negative; label and
+/// annotation templates parse.
+///
+/// # Errors
+/// The first problem, with its field path.
+pub fn validate_spec<'s>(
+    spec: &'s DetectionRuleSpec,
+    models: &[&AnomalyModel],
+) -> Result<RuleKindSpec<'s>, InvalidSpec> {
+    let kind = spec
+        .kind()
+        .map_err(|e| InvalidSpec::new("spec", e.to_string()))?;
+    match kind {
+        RuleKindSpec::Threshold(t) => threshold::validate(t)?,
+        RuleKindSpec::Baseline(b) => baseline::validate(b)?,
+        RuleKindSpec::Expression(e) => expression::validate(e)?,
+        RuleKindSpec::Model(m) => model::validate(m, models)?,
+        RuleKindSpec::Detector(d) => detector::validate(d).map(drop)?,
+        RuleKindSpec::Ensemble(e) => ensemble::compile(e).map(drop)?,
+    }
+    if let Err(e) = spec.selector() {
+        return Err(InvalidSpec::new("spec.pipelineSelector", e.to_string()));
+    }
+    if spec.for_ms() < 0 {
+        return Err(InvalidSpec::new("spec.for", "must not be negative"));
+    }
+    for (k, v) in &spec.labels {
+        alert::check_template(v).map_err(|r| InvalidSpec::new(format!("spec.labels.{k}"), r))?;
+    }
+    for (k, v) in &spec.annotations {
+        alert::check_template(v)
+            .map_err(|r| InvalidSpec::new(format!("spec.annotations.{k}"), r))?;
+    }
+    Ok(kind)
 }
 
 /// The window a rule is evaluated on.
@@ -172,7 +159,8 @@ pub struct Evaluation {
 }
 
 impl Evaluation {
-    const NONE: Evaluation = Evaluation {
+    /// No match, score 0, no value.
+    pub const NONE: Evaluation = Evaluation {
         matched: false,
         score: 0.0,
         value: f64::NAN,
@@ -190,13 +178,13 @@ pub struct RuleState {
     pub last_end: Option<i64>,
     /// Score of the last window evaluated (what a window rule contributes to an ensemble).
     pub last_window_score: Option<f64>,
-    history: Vec<History>,
-    detector: Option<Box<DetectorState>>,
+    pub(crate) history: Vec<History>,
+    pub(crate) detector: Option<Box<DetectorState>>,
     /// Per-event rules: (pane start, highest alarm score, value at it) of recent panes, for the
     /// window evaluation; at most [`MAX_PANES`].
-    panes: VecDeque<(i64, f64, f64)>,
+    pub(crate) panes: VecDeque<(i64, f64, f64)>,
     /// Per-event rules: no alarm before this event time (cooldown).
-    cooldown_until: Option<i64>,
+    pub(crate) cooldown_until: Option<i64>,
     /// Model rules: the key's window sequence and scoring progress.
     pub model: Option<Box<crate::model::ModelState>>,
 }
@@ -227,12 +215,11 @@ pub fn ratio_score(r: f64) -> f64 {
     }
 }
 
-/// Smallest spread used as a divisor, so a perfectly flat history still scores a change.
-const MIN_SPREAD: f64 = 1e-9;
-
 impl CompiledRule {
-    /// Compiles a rule against a pipeline. Fields named by the rule are interned into `table`
-    /// when it is open (narrow events), so they resolve before their first event.
+    /// Compiles a rule against a pipeline: [`validate_spec`], then the window tier and each
+    /// kind's pipeline checks. Fields named by the rule are interned into `table` when it is
+    /// open (narrow events), so they resolve before their first event. Ensemble members are
+    /// resolved by [`RuleSet::compile`].
     ///
     /// # Errors
     /// [`RuleError`] naming the rule field that does not fit the pipeline.
@@ -243,14 +230,27 @@ impl CompiledRule {
         models: &[&AnomalyModel],
     ) -> Result<Self, RuleError> {
         let name = rule.metadata.name.clone().unwrap_or_else(|| "rule".into());
-        let err = |field: &str, reason: String| RuleError {
-            rule: name.clone(),
-            error: InvalidSpec::new(field, reason),
-        };
-        let s = &rule.spec;
+        Self::compile_spec(&rule.spec, cfg, table, models)
+            .map_err(|error| RuleError {
+                rule: name.clone(),
+                error,
+            })
+            .map(|mut c| {
+                c.name = name;
+                c
+            })
+    }
+
+    fn compile_spec(
+        s: &DetectionRuleSpec,
+        cfg: &PipelineConfig,
+        table: &mut FieldTable,
+        models: &[&AnomalyModel],
+    ) -> Result<Self, InvalidSpec> {
+        let kind = validate_spec(s, models)?;
         let tier = cfg.tier(&s.window).ok_or_else(|| {
             let names: Vec<_> = cfg.tiers.iter().map(|t| t.name.as_str()).collect();
-            err(
+            InvalidSpec::new(
                 "spec.window",
                 format!(
                     "window `{}` is not one of the pipeline's windows ({})",
@@ -259,147 +259,28 @@ impl CompiledRule {
                 ),
             )
         })?;
-        let field_id = |at: &str, f: &str, table: &mut FieldTable| {
-            table
-                .get(f)
-                .or_else(|| table.intern(f))
-                .ok_or_else(|| err(at, format!("field `{f}` is not a field of the pipeline")))
-        };
-        let has_feature = |at: &str, feat: Feature| {
-            if cfg.features.contains(&feat) {
-                Ok(())
-            } else {
-                Err(err(
-                    at,
-                    format!("feature `{feat}` is not computed by the pipeline (spec.features)"),
-                ))
-            }
-        };
-        let kind = match (
-            &s.threshold,
-            &s.baseline,
-            &s.expression,
-            &s.model,
-            &s.detector,
-            &s.ensemble,
-        ) {
-            (Some(t), None, None, None, None, None) => {
-                has_feature("spec.threshold.feature", t.feature)?;
-                if !t.value.is_finite() {
-                    return Err(err(
-                        "spec.threshold.value",
-                        "must be a finite number".into(),
-                    ));
-                }
-                RuleKind::Threshold {
-                    field: field_id("spec.threshold.field", &t.field, table)?,
-                    feature: t.feature,
-                    operator: t.operator,
-                    value: t.value,
-                }
-            }
-            (None, Some(b), None, None, None, None) => {
-                has_feature("spec.baseline.feature", b.feature)?;
-                let history_ms = vigil_api::v1alpha1::duration_ms(&b.history);
-                if history_ms <= 0 {
-                    return Err(err("spec.baseline.history", "must be positive".into()));
-                }
-                if !(b.threshold > 0.0 && b.threshold.is_finite()) {
-                    return Err(err(
-                        "spec.baseline.threshold",
-                        "must be a positive number".into(),
-                    ));
-                }
-                RuleKind::Baseline {
-                    field: field_id("spec.baseline.field", &b.field, table)?,
-                    feature: b.feature,
-                    method: b.method,
-                    history_ms,
-                    threshold: b.threshold,
-                    direction: b.direction,
-                    min_samples: b.min_samples.unwrap_or(10).max(2) as usize,
-                }
-            }
-            (None, None, Some(e), None, None, None) => RuleKind::Expression(Box::new(
-                Expression::compile(e, cfg).map_err(|reason| err(&reason.0, reason.1))?,
-            )),
-            (None, None, None, Some(m), None, None) => {
-                let Some(am) = models
-                    .iter()
-                    .find(|x| x.metadata.name.as_deref() == Some(m.model_ref.as_str()))
-                else {
-                    return Err(err(
-                        "spec.model.modelRef",
-                        format!("AnomalyModel `{}` not found", m.model_ref),
-                    ));
-                };
-                let contract =
-                    crate::model::ModelContract::compile(am, cfg, table).map_err(|e| {
-                        err(
-                            "spec.model.modelRef",
-                            format!(
-                                "AnomalyModel `{}` does not fit the pipeline: {}: {}",
-                                m.model_ref, e.field, e.reason
-                            ),
-                        )
-                    })?;
-                if am.spec.input.window != s.window {
-                    return Err(err(
-                        "spec.window",
-                        format!(
-                            "must be `{}`, the window of AnomalyModel `{}` (spec.input.window)",
-                            am.spec.input.window, m.model_ref
-                        ),
-                    ));
-                }
-                if m.threshold.is_some_and(|t| !t.is_finite()) {
-                    return Err(err(
-                        "spec.model.threshold",
-                        "must be a finite number".into(),
-                    ));
-                }
-                RuleKind::Model {
-                    model: m.model_ref.clone(),
-                    threshold: m.threshold,
-                    contract: Arc::new(contract),
-                }
-            }
-            (None, None, None, None, Some(d), None) => {
-                let config = event::detector_config(d).map_err(|(at, reason)| err(&at, reason))?;
-                RuleKind::Detector(Box::new(DetectorKind {
-                    field: field_id("spec.detector.field", &d.field, table)?,
-                    config,
-                    threshold: event::threshold("spec.detector.threshold", d.threshold)
-                        .map_err(|(at, r)| err(&at, r))?,
-                    cooldown_ms: event::cooldown_ms(
-                        "spec.detector.cooldown",
-                        d.cooldown.as_ref().map(vigil_api::v1alpha1::duration_ms),
-                    )
-                    .map_err(|(at, r)| err(&at, r))?,
-                }))
-            }
-            (None, None, None, None, None, Some(e)) => RuleKind::Ensemble(Box::new(
-                event::ensemble(e).map_err(|(at, reason)| err(&at, reason))?,
-            )),
-            _ => {
-                return Err(err(
-                    "spec",
-                    "exactly one of threshold, baseline, expression, model, detector or ensemble must be set".into(),
-                ));
-            }
-        };
-        let for_ms = s.for_ms();
-        if for_ms < 0 {
-            return Err(err("spec.for", "must not be negative".into()));
-        }
-        for (k, v) in s.labels.iter().chain(&s.annotations) {
-            alert::check_template(v)
-                .map_err(|reason| err(&format!("spec.labels/annotations[{k}]"), reason))?;
-        }
-        Ok(Self {
-            name,
+        let mut scope = Scope {
+            cfg,
+            table,
+            models,
             tier,
-            for_ms,
+        };
+        let kind = match kind {
+            RuleKindSpec::Threshold(t) => RuleKind::Threshold(Threshold::compile(t, &mut scope)?),
+            RuleKindSpec::Baseline(b) => RuleKind::Baseline(Baseline::compile(b, &mut scope)?),
+            RuleKindSpec::Expression(e) => {
+                RuleKind::Expression(Box::new(Expression::compile(e, &mut scope)?))
+            }
+            RuleKindSpec::Model(m) => RuleKind::Model(Model::compile(m, &s.window, &mut scope)?),
+            RuleKindSpec::Detector(d) => {
+                RuleKind::Detector(Box::new(Detector::compile(d, &mut scope)?))
+            }
+            RuleKindSpec::Ensemble(e) => RuleKind::Ensemble(Box::new(ensemble::compile(e)?)),
+        };
+        Ok(Self {
+            name: String::new(),
+            tier,
+            for_ms: s.for_ms(),
             severity: s.severity,
             labels: s.labels.clone(),
             annotations: s.annotations.clone(),
@@ -411,104 +292,12 @@ impl CompiledRule {
     /// Evaluates the rule on a window without changing state (history is read, not updated).
     pub fn evaluate(&self, w: &WindowView<'_>, state: &mut RuleState) -> Evaluation {
         match &self.kind {
-            RuleKind::Threshold {
-                field,
-                feature,
-                operator,
-                value,
-            } => {
-                let Some(x) = w
-                    .field(*field)
-                    .map(|f| f.get(*feature))
-                    .filter(|x| !x.is_nan())
-                else {
-                    return Evaluation::NONE;
-                };
-                let matched = operator.holds(x, *value);
-                Evaluation {
-                    matched,
-                    score: if matched { 1.0 } else { 0.0 },
-                    value: x,
-                }
-            }
-            RuleKind::Baseline {
-                field,
-                feature,
-                method,
-                threshold,
-                direction,
-                min_samples,
-                ..
-            } => {
-                let Some(x) = w
-                    .field(*field)
-                    .map(|f| f.get(*feature))
-                    .filter(|x| !x.is_nan())
-                else {
-                    return Evaluation::NONE;
-                };
-                let Some(stats) = state.history.first_mut().and_then(History::stats) else {
-                    return Evaluation {
-                        value: x,
-                        ..Evaluation::NONE
-                    };
-                };
-                if stats.samples < *min_samples {
-                    return Evaluation {
-                        value: x,
-                        ..Evaluation::NONE
-                    };
-                }
-                // Signed deviation in units of the method's spread; for IQR, past the fences.
-                let (up, down) = match method {
-                    BaselineMethod::ZScore => {
-                        let d = (x - stats.mean) / stats.stddev.max(MIN_SPREAD);
-                        (d, -d)
-                    }
-                    BaselineMethod::Mad => {
-                        let d = (x - stats.median) / (1.4826 * stats.mad).max(MIN_SPREAD);
-                        (d, -d)
-                    }
-                    BaselineMethod::Iqr => {
-                        let iqr = (stats.q3 - stats.q1).max(MIN_SPREAD);
-                        ((x - stats.q3) / iqr, (stats.q1 - x) / iqr)
-                    }
-                };
-                let dev = match direction {
-                    Direction::Above => up,
-                    Direction::Below => down,
-                    Direction::Both => up.max(down),
-                };
-                let r = dev / threshold;
-                Evaluation {
-                    matched: r >= 1.0,
-                    score: ratio_score(r),
-                    value: x,
-                }
-            }
+            RuleKind::Threshold(t) => t.evaluate(w),
+            RuleKind::Baseline(b) => b.evaluate(w, state),
             RuleKind::Expression(e) => e.evaluate(w, &mut state.history),
-            // Scored asynchronously ([`crate::engine::Engine::apply_model_scores`]): the score
-            // of the last scored window.
-            RuleKind::Model { .. } => Evaluation {
-                score: state.last_window_score.unwrap_or(0.0),
-                ..Evaluation::NONE
-            },
-            RuleKind::Detector(_) | RuleKind::Ensemble(_) => {
-                let threshold = self.alarm_threshold().unwrap_or(1.0);
-                let top = state
-                    .panes
-                    .iter()
-                    .filter(|(p, _, _)| *p >= w.start && *p < w.end)
-                    .max_by(|a, b| a.1.total_cmp(&b.1));
-                match top {
-                    Some(&(_, score, value)) => Evaluation {
-                        matched: score >= threshold,
-                        score,
-                        value,
-                    },
-                    None => Evaluation::NONE,
-                }
-            }
+            RuleKind::Model(m) => m.evaluate(state),
+            RuleKind::Detector(d) => d.alarm.evaluate(w, state),
+            RuleKind::Ensemble(e) => e.alarm.evaluate(w, state),
         }
     }
 
@@ -516,48 +305,40 @@ impl CompiledRule {
     /// part of its own baseline).
     pub fn observe(&self, w: &WindowView<'_>, state: &mut RuleState) {
         match &self.kind {
-            RuleKind::Baseline {
-                field,
-                feature,
-                history_ms,
-                ..
-            } => {
-                if state.history.is_empty() {
-                    state.history.push(History::default());
-                }
-                let x = w.field(*field).map_or(f64::NAN, |f| f.get(*feature));
-                state.history[0].push(w.end, x, *history_ms);
-            }
+            RuleKind::Baseline(b) => b.observe(w, state),
             RuleKind::Expression(e) => e.observe(w, &mut state.history),
-            RuleKind::Threshold { .. } | RuleKind::Model { .. } => {}
-            // Windows are evaluated in end order: panes before this window's start are done.
-            RuleKind::Detector(_) | RuleKind::Ensemble(_) => {
-                state.panes.retain(|(p, _, _)| *p >= w.start)
-            }
+            RuleKind::Threshold(_) | RuleKind::Model(_) => {}
+            RuleKind::Detector(d) => d.alarm.observe(w, state),
+            RuleKind::Ensemble(e) => e.alarm.observe(w, state),
         }
     }
 
     /// The field whose features an alert of this rule carries, if the rule has one.
     pub fn field(&self) -> Option<u16> {
         match &self.kind {
-            RuleKind::Threshold { field, .. } | RuleKind::Baseline { field, .. } => Some(*field),
+            RuleKind::Threshold(t) => Some(t.field),
+            RuleKind::Baseline(b) => Some(b.field),
             RuleKind::Detector(d) => Some(d.field),
-            RuleKind::Expression(_) | RuleKind::Model { .. } | RuleKind::Ensemble(_) => None,
+            RuleKind::Expression(_) | RuleKind::Model(_) | RuleKind::Ensemble(_) => None,
         }
     }
 
     /// Whether the rule scores events one by one (detectors and ensembles) rather than windows.
     pub fn is_per_event(&self) -> bool {
-        matches!(self.kind, RuleKind::Detector(_) | RuleKind::Ensemble(_))
+        self.alarm().is_some()
+    }
+
+    fn alarm(&self) -> Option<&Alarm> {
+        match &self.kind {
+            RuleKind::Detector(d) => Some(&d.alarm),
+            RuleKind::Ensemble(e) => Some(&e.alarm),
+            _ => None,
+        }
     }
 
     /// The alarm threshold of a per-event rule.
     pub fn alarm_threshold(&self) -> Option<f64> {
-        match &self.kind {
-            RuleKind::Detector(d) => Some(d.threshold),
-            RuleKind::Ensemble(e) => Some(e.threshold),
-            _ => None,
-        }
+        self.alarm().map(|a| a.threshold)
     }
 
     /// A detector rule: scores the value `x` of an event at `t_ms` of its field from the key's
@@ -569,31 +350,23 @@ impl CompiledRule {
         t_ms: i64,
         x: f64,
     ) -> Option<f64> {
-        let RuleKind::Detector(d) = &self.kind else {
-            return None;
-        };
-        state
-            .detector
-            .get_or_insert_with(Default::default)
-            .update(&d.config, seed, t_ms, x)
+        match &self.kind {
+            RuleKind::Detector(d) => d.observe_event(state, seed, t_ms, x),
+            _ => None,
+        }
     }
 
     /// An ensemble rule: combines its members' scores for the current event (`scores` indexed
     /// like the rule set; `None`: no score). `None` for other rules.
     pub fn combine(&self, scores: &[Option<f64>]) -> Option<f64> {
-        let RuleKind::Ensemble(e) = &self.kind else {
-            return None;
-        };
-        let members = e
-            .members
-            .iter()
-            .map(|m| (scores.get(m.index).copied().flatten(), m.weight));
-        Some(detectors::combine(e.combine, members))
+        match &self.kind {
+            RuleKind::Ensemble(e) => Some(e.combine(scores)),
+            _ => None,
+        }
     }
 
-    /// A per-event rule: turns the event's score into its alarm score (0 within a cooldown
-    /// after an alarm; an alarm at or above the threshold starts one) and records it in the pane
-    /// of `t_ms` (panes of `pane_ms`) for the window evaluation. Returns the alarm score.
+    /// A per-event rule: turns the event's score into its alarm score and records it for the
+    /// window evaluation ([`per_event::Alarm::record`]). Other rules return `score`.
     pub fn record_event_score(
         &self,
         state: &mut RuleState,
@@ -602,37 +375,10 @@ impl CompiledRule {
         score: f64,
         value: f64,
     ) -> f64 {
-        let (threshold, cooldown_ms) = match &self.kind {
-            RuleKind::Detector(d) => (d.threshold, d.cooldown_ms),
-            RuleKind::Ensemble(e) => (e.threshold, e.cooldown_ms),
-            _ => return score,
-        };
-        let score = if state.cooldown_until.is_some_and(|u| t_ms < u) {
-            0.0
-        } else {
-            score
-        };
-        if score >= threshold && cooldown_ms > 0 {
-            state.cooldown_until = Some(t_ms.saturating_add(cooldown_ms));
+        match self.alarm() {
+            Some(a) => a.record(state, pane_ms, t_ms, score, value),
+            None => score,
         }
-        let pane = t_ms - t_ms.rem_euclid(pane_ms.max(1));
-        match state.panes.iter_mut().rev().find(|(p, _, _)| *p == pane) {
-            Some(entry) if score > entry.1 => *entry = (pane, score, value),
-            Some(_) => {}
-            None => {
-                // Usually the newest pane; out-of-order events insert in place.
-                let at = state
-                    .panes
-                    .iter()
-                    .rposition(|(p, _, _)| *p < pane)
-                    .map_or(0, |i| i + 1);
-                state.panes.insert(at, (pane, score, value));
-                if state.panes.len() > MAX_PANES {
-                    state.panes.pop_front();
-                }
-            }
-        }
-        score
     }
 }
 
@@ -644,8 +390,9 @@ pub struct RuleSet {
 }
 
 impl RuleSet {
-    /// Compiles every rule; invalid ones are returned as errors and left out, so one bad rule
-    /// does not stop the others.
+    /// Compiles every rule of a pipeline; invalid ones are returned as errors and left out, so
+    /// one bad rule does not stop the others. Besides each rule's own compile: a duplicate name
+    /// is an error, and so is an ensemble whose member is absent, invalid or an ensemble.
     pub fn compile(
         rules: &[&DetectionRule],
         cfg: &PipelineConfig,

@@ -115,11 +115,11 @@ fn invalid_rules_name_the_field() {
     );
     assert_eq!(
         e("{window: fast, threshold: {field: mem, feature: mean, operator: '>', value: 1}}"),
-        "DetectionRule r: spec.threshold.field: field `mem` is not a field of the pipeline"
+        "DetectionRule r: spec.threshold.field: field `mem` is not a field of the pipeline (fields: cpu)"
     );
     assert!(
         e("{window: fast, expression: {expr: 'features.cpu.mean >'}}")
-            .starts_with("DetectionRule r: spec.expression.expr: CEL does not compile")
+            .starts_with("DetectionRule r: spec.expression.expr: CEL does not parse")
     );
     assert!(
         e("{window: fast, expression: {expr: 'cpu > 1.0'}}").contains("unknown variable `cpu`")

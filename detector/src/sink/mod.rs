@@ -19,9 +19,9 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use vigil_api::v1alpha1::SinksSpec;
 
+use crate::telemetry::Metrics;
 use vigil_core::engine::{DeadLetter, WindowResult};
 use vigil_core::rules::alert::Alert;
-use crate::telemetry::Metrics;
 
 /// Failure of a sink.
 #[derive(Debug, thiserror::Error)]

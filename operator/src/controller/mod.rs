@@ -319,6 +319,10 @@ pub async fn run(
         .for_each(|r| async move { log_result("StreamPipeline", r) });
 
     let rule_controller = rule_controller
+        .watches(api::<DetectionRule>(&client, ns), all.clone(), {
+            let rules = rules.clone();
+            move |rule| detection_rule::rules_for_rule(&rule, &rules.state())
+        })
         .watches(api::<StreamPipeline>(&client, ns), all.clone(), {
             let rules = rules.clone();
             move |pipeline| detection_rule::rules_for_pipeline(&pipeline, &rules.state())

@@ -486,7 +486,7 @@ mod tests {
         );
         assert_eq!(
             pod.containers[0].args.as_ref().unwrap().join(" "),
-            "--model-repository /models --grpc-port 8001 --http-port 8002"
+            "--repository /models --grpc-addr 0.0.0.0:8001 --metrics-addr 0.0.0.0:8002"
         );
         assert_eq!(
             pod.containers[0].command.as_ref().unwrap()[0],

@@ -1,5 +1,7 @@
 //! The reads before a DetectionRule is validated, all from the operator's caches: the
-//! pipelines of its namespace that it selects and the AnomalyModels of its namespace.
+//! pipelines of its namespace that it selects, the other rules of its namespace (a pipeline's
+//! rules are compiled together: ensembles name their members) and the AnomalyModels of its
+//! namespace.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,6 +17,8 @@ use crate::controller::stream_pipeline::dereference::namespace_models;
 pub struct Dereferenced {
     /// Pipelines selected by the rule, sorted by name.
     pub pipelines: Vec<Arc<StreamPipeline>>,
+    /// DetectionRules of the namespace.
+    pub rules: Vec<Arc<DetectionRule>>,
     /// AnomalyModels of the namespace, by name.
     pub models: BTreeMap<String, Arc<AnomalyModel>>,
 }
@@ -43,6 +47,12 @@ pub fn selected_pipelines(
 pub fn dereference(rule: &DetectionRule, ctx: &Context) -> Dereferenced {
     Dereferenced {
         pipelines: selected_pipelines(rule, ctx.pipelines.state()),
+        rules: ctx
+            .rules
+            .state()
+            .into_iter()
+            .filter(|r| r.metadata.namespace == rule.metadata.namespace)
+            .collect(),
         models: namespace_models(rule.metadata.namespace.as_deref(), ctx.models.state()),
     }
 }

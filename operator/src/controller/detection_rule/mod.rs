@@ -1,10 +1,14 @@
-//! DetectionRule controller: validates a rule against the pipelines it selects and reports
-//! `Accepted` and `status.pipelines`. A rule has no children of its own; the StreamPipeline
-//! controller renders accepted rules into each pipeline's ConfigMap with the same checks.
+//! DetectionRule controller: validates a rule against the pipelines it selects (each with the
+//! other rules that select it, as its detectors compile them) and reports `Accepted` and
+//! `status.pipelines`. A rule has no children of its own; the StreamPipeline controller renders
+//! accepted rules into each pipeline's ConfigMap with the same call.
 
 pub mod dereference;
 pub mod status;
 pub mod validate;
+
+#[cfg(test)]
+mod agreement;
 
 use std::sync::Arc;
 
@@ -15,9 +19,10 @@ use kube::runtime::reflector::ObjectRef;
 use vigil_api::v1alpha1::{AnomalyModel, DetectionRule, StreamPipeline};
 
 use self::status::Outcome;
-use self::validate::{PipelineShape, validate_rule, validate_rule_for_pipeline};
+use self::validate::{validate_rule, validate_rules_for_pipeline};
 use super::{Context, Error, requeue_on_error};
 use crate::apply::apply_status;
+use crate::controller::stream_pipeline::dereference::selecting_rules;
 
 /// Controller name in metrics and logs.
 pub const CONTROLLER: &str = "detection_rule";
@@ -27,17 +32,23 @@ pub fn check(rule: &DetectionRule, deref: &dereference::Dereferenced) -> Outcome
     if let Err(e) = validate_rule(&rule.spec, &deref.models) {
         return Outcome::Invalid(e);
     }
+    let name = rule.name_any();
     Outcome::Checked(
         deref
             .pipelines
             .iter()
-            // A pipeline whose own spec is invalid runs nothing; it reports that itself.
-            .filter_map(|p| PipelineShape::of(p).ok().map(|shape| (p, shape)))
-            .map(|(p, shape)| {
-                (
-                    p.name_any(),
-                    validate_rule_for_pipeline(rule, &shape, &deref.models),
-                )
+            .filter_map(|p| {
+                // The pipeline's selection as its detectors see it: this rule as given here
+                // (it may be newer than the cache) and the others from the cache.
+                let mut selection: Vec<Arc<DetectionRule>> =
+                    selecting_rules(p, deref.rules.iter().cloned())
+                        .into_iter()
+                        .filter(|r| r.name_any() != name)
+                        .collect();
+                selection.push(Arc::new(rule.clone()));
+                // A pipeline whose own spec is invalid runs nothing; it reports that itself.
+                let verdicts = validate_rules_for_pipeline(p, &selection, &deref.models).ok()?;
+                Some((p.name_any(), verdicts.get(&name).cloned().unwrap_or(Ok(()))))
             })
             .collect(),
     )
@@ -102,6 +113,26 @@ pub fn rules_for_pipeline(
         .collect()
 }
 
+/// Rules to re-check when `changed` changes: the ensembles of its namespace that name it as a
+/// member (a member that becomes invalid or disappears makes the ensemble invalid).
+pub fn rules_for_rule(
+    changed: &DetectionRule,
+    rules: &[Arc<DetectionRule>],
+) -> Vec<ObjectRef<DetectionRule>> {
+    let name = changed.name_any();
+    rules
+        .iter()
+        .filter(|r| r.metadata.namespace == changed.metadata.namespace)
+        .filter(|r| {
+            r.spec
+                .ensemble
+                .as_ref()
+                .is_some_and(|e| e.members.iter().any(|m| m.rule == name))
+        })
+        .map(|r| ObjectRef::from_obj(r.as_ref()))
+        .collect()
+}
+
 /// Rules to re-check when `model` changes: rules of its namespace that use it.
 pub fn rules_for_model(
     model: &AnomalyModel,
@@ -126,6 +157,7 @@ mod tests {
         let (nab, d) = nab_fixture();
         let deref = dereference::Dereferenced {
             pipelines: vec![nab.clone()],
+            rules: d.rules.clone(),
             models: d.models.clone(),
         };
         let by_name = |n: &str| d.rules.iter().find(|r| r.name_any() == n).unwrap().clone();
@@ -139,6 +171,7 @@ mod tests {
         assert_eq!(r[0].1.as_ref().unwrap_err().field, "spec.window");
         let no_models = dereference::Dereferenced {
             pipelines: vec![nab],
+            rules: d.rules.clone(),
             models: Default::default(),
         };
         let Outcome::Invalid(e) = check(&by_name("iforest-score"), &no_models) else {

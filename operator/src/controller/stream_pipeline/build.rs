@@ -467,9 +467,11 @@ mod tests {
         let container = &pod.containers[0];
         assert_eq!(
             container.args.as_ref().unwrap().join(" "),
-            "run --pipeline /etc/vigil/pipeline.yaml --rules /etc/vigil/rules.yaml --bootstrap-servers $(KAFKA_BOOTSTRAP) --metrics-addr 0.0.0.0:9090"
+            "run --pipeline /etc/vigil/pipeline.yaml --rules /etc/vigil/rules.yaml --metrics-addr 0.0.0.0:9090"
         );
         let env = container.env.as_ref().unwrap();
+        let bootstrap = env.iter().find(|e| e.name == BOOTSTRAP_ENV).unwrap();
+        assert_eq!(bootstrap.value.as_deref(), Some("127.0.0.1:9092"));
         let group = env.iter().find(|e| e.name == GROUP_INSTANCE_ENV).unwrap();
         assert_eq!(
             group

@@ -12,9 +12,7 @@ use vigil_api::v1alpha1::{AnomalyModel, DetectionRule, SecurityProtocol, StreamP
 
 use super::dereference::{Dereferenced, Partitions};
 use crate::controller::FieldError;
-use crate::controller::detection_rule::validate::{
-    PipelineShape, validate_rule, validate_rule_for_pipeline,
-};
+use crate::controller::detection_rule::validate::validate_rules_for_pipeline;
 use crate::labels::{MAX_PIPELINE_NAME, check_dns_label};
 
 /// librdkafka consumer properties the operator sets itself and `spec.source.kafka.properties`
@@ -145,8 +143,9 @@ pub fn validate(
             ));
         }
     }
-    // The detector's own validation of the spec (paths, windows, features).
-    let shape = PipelineShape::of(pipeline)?;
+    // The detector's own validation of the spec (paths, windows, features) and of the rules
+    // that select it, compiled together as the detectors will.
+    let verdicts = validate_rules_for_pipeline(pipeline, &deref.rules, &deref.models)?;
 
     let requested = spec.parallelism.max(1);
     let (replicas, limit) = match &deref.partitions {
@@ -176,9 +175,7 @@ pub fn validate(
     let mut rejected_rules = Vec::new();
     for rule in &deref.rules {
         let rule_name = rule.metadata.name.clone().unwrap_or_default();
-        let checked = validate_rule(&rule.spec, &deref.models)
-            .and_then(|()| validate_rule_for_pipeline(rule, &shape, &deref.models));
-        match checked {
+        match verdicts.get(&rule_name).cloned().unwrap_or(Ok(())) {
             Ok(()) => rules.push(rule.clone()),
             Err(error) => rejected_rules.push(RejectedRule {
                 name: rule_name,

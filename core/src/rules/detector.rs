@@ -1,57 +1,94 @@
-//! Compilation of the per-event rule kinds (`spec.detector`, `spec.ensemble`) into their
-//! runtime settings: defaults applied in one place (each with its source in the CRD docs) and
-//! cross-field checks the schema cannot express. Errors are `(field path, reason)`.
+//! `spec.detector`: a streaming detector ([`crate::detectors`]: seasonal baseline, random cut
+//! forest, change point) scores every event of one field from the key's earlier events; its
+//! settings are compiled here with defaults applied in one place (each with its source in the
+//! CRD docs) and cross-field checks the schema cannot express.
 
-use vigil_api::v1alpha1::{CombineMethod, DetectorRule, EnsembleRule, duration_ms};
+use vigil_api::v1alpha1::{DetectorRule, duration_ms};
 
-use super::{EnsembleKind, EnsembleMember};
+use super::RuleState;
+use super::per_event::{self, Alarm};
+use super::scope::Scope;
+use crate::config::InvalidSpec;
 use crate::detectors::changepoint::ChangePointConfig;
 use crate::detectors::forest::{ForestConfig, RandomCutForest};
 use crate::detectors::seasonal::{MAX_PERIODS, SeasonalConfig};
 use crate::detectors::tail::TailConfig;
-use crate::detectors::{Combine, DetectorConfig, ModelConfig};
-
-type Invalid = (String, String);
+use crate::detectors::{DetectorConfig, ModelConfig};
 
 const DAY_MS: i64 = 86_400_000;
 /// Largest number of seasonal history bins per key (about 1.5 MiB of state).
 const MAX_SEASONAL_BINS: i64 = 100_000;
-/// Default alarm threshold: one in 100 000.
-const DEFAULT_THRESHOLD: f64 = 0.5;
 
-fn invalid(at: &str, reason: impl Into<String>) -> Invalid {
-    (at.to_string(), reason.into())
+/// A compiled detector rule.
+#[derive(Debug)]
+pub struct Detector {
+    /// Field id.
+    pub field: u16,
+    /// Model and calibration.
+    pub config: DetectorConfig,
+    /// Alarm threshold and cooldown.
+    pub alarm: Alarm,
 }
 
-fn positive(at: &str, v: Option<u32>, default: u32) -> Result<usize, Invalid> {
+fn invalid(at: &str, reason: impl Into<String>) -> InvalidSpec {
+    InvalidSpec::new(at, reason)
+}
+
+fn positive(at: &str, v: Option<u32>, default: u32) -> Result<usize, InvalidSpec> {
     match v.unwrap_or(default) {
         0 => Err(invalid(at, "must be at least 1")),
         n => Ok(n as usize),
     }
 }
 
-/// An alarm threshold in [0, 1] (default 0.5).
-pub(super) fn threshold(at: &str, v: Option<f64>) -> Result<f64, Invalid> {
-    let t = v.unwrap_or(DEFAULT_THRESHOLD);
-    if (0.0..=1.0).contains(&t) {
-        Ok(t)
-    } else {
-        Err(invalid(at, "must be a number in [0, 1]"))
-    }
+/// Checks what needs no pipeline: the model and calibration settings, threshold, cooldown.
+///
+/// # Errors
+/// The first problem, with its field path.
+pub fn validate(d: &DetectorRule) -> Result<(Alarm, DetectorConfig), InvalidSpec> {
+    let config = detector_config(d)?;
+    let alarm = Alarm {
+        threshold: per_event::threshold("spec.detector.threshold", d.threshold)?,
+        cooldown_ms: per_event::cooldown_ms(
+            "spec.detector.cooldown",
+            d.cooldown.as_ref().map(duration_ms),
+        )?,
+    };
+    Ok((alarm, config))
 }
 
-/// A cooldown in ms (0 when absent).
-pub(super) fn cooldown_ms(at: &str, v: Option<i64>) -> Result<i64, Invalid> {
-    let ms = v.unwrap_or(0);
-    if ms < 0 {
-        Err(invalid(at, "must not be negative"))
-    } else {
-        Ok(ms)
+impl Detector {
+    /// Compiles against a pipeline.
+    ///
+    /// # Errors
+    /// See [`validate`]; the field is not the pipeline's.
+    pub fn compile(d: &DetectorRule, scope: &mut Scope<'_>) -> Result<Self, InvalidSpec> {
+        let (alarm, config) = validate(d)?;
+        Ok(Detector {
+            field: scope.field("spec.detector.field", &d.field)?,
+            config,
+            alarm,
+        })
+    }
+
+    /// Scores the value `x` of an event at `t_ms` from the key's earlier events, then learns
+    /// it. `None` while the detector warms up.
+    pub fn observe_event(
+        &self,
+        state: &mut RuleState,
+        seed: u64,
+        t_ms: i64,
+        x: f64,
+    ) -> Option<f64> {
+        state
+            .detector
+            .get_or_insert_with(Default::default)
+            .update(&self.config, seed, t_ms, x)
     }
 }
 
 /// The model and calibration settings of a detector rule, with defaults applied.
-pub(super) fn detector_config(d: &DetectorRule) -> Result<DetectorConfig, Invalid> {
+fn detector_config(d: &DetectorRule) -> Result<DetectorConfig, InvalidSpec> {
     let model = match (&d.seasonal, &d.random_cut_forest, &d.change_point) {
         (Some(s), None, None) => {
             let resolution_ms = s.resolution.as_ref().map_or(300_000, duration_ms);
@@ -164,64 +201,4 @@ pub(super) fn detector_config(d: &DetectorRule) -> Result<DetectorConfig, Invali
         min_events: c.min_events.unwrap_or(200) as usize,
     };
     Ok(DetectorConfig { model, calibration })
-}
-
-/// An ensemble with its members by name (indices are resolved by `RuleSet::compile`).
-pub(super) fn ensemble(e: &EnsembleRule) -> Result<EnsembleKind, Invalid> {
-    if e.members.is_empty() {
-        return Err(invalid(
-            "spec.ensemble.members",
-            "at least one member is required",
-        ));
-    }
-    let mut members = Vec::with_capacity(e.members.len());
-    for (i, m) in e.members.iter().enumerate() {
-        let weight = m.weight.unwrap_or(1.0);
-        if !(weight >= 0.0 && weight.is_finite()) {
-            return Err(invalid(
-                &format!("spec.ensemble.members[{i}].weight"),
-                "must be a non-negative number",
-            ));
-        }
-        if e.members[..i].iter().any(|x| x.rule == m.rule) {
-            return Err(invalid(
-                &format!("spec.ensemble.members[{i}].rule"),
-                "duplicate member",
-            ));
-        }
-        members.push(EnsembleMember {
-            rule: m.rule.clone(),
-            index: usize::MAX,
-            weight,
-        });
-    }
-    let combine = match e.combine {
-        CombineMethod::Max => Combine::Max,
-        CombineMethod::WeightedMean => Combine::WeightedMean,
-        CombineMethod::Vote => {
-            let k = e.votes.map_or(members.len() / 2 + 1, |v| v as usize);
-            if k == 0 || k > members.len() {
-                return Err(invalid(
-                    "spec.ensemble.votes",
-                    "must be between 1 and the number of members",
-                ));
-            }
-            Combine::Vote(k)
-        }
-    };
-    if e.votes.is_some() && e.combine != CombineMethod::Vote {
-        return Err(invalid(
-            "spec.ensemble.votes",
-            "only applies to `combine: Vote`",
-        ));
-    }
-    Ok(EnsembleKind {
-        members,
-        combine,
-        threshold: threshold("spec.ensemble.threshold", e.threshold)?,
-        cooldown_ms: cooldown_ms(
-            "spec.ensemble.cooldown",
-            e.cooldown.as_ref().map(duration_ms),
-        )?,
-    })
 }
