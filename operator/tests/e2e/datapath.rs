@@ -24,7 +24,7 @@ use crate::harness::{
 };
 
 /// The `vigil` binary: `VIGIL_BIN`, else next to this test's target directory.
-fn vigil_bin() -> PathBuf {
+pub fn vigil_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("VIGIL_BIN") {
         return p.into();
     }
@@ -38,11 +38,10 @@ fn vigil_bin() -> PathBuf {
     bin
 }
 
-/// The NAB dataset root: `VIGIL_NAB_DATA`, default `/work/shared/datasets/nab`.
+/// The NAB machine-temperature series ([`crate::harness::nab_data`]).
 fn nab_csv() -> PathBuf {
-    let root =
-        std::env::var("VIGIL_NAB_DATA").unwrap_or_else(|_| "/work/shared/datasets/nab".into());
-    let csv = Path::new(&root).join("data/realKnownCause/machine_temperature_system_failure.csv");
+    let csv = crate::harness::nab_data()
+        .join("data/realKnownCause/machine_temperature_system_failure.csv");
     assert!(
         csv.exists(),
         "{} not found (set VIGIL_NAB_DATA)",

@@ -41,6 +41,13 @@ fn env_or(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_string())
 }
 
+/// The NAB dataset root: `VIGIL_NAB_DATA`, else `../shared/datasets/nab` beside the repository.
+pub fn nab_data() -> PathBuf {
+    std::env::var_os("VIGIL_NAB_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("../shared/datasets/nab"))
+}
+
 /// The Kafka bootstrap address.
 pub fn kafka_bootstrap() -> String {
     std::env::var("KAFKA_BOOTSTRAP")

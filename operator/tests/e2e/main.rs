@@ -5,6 +5,7 @@
 
 mod crds;
 mod datapath;
+mod examples;
 mod fixtures;
 mod harness;
 mod leader;

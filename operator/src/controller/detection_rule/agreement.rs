@@ -170,11 +170,14 @@ fn cases(kind: RuleKindName) -> Vec<(&'static str, Option<&'static str>)> {
     }
 }
 
-fn fixture() -> (
+/// The pipeline, the other rules of its namespace and the models.
+type Fixture = (
     Arc<StreamPipeline>,
     Vec<Arc<DetectionRule>>,
     BTreeMap<String, Arc<AnomalyModel>>,
-) {
+);
+
+fn fixture() -> Fixture {
     let mut m = Manifests::default();
     m.add_str("agreement", PIPELINE).unwrap();
     let models = m
