@@ -1,6 +1,7 @@
 //! `vigil`: run a detector against Kafka, replay files into a topic, score a series offline.
 
 mod bench;
+mod demo;
 mod replay;
 mod run;
 mod score;
@@ -51,16 +52,7 @@ fn main() -> anyhow::Result<()> {
 
 /// Loads manifests from files (pipeline and rules may be in the same or separate files).
 pub fn load_manifests(paths: &[PathBuf]) -> anyhow::Result<vigil_api::manifest::Manifests> {
-    let mut m = vigil_api::manifest::Manifests::default();
-    let mut seen = std::collections::HashSet::new();
-    for p in paths {
-        // The pipeline and its rules may share one file; read each file once.
-        if !seen.insert(std::fs::canonicalize(p).unwrap_or_else(|_| p.clone())) {
-            continue;
-        }
-        m.add_file(p)?;
-    }
-    Ok(m)
+    Ok(vigil_detector::supervisor::read_manifests(paths)?)
 }
 
 #[cfg(test)]

@@ -13,26 +13,24 @@
 //!   alert next to the labelled anomaly windows, `--exit-when-idle` ends once the replay is
 //!   processed and every window has fired, with a summary.
 
-use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{RecvTimeoutError, SyncSender};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Args;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use vigil_api::contract::detector::{DetectorArgs, env as contract_env};
-use vigil_api::manifest::Manifests;
-use vigil_api::v1alpha1::{AnomalyModel, DetectionRule, StreamPipeline, TimeFormat};
+use vigil_api::v1alpha1::{DetectionRule, StreamPipeline};
 use vigil_detector::runner::{self, Control, RunSummary, RunnerConfig, RunnerHandle};
 use vigil_detector::source::admin;
+use vigil_detector::supervisor::{self, Supervisor};
 use vigil_detector::telemetry::{self, Metrics};
 
+use crate::demo::{AlertPrinter, Labels, print_summary};
 use crate::replay::{self, ReplayReport, Speed};
 
 /// Arguments of `vigil run`.
@@ -109,26 +107,6 @@ impl Broker {
     }
 }
 
-struct Loaded {
-    pipeline: StreamPipeline,
-    rules: Vec<DetectionRule>,
-    models: Vec<AnomalyModel>,
-}
-
-fn load(files: &[PathBuf], pipeline_file: &Path) -> anyhow::Result<Loaded> {
-    let m: Manifests = crate::load_manifests(files)?;
-    let Some(pipeline) = m.pipelines.first().cloned() else {
-        bail!("{}: no StreamPipeline found", pipeline_file.display())
-    };
-    let rules = m.rules_for(&pipeline).into_iter().cloned().collect();
-    let models = m.models.clone();
-    Ok(Loaded {
-        pipeline,
-        rules,
-        models,
-    })
-}
-
 fn ensure_topics(
     broker: &Broker,
     pipeline: &StreamPipeline,
@@ -177,8 +155,7 @@ fn ensure_topics(
 pub fn run(a: &RunArgs) -> anyhow::Result<()> {
     let mut files = vec![a.detector.pipeline.clone()];
     files.extend(a.detector.rules.iter().cloned());
-    let mut loaded = load(&files, &a.detector.pipeline)?;
-    let name = loaded.pipeline.metadata.name.clone().unwrap_or_default();
+    let loaded = supervisor::load(&files, &a.detector.pipeline)?;
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -234,14 +211,15 @@ pub fn run(a: &RunArgs) -> anyhow::Result<()> {
         .map(|e| e.uri.clone())
         .or_else(|| a.model_server.clone());
     let group_instance_id = a.detector.group_instance_id.clone();
-    let spawn = |l: &Loaded| -> anyhow::Result<RunnerHandle> {
+    let spawn = |l: &supervisor::Config| -> Result<RunnerHandle, runner::RunError> {
         let mut cfg = RunnerConfig::new(l.pipeline.clone(), l.rules.clone(), bootstrap.clone());
         cfg.models = l.models.clone();
         cfg.model_server = model_server.clone();
         cfg.group_instance_id = group_instance_id.clone();
-        Ok(runner::spawn(cfg, metrics.clone())?)
+        runner::spawn(cfg, metrics.clone())
     };
-    let mut handle = spawn(&loaded)?;
+    let replay_topic = loaded.pipeline.spec.source.kafka.topics[0].clone();
+    let mut sup = Supervisor::start(files.clone(), a.detector.pipeline.clone(), loaded, spawn)?;
 
     let replay_stop = Arc::new(AtomicBool::new(false));
     if let Some(file) = &a.replay {
@@ -250,7 +228,7 @@ pub fn run(a: &RunArgs) -> anyhow::Result<()> {
         if missing > 0 {
             tracing::warn!(rows = missing, field = %a.replay_time_field, "Replayed rows without an event time get the current time.");
         }
-        let topic = loaded.pipeline.spec.source.kafka.topics[0].clone();
+        let topic = replay_topic;
         tracing::info!(file = %file.display(), rows = records.len(), topic = %topic, speed = ?a.replay_speed, "Replaying into the source topic.");
         let (b, speed, stop, tx) = (
             bootstrap.clone(),
@@ -268,10 +246,15 @@ pub fn run(a: &RunArgs) -> anyhow::Result<()> {
     let _watcher = if a.no_watch {
         None
     } else {
-        Some(watch(&files, events.clone())?)
+        let tx = events.clone();
+        Some(
+            supervisor::watch(&files, move |at| {
+                let _ = tx.try_send(Event::FilesChanged(at));
+            })
+            .context("failed to watch the manifest files")?,
+        )
     };
 
-    let mut changed: Option<(Instant, Instant)> = None; // (first change, last change)
     let mut exit_error: Option<anyhow::Error> = None;
     loop {
         match rx.recv_timeout(Duration::from_millis(50)) {
@@ -281,10 +264,10 @@ pub fn run(a: &RunArgs) -> anyhow::Result<()> {
                     "Stopping: flushing outputs and committing offsets."
                 );
                 replay_stop.store(true, Ordering::Relaxed);
-                handle.stop();
+                sup.handle().inspect(|h| h.stop());
                 break;
             }
-            Ok(Event::FilesChanged(at)) => changed = Some((changed.map_or(at, |c| c.0), at)),
+            Ok(Event::FilesChanged(at)) => sup.files_changed(at),
             Ok(Event::ReplayDone(Ok(r))) => {
                 tracing::info!(
                     records = r.delivered,
@@ -294,8 +277,10 @@ pub fn run(a: &RunArgs) -> anyhow::Result<()> {
                         (r.delivered as f64 / r.elapsed.as_secs_f64().max(1e-9)).round(),
                     "Replay written."
                 );
-                if a.exit_when_idle {
-                    let _ = handle.control().send(Control::DrainAndStop {
+                if a.exit_when_idle
+                    && let Some(h) = sup.handle()
+                {
+                    let _ = h.control().send(Control::DrainAndStop {
                         end_offsets: r.end_offsets,
                     });
                 }
@@ -303,55 +288,25 @@ pub fn run(a: &RunArgs) -> anyhow::Result<()> {
             Ok(Event::ReplayDone(Err(e))) => {
                 tracing::error!(error = format!("{e:#}"), "Replay failed.");
                 if a.exit_when_idle {
-                    handle.stop();
+                    sup.handle().inspect(|h| h.stop());
                     exit_error = Some(e);
                     break;
                 }
             }
             Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {}
         }
-        // Debounce: editors write files in several steps.
-        if let Some((first, last)) = changed
-            && last.elapsed() >= Duration::from_millis(100)
-        {
-            changed = None;
-            match reload(&files, &a.detector.pipeline, &loaded, first) {
-                Ok(Reload::Unchanged) => {}
-                Ok(Reload::Rules(l)) => {
-                    let ctl = Control::ReplaceRules {
-                        rules: l.rules.clone(),
-                        models: l.models.clone(),
-                        changed_at: first,
-                    };
-                    if handle.control().send(ctl).is_ok() {
-                        loaded = l;
-                    }
-                }
-                Ok(Reload::Pipeline(l)) => {
-                    tracing::info!(pipeline = %name, "The StreamPipeline changed; restarting the detector in place (flush, commit, new consumer).");
-                    handle.stop();
-                    let s = handle.join()?;
-                    tracing::info!(events = s.counters.records, "Previous detector stopped.");
-                    if matches!(broker, Broker::Embedded(_)) {
-                        ensure_topics(&broker, &l.pipeline, a.partitions)?;
-                    }
-                    handle = spawn(&l)?;
-                    tracing::info!(
-                        took_ms = first.elapsed().as_secs_f64() * 1e3,
-                        "Detector restarted with the new StreamPipeline."
-                    );
-                    loaded = l;
-                }
-                Err(e) => tracing::error!(
-                    error = format!("{e:#}"),
-                    "Ignoring the changed manifests; the running configuration is kept."
-                ),
+        let embedded_broker = matches!(broker, Broker::Embedded(_));
+        sup.poll(|c| {
+            if embedded_broker {
+                ensure_topics(&broker, &c.pipeline, a.partitions)?;
             }
-        }
-        if handle.is_finished() {
+            Ok(())
+        })?;
+        if sup.handle().is_none_or(RunnerHandle::is_finished) {
             break;
         }
     }
+    let handle = sup.into_handle().context("the detector did not restart")?;
     let summary: RunSummary = handle.join()?;
     replay_stop.store(true, Ordering::Relaxed);
     let printed = printer.map(|p| p.finish(Duration::from_secs(10)));
@@ -413,343 +368,4 @@ fn spawn_signal_handler(rt: &tokio::runtime::Runtime, tx: SyncSender<Event>) {
         };
         let _ = tx.try_send(Event::Signal(sig));
     });
-}
-
-enum Reload {
-    Unchanged,
-    Rules(Loaded),
-    Pipeline(Loaded),
-}
-
-fn reload(
-    files: &[PathBuf],
-    pipeline_file: &Path,
-    current: &Loaded,
-    changed_at: Instant,
-) -> anyhow::Result<Reload> {
-    let l = load(files, pipeline_file)?;
-    if l.pipeline.metadata.name != current.pipeline.metadata.name {
-        bail!(
-            "the StreamPipeline's name changed from {:?} to {:?}; restart vigil run to switch pipelines",
-            current.pipeline.metadata.name,
-            l.pipeline.metadata.name
-        );
-    }
-    // Validate before replacing anything.
-    vigil_core::config::PipelineConfig::from_resource(&l.pipeline)
-        .map_err(|e| anyhow::anyhow!("StreamPipeline: {e}"))?;
-    if l.pipeline.spec != current.pipeline.spec {
-        return Ok(Reload::Pipeline(l));
-    }
-    if l.rules != current.rules || l.models != current.models {
-        tracing::info!(
-            since_change_ms = changed_at.elapsed().as_secs_f64() * 1e3,
-            rules = l.rules.len(),
-            "Rules changed; replacing them."
-        );
-        return Ok(Reload::Rules(l));
-    }
-    Ok(Reload::Unchanged)
-}
-
-fn watch(files: &[PathBuf], tx: SyncSender<Event>) -> anyhow::Result<notify::RecommendedWatcher> {
-    use notify::{EventKind, RecursiveMode, Watcher};
-    let abs = |p: &PathBuf| std::path::absolute(p).unwrap_or_else(|_| p.clone());
-    let targets: HashSet<PathBuf> = files.iter().map(abs).collect();
-    let dirs: HashSet<PathBuf> = targets
-        .iter()
-        .filter_map(|p| p.parent().map(Path::to_path_buf))
-        .collect();
-    let wanted = targets.clone();
-    let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        let Ok(ev) = res else { return };
-        if matches!(ev.kind, EventKind::Access(_)) {
-            return;
-        }
-        // Kubernetes updates a mounted ConfigMap by swapping the `..data` symlink, so events
-        // on `..*` entries count too; a reload that finds nothing changed is a no-op.
-        let relevant = |p: &PathBuf| {
-            wanted.contains(p)
-                || p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with(".."))
-        };
-        if ev.paths.iter().any(relevant) {
-            let _ = tx.try_send(Event::FilesChanged(Instant::now()));
-        }
-    })?;
-    // Watch the directories: editors often replace a file by renaming a new one over it.
-    for d in &dirs {
-        w.watch(d, RecursiveMode::NonRecursive)
-            .with_context(|| format!("failed to watch {}", d.display()))?;
-    }
-    tracing::info!(files = ?targets, "Watching the manifests for changes.");
-    Ok(w)
-}
-
-/// Labelled anomaly windows of one series (NAB `combined_windows.json`).
-#[derive(Debug, Clone, Default)]
-pub struct Labels {
-    /// The matched entry's name.
-    pub series: String,
-    /// `[start, end]` in epoch ms, inclusive.
-    pub windows: Vec<(i64, i64)>,
-}
-
-impl Labels {
-    /// Reads the labels and picks the entry whose path is a suffix of `replayed` (or has the
-    /// same file name).
-    ///
-    /// # Errors
-    /// An unreadable file, a malformed entry, or no entry for the replayed file.
-    pub fn load(path: &Path, replayed: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("failed to read {}", path.display()))?;
-        let all: std::collections::BTreeMap<String, Vec<Vec<String>>> = serde_json::from_str(&text)
-            .with_context(|| {
-                format!(
-                    "{}: expected {{\"<relpath>\": [[start, end], ...]}}",
-                    path.display()
-                )
-            })?;
-        let replayed_s = replayed.to_string_lossy().replace('\\', "/");
-        let name = replayed
-            .file_name()
-            .map(|f| f.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let Some((series, windows)) = all
-            .iter()
-            .find(|(k, _)| replayed_s.ends_with(k.as_str()))
-            .or_else(|| {
-                all.iter().find(|(k, _)| {
-                    !name.is_empty()
-                        && Path::new(k)
-                            .file_name()
-                            .is_some_and(|f| f.to_string_lossy() == name)
-                })
-            })
-        else {
-            bail!(
-                "{}: no labelled windows for {}",
-                path.display(),
-                replayed.display()
-            );
-        };
-        let parse = |s: &str| {
-            vigil_core::decode::parse_event_time(s, TimeFormat::Auto)
-                .map_err(|e| anyhow::anyhow!("{series}: {e}"))
-        };
-        let windows = windows
-            .iter()
-            .map(|w| match w.as_slice() {
-                [a, b] => Ok((parse(a)?, parse(b)?)),
-                _ => bail!("{series}: a window must be [start, end]"),
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        Ok(Self {
-            series: series.clone(),
-            windows,
-        })
-    }
-
-    /// 1-based index of the labelled window containing `t`.
-    pub fn window_of(&self, t: i64) -> Option<usize> {
-        self.windows
-            .iter()
-            .position(|(a, b)| *a <= t && t <= *b)
-            .map(|i| i + 1)
-    }
-}
-
-fn fmt_ms(t: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(t)
-        .map_or_else(|| t.to_string(), |d| d.format("%Y-%m-%d %H:%M").to_string())
-}
-
-/// An alert as read back from the alerts topic.
-#[derive(Debug, Clone)]
-pub struct ReadAlert {
-    /// `firing` or `resolved`.
-    pub status: String,
-    /// Event time (window end), epoch ms.
-    pub event_time: i64,
-}
-
-/// Reads the alerts topic from its end at start-up and prints each alert as one line.
-struct AlertPrinter {
-    stop: Arc<AtomicBool>,
-    finish_by: Arc<Mutex<Option<Instant>>>,
-    thread: std::thread::JoinHandle<Vec<ReadAlert>>,
-}
-
-impl AlertPrinter {
-    fn start(bootstrap: &str, topic: &str, labels: Option<Labels>) -> anyhow::Result<Self> {
-        let start = admin::high_watermarks(bootstrap, topic, Duration::from_secs(10))?;
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
-            .set(
-                "group.id",
-                format!("vigil-alert-printer-{}", std::process::id()),
-            )
-            .set("enable.auto.commit", "false")
-            .create()?;
-        let mut tpl = TopicPartitionList::new();
-        for (p, hi) in &start {
-            tpl.add_partition_offset(topic, *p, Offset::Offset(*hi))?;
-        }
-        consumer.assign(&tpl)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let finish_by = Arc::new(Mutex::new(None::<Instant>));
-        let (s, f, topic, bootstrap) = (
-            stop.clone(),
-            finish_by.clone(),
-            topic.to_string(),
-            bootstrap.to_string(),
-        );
-        let thread = std::thread::Builder::new()
-            .name("vigil-alerts".into())
-            .spawn(move || {
-                let mut seen = Vec::new();
-                let mut positions: std::collections::HashMap<i32, i64> =
-                    start.iter().copied().collect();
-                let mut target: Option<Vec<(i32, i64)>> = None;
-                loop {
-                    if let Some(m) = consumer.poll(Duration::from_millis(100)) {
-                        match m {
-                            Ok(m) => {
-                                positions.insert(m.partition(), m.offset() + 1);
-                                if let Some(a) =
-                                    print_alert(m.payload().unwrap_or(&[]), labels.as_ref())
-                                {
-                                    seen.push(a);
-                                }
-                            }
-                            Err(e) => tracing::warn!(error = %e, "Alert reader error."),
-                        }
-                    }
-                    let deadline = *f.lock().unwrap_or_else(|e| e.into_inner());
-                    if let Some(deadline) = deadline {
-                        // Read up to the end of the topic as it is now, then stop.
-                        if target.is_none() {
-                            target = Some(
-                                admin::high_watermarks(&bootstrap, &topic, Duration::from_secs(5))
-                                    .unwrap_or_default(),
-                            );
-                        }
-                        let done = target.as_ref().is_some_and(|t| {
-                            t.iter()
-                                .all(|(p, hi)| positions.get(p).copied().unwrap_or(0) >= *hi)
-                        });
-                        if done || Instant::now() >= deadline {
-                            break;
-                        }
-                    } else if s.load(Ordering::Relaxed) {
-                        break;
-                    }
-                }
-                seen
-            })?;
-        Ok(Self {
-            stop,
-            finish_by,
-            thread,
-        })
-    }
-
-    /// Reads what is left on the topic (at most `timeout`) and returns every alert read.
-    fn finish(self, timeout: Duration) -> Vec<ReadAlert> {
-        *self.finish_by.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now() + timeout);
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread.join().unwrap_or_default()
-    }
-}
-
-fn print_alert(payload: &[u8], labels: Option<&Labels>) -> Option<ReadAlert> {
-    let v: serde_json::Value = serde_json::from_slice(payload).ok()?;
-    let d = &v["data"];
-    let status = d["status"].as_str().unwrap_or("?").to_string();
-    let event_time = d["eventTime"].as_i64().unwrap_or(0);
-    let value = d["value"]
-        .as_f64()
-        .map_or_else(|| "-".into(), |x| format!("{x:.3}"));
-    let mut line = format!(
-        "ALERT {status:<8} {sev:<8} rule={rule} key={key} window={win} [{ws} .. {we}) value={value} score={score:.2}",
-        sev = d["severity"].as_str().unwrap_or("?"),
-        rule = d["rule"].as_str().unwrap_or("?"),
-        key = d["key"].as_str().unwrap_or("?"),
-        win = d["window"].as_str().unwrap_or("?"),
-        ws = fmt_ms(d["windowStart"].as_i64().unwrap_or(0)),
-        we = fmt_ms(event_time),
-        score = d["score"].as_f64().unwrap_or(0.0),
-    );
-    if let Some(l) = labels {
-        match l.window_of(event_time) {
-            Some(k) => {
-                let (a, b) = l.windows[k - 1];
-                line.push_str(&format!(
-                    " | inside labelled window #{k} [{} .. {}]",
-                    fmt_ms(a),
-                    fmt_ms(b)
-                ));
-            }
-            None => line.push_str(" | outside any labelled window"),
-        }
-    }
-    if let Some(s) = d["annotations"]["summary"].as_str() {
-        line.push_str(&format!(" | {s}"));
-    }
-    println!("{line}");
-    Some(ReadAlert { status, event_time })
-}
-
-fn print_summary(s: &RunSummary, alerts: Option<&Vec<ReadAlert>>, labels: Option<&Labels>) {
-    let alerts = alerts.cloned().unwrap_or_default();
-    let firing: Vec<&ReadAlert> = alerts.iter().filter(|a| a.status == "firing").collect();
-    let resolved = alerts.len() - firing.len();
-    let mut line = format!(
-        "SUMMARY events={} dead_letters={} windows_fired={} alerts_firing={} alerts_resolved={resolved}",
-        s.counters.records,
-        s.dead_letters,
-        s.counters.windows_fired,
-        firing.len(),
-    );
-    if let Some(l) = labels {
-        let covered = (1..=l.windows.len())
-            .filter(|k| firing.iter().any(|a| l.window_of(a.event_time) == Some(*k)))
-            .count();
-        let outside = firing
-            .iter()
-            .filter(|a| l.window_of(a.event_time).is_none())
-            .count();
-        line.push_str(&format!(
-            " labelled_windows_covered={covered}/{} firing_outside_windows={outside} series={}",
-            l.windows.len(),
-            l.series
-        ));
-    }
-    println!("{line}");
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn labels_match_by_path_suffix_and_find_the_window() {
-        let dir = std::env::temp_dir().join(format!("vigil-labels-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let f = dir.join("combined_windows.json");
-        std::fs::write(
-            &f,
-            r#"{"realKnownCause/other.csv": [], "realKnownCause/machine.csv": [["2013-12-10 06:25:00.000000", "2013-12-12 05:35:00.000000"], ["2014-01-01 00:00:00.000000", "2014-01-02 00:00:00.000000"]]}"#,
-        )
-        .unwrap();
-        let l = Labels::load(&f, Path::new("/data/nab/data/realKnownCause/machine.csv")).unwrap();
-        assert_eq!(l.series, "realKnownCause/machine.csv");
-        assert_eq!(l.windows.len(), 2);
-        let t =
-            vigil_core::decode::parse_event_time("2013-12-11 00:00:00", TimeFormat::Auto).unwrap();
-        assert_eq!(l.window_of(t), Some(1));
-        assert_eq!(l.window_of(t - 3 * 86_400_000), None);
-        assert!(Labels::load(&f, Path::new("x/unknown.csv")).is_err());
-    }
 }

@@ -10,6 +10,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use vigil_api::v1alpha1::{AnomalyModel, DetectionRule};
 use vigil_core::engine::{Engine, EngineOptions, Outputs, RawRecord};
+use vigil_detector::driver::Driver;
 use vigil_detector::scoring::{ModelScorer, ScorerConfig, ScoringMetrics};
 
 /// Arguments of `vigil score`.
@@ -219,7 +220,7 @@ pub fn score(a: &ScoreArgs) -> anyhow::Result<()> {
         deadline: Duration::from_secs(30),
         ..Default::default()
     };
-    let mut scoring = if used.is_empty() {
+    let scoring = if used.is_empty() {
         None
     } else {
         let embedded = a
@@ -248,7 +249,7 @@ pub fn score(a: &ScoreArgs) -> anyhow::Result<()> {
         event_scores: true,
         ..Default::default()
     };
-    let (mut engine, errors) =
+    let (engine, errors) =
         Engine::from_resources(pipeline, &rules, &models, opts).map_err(|e| {
             anyhow::anyhow!(
                 "StreamPipeline {}: {e}",
@@ -258,6 +259,12 @@ pub fn score(a: &ScoreArgs) -> anyhow::Result<()> {
     if let Some(e) = errors.first() {
         bail!("{e}");
     }
+    // The model server (if embedded) lives until scoring is done.
+    let (scorer, _embedded) = match scoring {
+        Some((s, e)) => (Some(s), e),
+        None => (None, None),
+    };
+    let mut driver = Driver::new(engine, scorer);
     let (header, rows) = vigil_core::input::read_rows(&a.input)?;
     let key = a.key.clone().unwrap_or_else(|| {
         a.input
@@ -277,7 +284,7 @@ pub fn score(a: &ScoreArgs) -> anyhow::Result<()> {
             Default::default(),
         )
         .unwrap_or(0);
-        engine.process(
+        let (_, report) = driver.process(
             &RawRecord {
                 partition: 0,
                 offset: i as i64,
@@ -288,24 +295,21 @@ pub fn score(a: &ScoreArgs) -> anyhow::Result<()> {
             &mut out,
         );
         scores.append(&mut out.event_scores);
-        if let Some((scorer, _)) = scoring.as_mut().filter(|_| !out.model_inputs.is_empty()) {
-            // Scores reach the rows after the window closed: a model rule's row score is its
-            // last scored window's.
-            let inputs = std::mem::take(&mut out.model_inputs);
-            let n = inputs.len();
-            let report = scorer.score(inputs);
-            if report.scored.len() != n {
+        // Scores reach the rows after the window closed: a model rule's row score is its last
+        // scored window's.
+        if let Some(report) = report {
+            let unscored = report.failed + report.skipped + report.unrouted;
+            if unscored > 0 {
                 bail!(
-                    "model scoring failed for {} of {n} windows closed at row {i}; see the log above",
-                    n - report.scored.len()
+                    "model scoring failed for {unscored} of {} windows closed at row {i}; see the log above",
+                    unscored + report.scored.len()
                 );
             }
             batches.extend(report.batches);
-            engine.apply_model_scores(report.scored, now, &mut out);
         }
         out.clear();
     }
-    let c = engine.counters();
+    let c = driver.engine.counters();
     if c.decode_errors > 0 || c.late_dropped > 0 {
         tracing::warn!(
             decode_errors = c.decode_errors,
@@ -332,6 +336,6 @@ pub fn score(a: &ScoreArgs) -> anyhow::Result<()> {
             "Model rule windows scored."
         );
     }
-    tracing::info!(rows = rows.len(), rules = engine.rule_names().len(), output = %a.output.display(), "Scored.");
+    tracing::info!(rows = rows.len(), rules = driver.engine.rule_names().len(), output = %a.output.display(), "Scored.");
     Ok(())
 }

@@ -9,13 +9,18 @@ use std::collections::HashMap;
 
 use vigil_api::v1alpha1::{AnomalyModel, DetectionRule, DetectionRuleSpec, Feature};
 
+mod alerts;
+mod keys;
+mod rules;
+
 use crate::config::{FieldTable, InvalidSpec, PipelineConfig};
 use crate::decode::{DecodeError, Decoder};
-use crate::features::FeatureValues;
-use crate::model::{ModelInput, WindowVector};
-use crate::rules::alert::{self, Alert, AlertStatus};
-use crate::rules::{CompiledRule, Evaluation, RuleError, RuleKind, RuleSet, RuleState, WindowView};
+use crate::model::ModelInput;
+use crate::rules::alert::Alert;
+use crate::rules::{CompiledRule, RuleError, RuleSet, RuleState};
+pub use crate::window::Watermark;
 use crate::window::{self, KeyId, KeyWindows, PartitionClocks, TimerKind, Timers};
+use keys::{KeyState, KeyTable};
 
 /// One consumed record.
 #[derive(Debug, Clone, Copy)]
@@ -175,15 +180,8 @@ pub struct Counters {
     pub model_windows_undefined: u64,
 }
 
-struct KeyState {
-    name: Box<str>,
-    partition: i32,
-    windows: Vec<KeyWindows>,
-    rules: Vec<RuleState>,
-}
-
 struct TierState {
-    watermark: i64,
+    watermark: Watermark,
     timers: Timers,
 }
 
@@ -192,19 +190,13 @@ struct LoadedRule {
     spec: DetectionRuleSpec,
 }
 
-type KeyMap = HashMap<Box<str>, KeyId, foldhash::fast::RandomState>;
-
 /// The detection engine of one pipeline.
 pub struct Engine {
     cfg: PipelineConfig,
     decoder: Decoder,
     table: FieldTable,
     rules: Vec<LoadedRule>,
-    /// Key ids per partition; foldhash because key lookup is the hottest step per event
-    /// (SipHash took about a third of the engine's time in the profile).
-    keys: HashMap<i32, KeyMap>,
-    states: Vec<Option<KeyState>>,
-    free: Vec<KeyId>,
+    keys: KeyTable,
     tiers: Vec<TierState>,
     clocks: PartitionClocks,
     next_offsets: HashMap<i32, i64>,
@@ -232,14 +224,12 @@ impl Engine {
             decoder: Decoder::new(&cfg),
             table,
             rules: Vec::new(),
-            keys: HashMap::new(),
-            states: Vec::new(),
-            free: Vec::new(),
+            keys: KeyTable::default(),
             tiers: cfg
                 .tiers
                 .iter()
                 .map(|_| TierState {
-                    watermark: i64::MIN,
+                    watermark: Watermark::Initial,
                     timers: Timers::default(),
                 })
                 .collect(),
@@ -308,7 +298,7 @@ impl Engine {
                     .position(|o| o.compiled.name == n.compiled.name && o.spec == n.spec)
             })
             .collect();
-        for ks in self.states.iter_mut().flatten() {
+        for ks in self.keys.iter_mut() {
             let mut old = std::mem::take(&mut ks.rules);
             ks.rules = carry
                 .iter()
@@ -338,8 +328,8 @@ impl Engine {
         self.counters
     }
 
-    /// Current watermark of each tier (`i64::MIN` before the first).
-    pub fn watermarks(&self) -> Vec<(&str, i64)> {
+    /// Current watermark of each tier.
+    pub fn watermarks(&self) -> Vec<(&str, Watermark)> {
         self.cfg
             .tiers
             .iter()
@@ -355,27 +345,12 @@ impl Engine {
 
     /// Number of live keys.
     pub fn key_count(&self) -> usize {
-        self.states.iter().flatten().count()
+        self.keys.len()
     }
 
     /// Approximate bytes of window and rule state per live key.
     pub fn state_bytes_per_key(&self) -> usize {
-        let live: Vec<&KeyState> = self.states.iter().flatten().collect();
-        if live.is_empty() {
-            return 0;
-        }
-        let total: usize = live
-            .iter()
-            .map(|k| {
-                std::mem::size_of::<KeyState>()
-                    + k.name.len()
-                    + k.windows.iter().map(KeyWindows::state_bytes).sum::<usize>()
-                    + k.rules.iter().map(RuleState::state_bytes).sum::<usize>()
-                    // the key's hash-map entry: boxed name pointer, length and id
-                    + 24
-            })
-            .sum();
-        total / live.len()
+        self.keys.state_bytes_per_key()
     }
 
     /// Processes one record at processing time `now_ms`, appending what it produced to `out`.
@@ -408,12 +383,13 @@ impl Engine {
         // on the common path).
         let mut late_updates: Vec<(usize, i64)> = Vec::new();
         for (tier, tc) in self.cfg.tiers.iter().enumerate() {
-            let wm = self.tiers[tier].watermark;
-            if window::is_late(tc, wm, t) {
+            let watermark = self.tiers[tier].watermark;
+            if window::is_late(tc, watermark, t) {
                 continue;
             }
+            let wm = watermark.as_ms();
             applied = true;
-            let ks = self.states[key_id as usize].as_mut().expect("live key");
+            let ks = self.keys.get_mut(key_id).expect("live key");
             let mut new_pane = false;
             for &(field, v) in &values {
                 new_pane |= ks.windows[tier]
@@ -444,7 +420,8 @@ impl Engine {
                 .iter()
                 .map(|t| t.watermark)
                 .min()
-                .unwrap_or(i64::MIN);
+                .unwrap_or_default()
+                .as_ms();
             self.dead_letter(
                 rec,
                 DeadLetterReason::Late {
@@ -472,12 +449,12 @@ impl Engine {
             let Some(combined) = self.clocks.combined(now_ms, tc.idle_timeout_ms) else {
                 continue;
             };
-            let wm = combined.saturating_sub(tc.max_out_of_orderness_ms);
+            let wm = Watermark::EventTime(combined.saturating_sub(tc.max_out_of_orderness_ms));
             if wm <= self.tiers[tier].watermark {
                 continue;
             }
             self.tiers[tier].watermark = wm;
-            self.fire_due(tier, wm, now_ms, out);
+            self.fire_due(tier, wm.as_ms(), now_ms, out);
         }
     }
 
@@ -485,8 +462,8 @@ impl Engine {
     /// bounded input).
     pub fn flush(&mut self, now_ms: i64, out: &mut Outputs) {
         for tier in 0..self.tiers.len() {
-            self.tiers[tier].watermark = i64::MAX;
-            self.fire_due(tier, i64::MAX, now_ms, out);
+            self.tiers[tier].watermark = Watermark::EndOfInput;
+            self.fire_due(tier, Watermark::EndOfInput.as_ms(), now_ms, out);
         }
     }
 
@@ -494,7 +471,7 @@ impl Engine {
         let tc = self.cfg.tiers[tier].clone();
         while let Some((at, timers)) = self.tiers[tier].timers.pop_due(wm) {
             for (key_id, kind) in timers {
-                let Some(ks) = self.states[key_id as usize].as_mut() else {
+                let Some(ks) = self.keys.get_mut(key_id) else {
                     continue;
                 };
                 if kind == TimerKind::Cleanup {
@@ -507,7 +484,7 @@ impl Engine {
                 ks.windows[tier].last_fired_end = at;
                 self.counters.windows_fired += 1;
                 self.fire(tier, key_id, at - tc.size_ms, false, now_ms, out);
-                if let Some(ks) = self.states[key_id as usize].as_mut() {
+                if let Some(ks) = self.keys.get_mut(key_id) {
                     ks.windows[tier].purge(&tc, wm);
                     if tc.allowed_lateness_ms > 0 && at.saturating_add(tc.allowed_lateness_ms) > wm
                     {
@@ -522,236 +499,14 @@ impl Engine {
         }
     }
 
-    fn fire(
-        &mut self,
-        tier: usize,
-        key_id: KeyId,
-        start: i64,
-        update: bool,
-        now_ms: i64,
-        out: &mut Outputs,
-    ) {
-        let tc = &self.cfg.tiers[tier];
-        let end = start + tc.size_ms;
-        let Some(ks) = self.states[key_id as usize].as_mut() else {
-            return;
-        };
-        let fields = ks.windows[tier].window(tc, start, self.with_sketch);
-        if fields.is_empty() {
-            return;
-        }
-        let named = |ids: &mut dyn Iterator<Item = &(u16, FeatureValues)>| -> Vec<(String, f64)> {
-            let mut v = Vec::new();
-            for (id, fv) in ids {
-                for f in &self.cfg.features {
-                    let x = fv.get(*f);
-                    if !x.is_nan() {
-                        v.push((format!("{}.{}", self.table.name(*id), f), x));
-                    }
-                }
-            }
-            v
-        };
-        if self.opts.emit_windows {
-            out.windows.push(WindowResult {
-                tier: tc.name.clone(),
-                key: ks.name.to_string(),
-                start,
-                end,
-                features: named(&mut fields.iter()),
-                update,
-            });
-        }
-        if update {
-            // Rule state advances in window-end order; re-emitted windows only update KPIs.
-            return;
-        }
-        let view = WindowView {
-            key: &ks.name,
-            start,
-            end,
-            fields: &fields,
-            table: &self.table,
-        };
-        for (idx, rule) in self.rules.iter().enumerate() {
-            let rule = &rule.compiled;
-            if rule.tier != tier {
-                continue;
-            }
-            let state = &mut ks.rules[idx];
-            if state.last_end.is_some_and(|e| e >= end) {
-                continue;
-            }
-            if let RuleKind::Model(crate::rules::Model { contract, .. }) = &rule.kind {
-                // Scored outside the engine; the alert follows in apply_model_scores.
-                state.last_end = Some(end);
-                match contract.on_window(&view, state.model.get_or_insert_with(Default::default)) {
-                    WindowVector::Ready { values, raw } => out.model_inputs.push(ModelInput {
-                        rule: idx,
-                        rule_name: rule.name.clone(),
-                        contract: contract.clone(),
-                        key_id,
-                        key: ks.name.clone(),
-                        window_start: start,
-                        window_end: end,
-                        values,
-                        raw_features: raw,
-                    }),
-                    WindowVector::Filling => {}
-                    WindowVector::Undefined => self.counters.model_windows_undefined += 1,
-                }
-                continue;
-            }
-            let eval = rule.evaluate(&view, state);
-            // Ensemble members only feed their ensemble.
-            let transition = if rule.ensemble_member {
-                None
-            } else {
-                alert::step(rule, state, &eval, end)
-            };
-            rule.observe(&view, state);
-            state.last_end = Some(end);
-            state.last_window_score = Some(eval.score);
-            let Some(status) = transition else { continue };
-            match status {
-                AlertStatus::Firing => self.counters.alerts_firing += 1,
-                AlertStatus::Resolved => self.counters.alerts_resolved += 1,
-            }
-            let features = match rule.field() {
-                Some(f) => named(&mut fields.iter().filter(|(id, _)| *id == f)),
-                None => named(&mut fields.iter()),
-            };
-            let mut a = Alert {
-                status,
-                fingerprint: alert::fingerprint(&self.cfg.name, &rule.name, &ks.name),
-                pipeline: self.cfg.name.clone(),
-                rule: rule.name.clone(),
-                key: ks.name.to_string(),
-                severity: rule.severity,
-                window: tc.name.clone(),
-                window_start: start,
-                window_end: end,
-                value: Some(eval.value).filter(|v| !v.is_nan()),
-                score: eval.score,
-                features: features.into_iter().collect(),
-                labels: Default::default(),
-                annotations: Default::default(),
-                active_since: state.pending_since.unwrap_or(end),
-                event_time: end,
-                detection_time: now_ms,
-            };
-            let mut labels = alert::render(&rule.labels, &a);
-            labels.insert("severity".into(), rule.severity.as_str().into());
-            labels.insert("rule".into(), rule.name.clone());
-            labels.insert("key".into(), a.key.clone());
-            a.annotations = alert::render(&rule.annotations, &a);
-            a.labels = labels;
-            out.alerts.push(a);
-        }
-    }
-
-    /// Scores one event. Detector rules reading one of the event's fields learn it and score
-    /// it; window rules give the score of the latest window of their tier containing `t` (only
-    /// with [`EngineOptions::event_scores`]; otherwise their last fired window's score);
-    /// ensembles combine their members. Per-event rules then record their alarm score for
-    /// their window evaluation. Returns the highest score of any rule that is not an ensemble
-    /// member, from the events seen so far (rows `0..=i` only).
-    fn event_score(&mut self, key_id: KeyId, t: i64, values: &[(u16, f64)]) -> f64 {
-        let Some(ks) = self.states[key_id as usize].as_mut() else {
-            return 0.0;
-        };
-        let mut scores = std::mem::take(&mut self.event_rule_scores);
-        scores.clear();
-        scores.resize(self.rules.len(), None);
-        let mut value = f64::NAN;
-        if self.per_event_rules {
-            let seed = key_seed(&ks.name);
-            for (idx, rule) in self.rules.iter().enumerate() {
-                let rule = &rule.compiled;
-                if let RuleKind::Detector(d) = &rule.kind
-                    && let Some(&(_, x)) = values.iter().find(|(f, _)| *f == d.field)
-                {
-                    scores[idx] = rule.observe_event(&mut ks.rules[idx], seed, t, x);
-                    value = x;
-                }
-            }
-        }
-        for (tier, tc) in self.cfg.tiers.iter().enumerate() {
-            let window_rules = || {
-                self.rules
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, r)| r.compiled.tier == tier && !r.compiled.is_per_event())
-            };
-            if !self.opts.event_scores {
-                for (idx, _) in window_rules() {
-                    scores[idx] = ks.rules[idx].last_window_score;
-                }
-                continue;
-            }
-            if window_rules().next().is_none() {
-                continue;
-            }
-            let start = window::align(t, tc.slide_ms);
-            let fields = ks.windows[tier].window(tc, start, self.with_sketch);
-            let view = WindowView {
-                key: &ks.name,
-                start,
-                end: start + tc.size_ms,
-                fields: &fields,
-                table: &self.table,
-            };
-            for (idx, rule) in window_rules() {
-                scores[idx] = Some(rule.compiled.evaluate(&view, &mut ks.rules[idx]).score);
-            }
-        }
-        for (idx, rule) in self.rules.iter().enumerate() {
-            if let Some(s) = rule.compiled.combine(&scores) {
-                scores[idx] = Some(s);
-            }
-        }
-        let mut best = 0.0f64;
-        for (idx, rule) in self.rules.iter().enumerate() {
-            let rule = &rule.compiled;
-            let Some(mut s) = scores[idx] else { continue };
-            if rule.ensemble_member {
-                continue;
-            }
-            if rule.is_per_event() {
-                let pane_ms = self.cfg.tiers[rule.tier].pane_ms;
-                s = rule.record_event_score(&mut ks.rules[idx], pane_ms, t, s, value);
-            }
-            best = best.max(s);
-        }
-        self.event_rule_scores = scores;
-        best
-    }
-
     fn key_id(&mut self, partition: i32, key: &str) -> KeyId {
-        if let Some(&id) = self.keys.get(&partition).and_then(|m| m.get(key)) {
-            return id;
-        }
-        let state = KeyState {
+        let (tiers, rules) = (self.cfg.tiers.len(), self.rules.len());
+        self.keys.id(partition, key, || KeyState {
             name: key.into(),
             partition,
-            windows: self.cfg.tiers.iter().map(|_| KeyWindows::new()).collect(),
-            rules: self.rules.iter().map(|_| RuleState::default()).collect(),
-        };
-        let id = match self.free.pop() {
-            Some(id) => {
-                self.states[id as usize] = Some(state);
-                id
-            }
-            None => {
-                self.states.push(Some(state));
-                (self.states.len() - 1) as KeyId
-            }
-        };
-        self.keys
-            .entry(partition)
-            .or_default()
-            .insert(key.into(), id);
-        id
+            windows: (0..tiers).map(|_| KeyWindows::new()).collect(),
+            rules: (0..rules).map(|_| RuleState::default()).collect(),
+        })
     }
 
     fn dead_letter(&mut self, rec: &RawRecord<'_>, reason: DeadLetterReason, out: &mut Outputs) {
@@ -781,12 +536,7 @@ impl Engine {
     /// those windows by re-reading from the committed offset.
     pub fn revoke_partitions(&mut self, partitions: &[i32]) {
         for p in partitions {
-            if let Some(keys) = self.keys.remove(p) {
-                for (_, id) in keys {
-                    self.states[id as usize] = None;
-                    self.free.push(id);
-                }
-            }
+            self.keys.remove_partition(*p);
             self.clocks.remove(*p);
             self.next_offsets.remove(p);
         }
@@ -797,7 +547,7 @@ impl Engine {
     /// window holds any. Committing it loses no window contents on restart or rebalance.
     pub fn committable_offsets(&self) -> Vec<(i32, i64)> {
         let mut min: HashMap<i32, i64> = self.next_offsets.clone();
-        for ks in self.states.iter().flatten() {
+        for ks in self.keys.iter() {
             if let Some(o) = ks.windows.iter().filter_map(KeyWindows::min_offset).min() {
                 let e = min.entry(ks.partition).or_insert(o);
                 *e = (*e).min(o);
@@ -808,117 +558,6 @@ impl Engine {
         v
     }
 
-    /// Applies raw scores of model rule windows (from the detector runtime's model scorer): maps
-    /// each to a score in [0, 1] and a match ([`crate::model::ModelContract::map_score`],
-    /// with the rule's threshold override) and advances the rule's alert lifecycle at the
-    /// window's end, appending transitions to `out`. Per (rule, key), scores must come in
-    /// window-end order: one for a window not after the last applied is dropped, as are scores
-    /// whose rule was removed or no longer uses the same model contract, or whose key was
-    /// revoked, since the window closed.
-    /// A skipped window (scoring failed) leaves the lifecycle as it was. Returns how many
-    /// scores were applied.
-    pub fn apply_model_scores(
-        &mut self,
-        scored: impl IntoIterator<Item = (ModelInput, f32)>,
-        now_ms: i64,
-        out: &mut Outputs,
-    ) -> usize {
-        let mut applied = 0;
-        for (input, raw) in scored {
-            let Some(rule) = self
-                .rules
-                .get(input.rule)
-                .map(|r| &r.compiled)
-                .filter(|r| r.name == input.rule_name)
-            else {
-                continue;
-            };
-            let RuleKind::Model(crate::rules::Model {
-                contract,
-                threshold,
-                ..
-            }) = &rule.kind
-            else {
-                continue;
-            };
-            if **contract != *input.contract {
-                continue; // the model changed since the window closed
-            }
-            let Some(ks) = self
-                .states
-                .get_mut(input.key_id as usize)
-                .and_then(Option::as_mut)
-                .filter(|k| k.name == input.key)
-            else {
-                continue;
-            };
-            let state = &mut ks.rules[input.rule];
-            let model = state.model.get_or_insert_with(Default::default);
-            if model.last_scored_end.is_some_and(|e| e >= input.window_end) {
-                continue;
-            }
-            let raw = f64::from(raw);
-            let Some((score, matched)) =
-                contract.map_score(raw, threshold.unwrap_or(contract.threshold))
-            else {
-                continue;
-            };
-            model.last_scored_end = Some(input.window_end);
-            state.last_window_score = Some(score);
-            applied += 1;
-            let eval = Evaluation {
-                matched,
-                score,
-                value: raw,
-            };
-            // Ensemble members only feed their ensemble.
-            let transition = if rule.ensemble_member {
-                None
-            } else {
-                alert::step(rule, state, &eval, input.window_end)
-            };
-            let Some(status) = transition else { continue };
-            match status {
-                AlertStatus::Firing => self.counters.alerts_firing += 1,
-                AlertStatus::Resolved => self.counters.alerts_resolved += 1,
-            }
-            let mut a = Alert {
-                status,
-                fingerprint: alert::fingerprint(&self.cfg.name, &rule.name, &ks.name),
-                pipeline: self.cfg.name.clone(),
-                rule: rule.name.clone(),
-                key: ks.name.to_string(),
-                severity: rule.severity,
-                window: self.cfg.tiers[rule.tier].name.clone(),
-                window_start: input.window_start,
-                window_end: input.window_end,
-                // The tested value of a model rule is its raw model score.
-                value: Some(raw),
-                score,
-                features: contract
-                    .feature_names
-                    .iter()
-                    .cloned()
-                    .zip(input.raw_features.iter().copied())
-                    .collect(),
-                labels: Default::default(),
-                annotations: Default::default(),
-                active_since: state.pending_since.unwrap_or(input.window_end),
-                event_time: input.window_end,
-                detection_time: now_ms,
-            };
-            let mut labels = alert::render(&rule.labels, &a);
-            labels.insert("severity".into(), rule.severity.as_str().into());
-            labels.insert("rule".into(), rule.name.clone());
-            labels.insert("key".into(), a.key.clone());
-            labels.insert("model".into(), contract.model.clone());
-            a.annotations = alert::render(&rule.annotations, &a);
-            a.labels = labels;
-            out.alerts.push(a);
-        }
-        applied
-    }
-
     /// Features a rule could name: `<field>.<feature>` for every known field.
     pub fn feature_names(&self) -> Vec<String> {
         (0..self.table.len() as u16)
@@ -926,14 +565,6 @@ impl Engine {
             .map(|(id, f)| format!("{}.{}", self.table.name(id), f))
             .collect()
     }
-}
-
-/// A stable per-key seed for randomised detectors (64-bit FNV-1a of the key), so replays of
-/// the same stream give the same scores.
-fn key_seed(key: &str) -> u64 {
-    key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
 }
 
 #[cfg(test)]

@@ -4,11 +4,17 @@
 //! - [`source`] / [`sink`]: the Kafka consumer group and producers around the engine.
 //! - [`scoring`]: model rules: the engine's feature rows scored on a model server (deadline,
 //!   retries, circuit breaker) and applied back to the alert lifecycle.
+//! - [`driver`]: the engine and the model scorer stepped as process -> score -> apply; the
+//!   one sequence the runner, `vigil score` and the tests use.
 //! - [`runner`]: the run loop: consume, process, score, produce, commit.
+//! - [`supervisor`]: the configuration from manifest files, watched and applied to the
+//!   running runner (rules swapped in place, pipeline changes restart it).
 //! - [`telemetry`]: Prometheus metrics of the data path.
 
+pub mod driver;
 pub mod runner;
 pub mod scoring;
 pub mod sink;
 pub mod source;
+pub mod supervisor;
 pub mod telemetry;

@@ -34,6 +34,8 @@ use crate::source::{
 use crate::telemetry::{LATENCY_SAMPLE_EVERY, Metrics};
 use vigil_core::config::{InvalidSpec, PipelineConfig};
 use vigil_core::engine::{Counters, Engine, EngineOptions, Outputs, RawRecord};
+
+use crate::driver::Driver;
 use vigil_core::rules::RuleError;
 
 /// Wall-clock time in epoch milliseconds.
@@ -233,7 +235,8 @@ impl Shared {
 }
 
 struct Core {
-    engine: Engine,
+    /// The engine and the model scorer (`None` without AnomalyModels).
+    driver: Driver,
     sinks: Sinks,
     out: Outputs,
     ids: PartitionIds,
@@ -250,8 +253,6 @@ struct Core {
     tiers: Vec<String>,
     first_record_ms: i64,
     last_record_ms: i64,
-    /// Scores model rule windows; `None` without AnomalyModels.
-    scorer: Option<ModelScorer>,
     model_server: Option<String>,
     scorer_config: ScorerConfig,
 }
@@ -266,7 +267,7 @@ impl RebalanceHandler for Shared {
         if !lost {
             c.flush_and_commit(consumer, CommitMode::Sync);
         }
-        c.engine.revoke_partitions(&ids);
+        c.driver.engine.revoke_partitions(&ids);
         c.positions.retain(|(p, _)| !ids.contains(p));
     }
 
@@ -276,7 +277,7 @@ impl RebalanceHandler for Shared {
             .iter()
             .filter_map(|(t, p)| c.ids.engine_partition(t, *p))
             .collect();
-        c.engine.assign_partitions(&ids, wall_clock_ms());
+        c.driver.engine.assign_partitions(&ids, wall_clock_ms());
     }
 }
 
@@ -297,7 +298,7 @@ impl Core {
             key: m.key(),
             payload: m.payload().unwrap_or(&[]),
         };
-        let event_time = self.engine.process(&rec, now_ms, &mut self.out);
+        let (event_time, _) = self.driver.process(&rec, now_ms, &mut self.out);
         self.advance_position(partition, offset + 1);
         let ts = m.timestamp().to_millis();
         self.sample += 1;
@@ -330,7 +331,6 @@ impl Core {
     }
 
     fn emit(&mut self, now_ms: i64, trigger_timestamp_ms: Option<i64>) {
-        self.score_models(now_ms);
         let processed = Instant::now();
         let Core {
             out,
@@ -384,38 +384,22 @@ impl Core {
         out.clear();
     }
 
-    /// Scores the model rule windows that closed (bounded wait, see [`crate::scoring::scorer`])
-    /// and turns their scores into alerts; windows that could not be scored are dropped
-    /// (counted in `vigil_model_scoring_windows_total`).
-    fn score_models(&mut self, now_ms: i64) {
-        if self.out.model_inputs.is_empty() {
-            return;
-        }
-        let inputs = std::mem::take(&mut self.out.model_inputs);
-        let Some(scorer) = self.scorer.as_mut() else {
-            return;
-        };
-        let report = scorer.score(inputs);
-        self.engine
-            .apply_model_scores(report.scored, now_ms, &mut self.out);
-    }
-
     /// Routes the AnomalyModels to their model servers, creating the scorer on first use.
     fn set_models(&mut self, models: &[&AnomalyModel]) -> Result<(), ScoringError> {
-        if self.scorer.is_none() && !models.is_empty() {
-            self.scorer = Some(ModelScorer::new(
+        if self.driver.scorer.is_none() && !models.is_empty() {
+            self.driver.scorer = Some(ModelScorer::new(
                 self.scorer_config.clone(),
                 self.metrics.scoring().clone(),
             )?);
         }
-        match self.scorer.as_mut() {
+        match self.driver.scorer.as_mut() {
             Some(s) => s.route_models(models, self.model_server.as_deref()),
             None => Ok(()),
         }
     }
 
     fn tick(&mut self, now_ms: i64) {
-        self.engine.advance(now_ms, &mut self.out);
+        self.driver.advance(now_ms, &mut self.out);
         if !(self.out.alerts.is_empty()
             && self.out.windows.is_empty()
             && self.out.dead_letters.is_empty()
@@ -423,11 +407,11 @@ impl Core {
         {
             self.emit(now_ms, None);
         }
-        let c = self.engine.counters();
+        let c = self.driver.engine.counters();
         self.metrics.engine_progress(&self.prev, &c);
         self.prev = c;
-        for (i, (_, wm)) in self.engine.watermarks().iter().enumerate() {
-            if *wm > i64::MIN && *wm < i64::MAX {
+        for (i, (_, wm)) in self.driver.engine.watermarks().iter().enumerate() {
+            if let Some(wm) = wm.event_time() {
                 self.metrics
                     .watermark_delay(&self.tiers[i], (now_ms - wm) as f64 / 1e3);
             }
@@ -436,13 +420,15 @@ impl Core {
 
     /// Snapshots the committable offsets at the end of the current epoch.
     fn snapshot(&mut self) {
-        let offsets = self.engine.committable_offsets();
+        let offsets = self.driver.engine.committable_offsets();
         let epoch = self.sinks.next_epoch();
         if !offsets.is_empty() {
             self.pending.push_back((epoch, offsets));
         }
-        self.metrics
-            .engine_size(self.engine.key_count(), self.engine.rule_names().len());
+        self.metrics.engine_size(
+            self.driver.engine.key_count(),
+            self.driver.engine.rule_names().len(),
+        );
     }
 
     /// Commits the newest snapshot whose epoch is fully acknowledged.
@@ -481,7 +467,7 @@ impl Core {
             return;
         }
         self.pending.clear();
-        let offsets = self.engine.committable_offsets();
+        let offsets = self.driver.engine.committable_offsets();
         self.commit(consumer, &offsets, mode);
     }
 
@@ -529,7 +515,7 @@ pub fn spawn(cfg: RunnerConfig, metrics: Metrics) -> Result<RunnerHandle, RunErr
     metrics.engine_size(0, engine.rule_names().len());
     let shared = Arc::new(Shared {
         core: Mutex::new(Core {
-            engine,
+            driver: Driver::new(engine, None),
             sinks,
             out: Outputs::default(),
             ids: settings.partition_ids(),
@@ -544,7 +530,6 @@ pub fn spawn(cfg: RunnerConfig, metrics: Metrics) -> Result<RunnerHandle, RunErr
             tiers,
             first_record_ms: 0,
             last_record_ms: 0,
-            scorer: None,
             model_server: cfg.model_server.clone(),
             scorer_config: cfg.scorer.clone(),
         }),
@@ -565,7 +550,7 @@ pub fn spawn(cfg: RunnerConfig, metrics: Metrics) -> Result<RunnerHandle, RunErr
         .map_err(RunError::Subscribe)?;
     tracing::info!(
         pipeline = %name, bootstrap = %settings.bootstrap_servers, topics = ?settings.topics, group = %settings.consumer_group,
-        group_instance_id = ?settings.group_instance_id, rules = ?shared.lock().engine.rule_names(),
+        group_instance_id = ?settings.group_instance_id, rules = ?shared.lock().driver.engine.rule_names(),
         "Detector started."
     );
     let stop = Arc::new(AtomicBool::new(false));
@@ -635,7 +620,7 @@ fn run_loop(
                 }) => {
                     let refs: Vec<&DetectionRule> = rules.iter().collect();
                     let model_refs: Vec<&AnomalyModel> = models.iter().collect();
-                    let errors = core.engine.replace_rules(&refs, &model_refs);
+                    let errors = core.driver.engine.replace_rules(&refs, &model_refs);
                     if let Err(e) = core.set_models(&model_refs) {
                         tracing::error!(error = %e, "Model servers of the new AnomalyModels not usable; model windows stay unscored.");
                     }
@@ -644,7 +629,7 @@ fn run_loop(
                     }
                     metrics.rules_reloaded();
                     tracing::info!(
-                        rules = ?core.engine.rule_names(), invalid = errors.len(),
+                        rules = ?core.driver.engine.rule_names(), invalid = errors.len(),
                         took_ms = changed_at.elapsed().as_secs_f64() * 1e3,
                         "Rules replaced without restart (time from the file change to the rules taking effect)."
                     );
@@ -664,7 +649,7 @@ fn run_loop(
         {
             tracing::info!("Input drained; firing every open window (end of input).");
             let c = &mut *core;
-            c.engine.flush(now_ms, &mut c.out);
+            c.driver.flush(now_ms, &mut c.out);
             c.emit(now_ms, None);
             core.tick(now_ms);
             drained = true;
@@ -687,7 +672,7 @@ fn run_loop(
         core.tick(now_ms);
         core.flush_and_commit(&consumer, CommitMode::Sync);
         RunSummary {
-            counters: core.engine.counters(),
+            counters: core.driver.engine.counters(),
             alerts_sent: core.alerts_sent,
             dead_letters: core.dead_letters,
             drained,
@@ -709,6 +694,7 @@ fn run_loop(
 mod tests {
     use super::*;
     use vigil_api::manifest::Manifests;
+    use vigil_core::engine::Watermark;
 
     #[test]
     fn an_assigned_partition_holds_the_watermark_until_its_backlog_arrives() {
@@ -751,10 +737,10 @@ mod tests {
             "partition 1's backlog is not late"
         );
         // Unassigned partitions (the old behaviour) would have let the watermark reach 9 s.
-        assert_eq!(e.watermarks()[0].1, 500);
+        assert_eq!(e.watermarks()[0].1, Watermark::EventTime(500));
         // A partition that never delivers stops holding the watermark after the idle timeout.
         e.assign_partitions(&[2], 200);
         e.advance(20_000, &mut out);
-        assert_eq!(e.watermarks()[0].1, 9_000);
+        assert_eq!(e.watermarks()[0].1, Watermark::EventTime(9_000));
     }
 }

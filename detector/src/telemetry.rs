@@ -243,12 +243,9 @@ impl Metrics {
         &self.registry
     }
 
-    /// The metrics in the Prometheus text exposition format.
+    /// The metrics in the OpenMetrics text format.
     pub fn encode(&self) -> String {
-        let mut s = String::new();
-        // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut s, &self.registry);
-        s
+        vigil_telemetry::Exposition::encode(&*self.registry)
     }
 
     /// Adds the growth of the engine's counters since `prev` (counters are cumulative per
@@ -387,31 +384,20 @@ pub async fn serve(
     ),
     TelemetryError,
 > {
-    use axum::routing::get;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| TelemetryError::Bind { addr, source })?;
     let bound = listener
         .local_addr()
         .map_err(|source| TelemetryError::Bind { addr, source })?;
-    let app = axum::Router::new()
-        .route(
-            "/metrics",
-            get(move || {
-                let m = metrics.clone();
-                async move {
-                    (
-                        [(
-                            axum::http::header::CONTENT_TYPE,
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        )],
-                        m.encode(),
-                    )
-                }
-            }),
-        )
-        .route("/healthz", get(|| async { "ok" }));
+    let app = vigil_telemetry::router(metrics);
     Ok((bound, async move { axum::serve(listener, app).await }))
+}
+
+impl vigil_telemetry::Exposition for Metrics {
+    fn encode(&self) -> String {
+        Metrics::encode(self)
+    }
 }
 
 #[cfg(test)]

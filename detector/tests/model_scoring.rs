@@ -232,7 +232,7 @@ fn model_rules_score_every_window_on_the_server_and_raise_alerts() {
             .iter()
             .all(|r| r.failed + r.skipped + r.unrouted == 0)
     );
-    assert_eq!(d.engine.counters().model_windows_undefined, 0);
+    assert_eq!(d.inner.engine.counters().model_windows_undefined, 0);
 
     // Alerts follow the raw scores: iforest fires below the rule's threshold, the LSTM above
     // its model's.
@@ -344,7 +344,7 @@ fn windows_of_many_keys_are_scored_in_one_batch() {
         "the scaled copies do not all score alike"
     );
     for (input, score) in batch.iter().step_by(17) {
-        let alone = d.scorer.score(vec![input.clone()]);
+        let alone = d.inner.scorer.as_mut().unwrap().score(vec![input.clone()]);
         assert_eq!(alone.scored[0].1, *score, "key {}", input.key);
     }
 }

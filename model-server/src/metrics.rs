@@ -8,9 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::http::header;
-use axum::response::IntoResponse;
-use axum::routing::get;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -179,33 +176,21 @@ impl Metrics {
         }
     }
 
-    /// The text exposition of every metric (`text/plain; version=0.0.4` style, OpenMetrics
-    /// flavour as prometheus-client writes it).
+    /// The OpenMetrics text exposition of every metric.
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
-            .expect("writing to a String cannot fail");
-        out
+        vigil_telemetry::Exposition::encode(&self.registry)
     }
 
-    /// An axum router serving `GET /metrics`.
+    /// An axum router serving `GET /metrics` and `GET /healthz` (the handler shared by Vigil's
+    /// binaries).
     pub fn router(self: Arc<Self>) -> Router {
-        Router::new().route(
-            "/metrics",
-            get(move || {
-                let metrics = self.clone();
-                async move {
-                    (
-                        [(
-                            header::CONTENT_TYPE,
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        )],
-                        metrics.encode(),
-                    )
-                        .into_response()
-                }
-            }),
-        )
+        vigil_telemetry::router(self)
+    }
+}
+
+impl vigil_telemetry::Exposition for Metrics {
+    fn encode(&self) -> String {
+        Self::encode(self)
     }
 }
 

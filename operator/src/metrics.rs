@@ -142,12 +142,15 @@ impl Metrics {
             .observe(since.elapsed().as_secs_f64());
     }
 
-    /// The registry in the Prometheus text format.
+    /// The registry in the OpenMetrics text format.
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        // Writing to a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
+        vigil_telemetry::Exposition::encode(&self.registry)
+    }
+}
+
+impl vigil_telemetry::Exposition for Metrics {
+    fn encode(&self) -> String {
+        Metrics::encode(self)
     }
 }
 

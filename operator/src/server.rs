@@ -1,12 +1,9 @@
-//! The operator's HTTP endpoint: `/metrics` (Prometheus text format), `/healthz` and
-//! `/readyz` (200 while the process serves requests).
+//! The operator's HTTP endpoint: `/metrics` (OpenMetrics text, the handler shared by Vigil's
+//! binaries), `/healthz` and `/readyz` (200 while the process serves requests).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::Router;
-use axum::http::header;
-use axum::response::IntoResponse;
 use axum::routing::get;
 
 use crate::metrics::Metrics;
@@ -37,25 +34,7 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    let app = Router::new()
-        .route(
-            "/metrics",
-            get(move || {
-                let metrics = metrics.clone();
-                async move {
-                    (
-                        [(
-                            header::CONTENT_TYPE,
-                            "text/plain; version=0.0.4; charset=utf-8",
-                        )],
-                        metrics.encode(),
-                    )
-                        .into_response()
-                }
-            }),
-        )
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(|| async { "ok" }));
+    let app = vigil_telemetry::router(metrics).route("/readyz", get(|| async { "ok" }));
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| ServerError::Bind { addr, source })?;

@@ -1,4 +1,5 @@
 use super::*;
+use crate::rules::alert::{self, AlertStatus};
 use proptest::prelude::*;
 use vigil_api::manifest::Manifests;
 

@@ -15,6 +15,39 @@ use crate::features::{Agg, FeatureValues};
 /// Identifier of a key's state in the engine.
 pub type KeyId = u32;
 
+/// A tier's watermark: the event time up to which every event has arrived (allowed lateness
+/// aside). Ordered `Initial < EventTime(_) < EndOfInput`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Watermark {
+    /// No event time yet: nothing is late, no window is due.
+    #[default]
+    Initial,
+    /// Every event at or before this event time (epoch ms) has arrived.
+    EventTime(i64),
+    /// A bounded input ended: every window is due.
+    EndOfInput,
+}
+
+impl Watermark {
+    /// The watermark as epoch ms, for comparisons with window ends: `Initial` is before every
+    /// event time and `EndOfInput` after every one.
+    pub fn as_ms(self) -> i64 {
+        match self {
+            Watermark::Initial => i64::MIN,
+            Watermark::EventTime(t) => t,
+            Watermark::EndOfInput => i64::MAX,
+        }
+    }
+
+    /// The event time, when the watermark is one.
+    pub fn event_time(self) -> Option<i64> {
+        match self {
+            Watermark::EventTime(t) => Some(t),
+            Watermark::Initial | Watermark::EndOfInput => None,
+        }
+    }
+}
+
 /// `floor(t / m) * m`, correct for negative times.
 pub fn align(t: i64, m: i64) -> i64 {
     t - t.rem_euclid(m)
@@ -35,9 +68,10 @@ pub fn last_window_end(cfg: &TierConfig, pane_start: i64) -> i64 {
 
 /// Whether an event at `t` is too late for every window of the tier: the last window holding
 /// it has ended more than `allowedLateness` before the watermark.
-pub fn is_late(cfg: &TierConfig, watermark: i64, t: i64) -> bool {
-    watermark != i64::MIN
-        && last_window_end(cfg, align(t, cfg.pane_ms)) + cfg.allowed_lateness_ms <= watermark
+pub fn is_late(cfg: &TierConfig, watermark: Watermark, t: i64) -> bool {
+    watermark != Watermark::Initial
+        && last_window_end(cfg, align(t, cfg.pane_ms)).saturating_add(cfg.allowed_lateness_ms)
+            <= watermark.as_ms()
 }
 
 /// Aggregates of one pane of one key: one [`Agg`] per field id.
@@ -244,8 +278,8 @@ impl Timers {
 pub struct PartitionClock {
     /// Kafka partition.
     pub partition: i32,
-    /// Greatest event time seen.
-    pub max_event_time: i64,
+    /// Greatest event time seen; `None` before the partition's first event.
+    pub max_event_time: Option<i64>,
     /// Processing time of the last event (ms).
     pub last_active_ms: i64,
 }
@@ -264,12 +298,12 @@ impl PartitionClocks {
     pub fn observe(&mut self, partition: i32, t: i64, now_ms: i64) {
         match self.clocks.iter_mut().find(|c| c.partition == partition) {
             Some(c) => {
-                c.max_event_time = c.max_event_time.max(t);
+                c.max_event_time = Some(c.max_event_time.map_or(t, |m| m.max(t)));
                 c.last_active_ms = now_ms;
             }
             None => self.clocks.push(PartitionClock {
                 partition,
-                max_event_time: t,
+                max_event_time: Some(t),
                 last_active_ms: now_ms,
             }),
         }
@@ -282,7 +316,7 @@ impl PartitionClocks {
         if !self.clocks.iter().any(|c| c.partition == partition) {
             self.clocks.push(PartitionClock {
                 partition,
-                max_event_time: i64::MIN,
+                max_event_time: None,
                 last_active_ms: now_ms,
             });
         }
@@ -293,15 +327,20 @@ impl PartitionClocks {
         self.clocks.retain(|c| c.partition != partition);
     }
 
-    /// Greatest event time that every active partition has reached; `None` before any event.
+    /// Greatest event time that every active partition has reached; `None` before any event
+    /// and while an active partition has delivered none yet.
     pub fn combined(&self, now_ms: i64, idle_timeout_ms: i64) -> Option<i64> {
-        let active = self
+        let mut active = self
             .clocks
             .iter()
-            .filter(|c| now_ms - c.last_active_ms < idle_timeout_ms)
+            .filter(|c| now_ms.saturating_sub(c.last_active_ms) < idle_timeout_ms)
             .map(|c| c.max_event_time)
-            .min();
-        active.or_else(|| self.clocks.iter().map(|c| c.max_event_time).max())
+            .peekable();
+        if active.peek().is_some() {
+            // `None` (no event yet) sorts first: it holds the watermark back.
+            return active.min().flatten();
+        }
+        self.clocks.iter().filter_map(|c| c.max_event_time).max()
     }
 
     /// The clocks, for metrics.

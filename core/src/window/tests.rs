@@ -54,9 +54,10 @@ fn hopping_assignment_covers_size_over_slide_windows() {
 fn lateness_boundaries() {
     let t = tier(30_000, 15_000, 0, 10_000);
     // Event at 20s: last window holding it is [15s, 45s), so it is late once wm >= 55s.
-    assert!(!is_late(&t, 54_999, 20_000));
-    assert!(is_late(&t, 55_000, 20_000));
-    assert!(!is_late(&t, i64::MIN, 20_000));
+    assert!(!is_late(&t, Watermark::EventTime(54_999), 20_000));
+    assert!(is_late(&t, Watermark::EventTime(55_000), 20_000));
+    assert!(!is_late(&t, Watermark::Initial, 20_000));
+    assert!(is_late(&t, Watermark::EndOfInput, 20_000));
 }
 
 #[test]

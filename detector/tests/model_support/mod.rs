@@ -115,11 +115,10 @@ pub struct Seen {
     pub reports: Vec<ScoreReport>,
 }
 
-/// The run loop's order of work, without Kafka: process a record, score the model windows it
-/// closed, apply the scores, collect alerts. Processing time follows event time.
+/// The library's [`vigil_detector::driver::Driver`] over a NAB series of one key, collecting
+/// what came out.
 pub struct Driver {
-    pub engine: Engine,
-    pub scorer: ModelScorer,
+    pub inner: vigil_detector::driver::Driver,
     out: Outputs,
     offset: i64,
 }
@@ -127,8 +126,7 @@ pub struct Driver {
 impl Driver {
     pub fn new(engine: Engine, scorer: ModelScorer) -> Self {
         Self {
-            engine,
-            scorer,
+            inner: vigil_detector::driver::Driver::new(engine, Some(scorer)),
             out: Outputs::default(),
             offset: 0,
         }
@@ -143,25 +141,18 @@ impl Driver {
             payload,
         };
         self.offset += 1;
-        self.engine.process(&rec, now_ms, &mut self.out);
-        self.drain(now_ms, seen);
+        let (_, report) = self.inner.process(&rec, now_ms, &mut self.out);
+        self.collect(report, seen);
     }
 
     /// Fires every open window (end of input) and scores them.
     pub fn flush(&mut self, now_ms: i64, seen: &mut Seen) {
-        self.engine.flush(now_ms, &mut self.out);
-        self.drain(now_ms, seen);
+        let report = self.inner.flush(now_ms, &mut self.out);
+        self.collect(report, seen);
     }
 
-    fn drain(&mut self, now_ms: i64, seen: &mut Seen) {
-        if !self.out.model_inputs.is_empty() {
-            let report = self
-                .scorer
-                .score(std::mem::take(&mut self.out.model_inputs));
-            self.engine
-                .apply_model_scores(report.scored.iter().cloned(), now_ms, &mut self.out);
-            seen.reports.push(report);
-        }
+    fn collect(&mut self, report: Option<ScoreReport>, seen: &mut Seen) {
+        seen.reports.extend(report);
         seen.alerts.append(&mut self.out.alerts);
         self.out.clear();
     }

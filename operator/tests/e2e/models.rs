@@ -51,7 +51,7 @@ async fn a_missing_model_degrades_the_pipeline_until_it_is_served() {
     .await;
     assert_eq!(reason, "RulesRejected");
     assert!(
-        message.contains("spec.model.modelRef: AnomalyModel `iforest` does not exist"),
+        message.contains("spec.model.modelRef: AnomalyModel `iforest` not found"),
         "{message}"
     );
 
@@ -146,7 +146,7 @@ async fn a_missing_model_degrades_the_pipeline_until_it_is_served() {
     assert_eq!(pod.init_containers.as_ref().unwrap()[0].name, "fetch-1");
     assert_eq!(
         pod.containers[0].args.as_ref().unwrap().join(" "),
-        "--model-repository /models --grpc-port 8001 --http-port 8002"
+        "--repository /models --grpc-addr 0.0.0.0:8001 --metrics-addr 0.0.0.0:8002"
     );
     let svc = ns
         .api::<Service>()

@@ -64,10 +64,13 @@ async fn nab_example_gets_its_detectors_config_and_status() {
     assert_eq!(c.command.as_deref(), Some(&["vigil".to_string()][..]));
     assert_eq!(
         c.args.as_ref().unwrap().join(" "),
-        "run --pipeline /etc/vigil/pipeline.yaml --rules /etc/vigil/rules.yaml --bootstrap-servers $(KAFKA_BOOTSTRAP) --metrics-addr 0.0.0.0:9090"
+        "run --pipeline /etc/vigil/pipeline.yaml --rules /etc/vigil/rules.yaml --metrics-addr 0.0.0.0:9090"
     );
     let env = c.env.as_ref().unwrap();
-    let bootstrap = env.iter().find(|e| e.name == "KAFKA_BOOTSTRAP").unwrap();
+    let bootstrap = env
+        .iter()
+        .find(|e| e.name == "VIGIL_BOOTSTRAP_SERVERS")
+        .unwrap();
     assert_eq!(bootstrap.value.as_deref(), Some(kafka_bootstrap().as_str()));
     let group = env
         .iter()

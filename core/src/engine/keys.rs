@@ -1,0 +1,106 @@
+//! The engine's key table: per (partition, key) an id into a slab of [`KeyState`]s (window
+//! panes per tier and per-rule state), with ids of dropped keys reused. Key lookup is the
+//! hottest step per event, so the maps hash with foldhash (SipHash took about a third of the
+//! engine's time in the profile).
+
+use std::collections::HashMap;
+
+use crate::rules::RuleState;
+use crate::window::{KeyId, KeyWindows};
+
+/// The state of one key of one partition.
+pub(super) struct KeyState {
+    /// The entity key.
+    pub name: Box<str>,
+    /// The partition it was read from.
+    pub partition: i32,
+    /// Open panes per tier.
+    pub windows: Vec<KeyWindows>,
+    /// Per-rule state, indexed like the engine's rules.
+    pub rules: Vec<RuleState>,
+}
+
+type KeyMap = HashMap<Box<str>, KeyId, foldhash::fast::RandomState>;
+
+/// Key ids per partition and the states they point to.
+#[derive(Default)]
+pub(super) struct KeyTable {
+    keys: HashMap<i32, KeyMap>,
+    states: Vec<Option<KeyState>>,
+    free: Vec<KeyId>,
+}
+
+impl KeyTable {
+    /// The id of `key` in `partition`, creating its state with `make` when it is new.
+    pub fn id(&mut self, partition: i32, key: &str, make: impl FnOnce() -> KeyState) -> KeyId {
+        if let Some(&id) = self.keys.get(&partition).and_then(|m| m.get(key)) {
+            return id;
+        }
+        let state = make();
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.states[id as usize] = Some(state);
+                id
+            }
+            None => {
+                self.states.push(Some(state));
+                (self.states.len() - 1) as KeyId
+            }
+        };
+        self.keys
+            .entry(partition)
+            .or_default()
+            .insert(key.into(), id);
+        id
+    }
+
+    /// The live state of `id`.
+    pub fn get_mut(&mut self, id: KeyId) -> Option<&mut KeyState> {
+        self.states.get_mut(id as usize).and_then(Option::as_mut)
+    }
+
+    /// Every live key.
+    pub fn iter(&self) -> impl Iterator<Item = &KeyState> {
+        self.states.iter().flatten()
+    }
+
+    /// Every live key, mutably.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut KeyState> {
+        self.states.iter_mut().flatten()
+    }
+
+    /// Number of live keys.
+    pub fn len(&self) -> usize {
+        self.iter().count()
+    }
+
+    /// Drops every key of `partition`.
+    pub fn remove_partition(&mut self, partition: i32) {
+        if let Some(keys) = self.keys.remove(&partition) {
+            for (_, id) in keys {
+                self.states[id as usize] = None;
+                self.free.push(id);
+            }
+        }
+    }
+
+    /// Approximate bytes of window and rule state per live key.
+    pub fn state_bytes_per_key(&self) -> usize {
+        let live: Vec<&KeyState> = self.iter().collect();
+        if live.is_empty() {
+            return 0;
+        }
+        let total: usize = live
+            .iter()
+            .map(|k| {
+                std::mem::size_of::<KeyState>()
+                    + k.name.len()
+                    + k.windows.iter().map(KeyWindows::state_bytes).sum::<usize>()
+                    + k.rules.iter().map(RuleState::state_bytes).sum::<usize>()
+                    // the key's hash-map entry: boxed name pointer, length and id
+                    + 24
+            })
+            .sum();
+        total / live.len()
+    }
+}

@@ -1,0 +1,67 @@
+//! One pipeline driver: the engine ([`vigil_core::engine::Engine`]) and an optional model
+//! scorer ([`ModelScorer`]), stepped as process -> score -> apply. The Kafka runner, `vigil
+//! score` and the tests drive the engine only through it, so the order in which model scores
+//! reach the alert lifecycle is written once.
+//!
+//! Outputs go into the caller's [`Outputs`], which the caller drains (to Kafka, a file, a
+//! test's list). Model rule windows that closed in a step are scored before the step returns
+//! (bounded by the scorer's deadline and retries, see [`crate::scoring::scorer`]); windows
+//! that could not be scored are counted in the returned [`ScoreReport`] and dropped.
+
+use vigil_core::engine::{Engine, Outputs, RawRecord};
+
+use crate::scoring::{ModelScorer, ScoreReport};
+
+/// The engine and its model scorer.
+pub struct Driver {
+    /// The pure engine.
+    pub engine: Engine,
+    /// Scores model rule windows; `None` until a pipeline has model rules.
+    pub scorer: Option<ModelScorer>,
+}
+
+impl Driver {
+    /// A driver over `engine`.
+    pub fn new(engine: Engine, scorer: Option<ModelScorer>) -> Self {
+        Self { engine, scorer }
+    }
+
+    /// Processes one record, then scores the model windows it closed. Returns the record's
+    /// event time when it decoded (as [`Engine::process`]) and the scoring report, if any
+    /// window was scored.
+    pub fn process(
+        &mut self,
+        rec: &RawRecord<'_>,
+        now_ms: i64,
+        out: &mut Outputs,
+    ) -> (Option<i64>, Option<ScoreReport>) {
+        let event_time = self.engine.process(rec, now_ms, out);
+        (event_time, self.score(now_ms, out))
+    }
+
+    /// Advances processing time (idle partitions, window timers), then scores.
+    pub fn advance(&mut self, now_ms: i64, out: &mut Outputs) -> Option<ScoreReport> {
+        self.engine.advance(now_ms, out);
+        self.score(now_ms, out)
+    }
+
+    /// Fires every open window (end of input), then scores.
+    pub fn flush(&mut self, now_ms: i64, out: &mut Outputs) -> Option<ScoreReport> {
+        self.engine.flush(now_ms, out);
+        self.score(now_ms, out)
+    }
+
+    /// Scores `out.model_inputs` and applies the scores to the alert lifecycle. Without a
+    /// scorer the inputs are dropped (no model rule is routed).
+    pub fn score(&mut self, now_ms: i64, out: &mut Outputs) -> Option<ScoreReport> {
+        if out.model_inputs.is_empty() {
+            return None;
+        }
+        let inputs = std::mem::take(&mut out.model_inputs);
+        let scorer = self.scorer.as_mut()?;
+        let report = scorer.score(inputs);
+        self.engine
+            .apply_model_scores(report.scored.iter().cloned(), now_ms, out);
+        Some(report)
+    }
+}
