@@ -2,9 +2,10 @@
 # The operator's end-to-end tests: a real control plane (e2e/cluster.sh), the chart installed
 # with helm (operator Deployment disabled: no images can run here), a real Kafka broker
 # (scripts/kafka.sh), then `cargo test -p vigil-operator --test e2e -- --ignored`, which runs
-# vigil-operator as a local process with the chart's ServiceAccount token, and `vigil run`
-# for each detector pod it creates (the data-path test; NAB data from $VIGIL_NAB_DATA,
-# default /work/shared/datasets/nab).
+# vigil-operator as a local process with the chart's ServiceAccount token, `vigil run` for each
+# detector pod it creates and `vigil-model-server` (after the init container's fetch script) for
+# a model-server pod, with the rendered commands (NAB data from $VIGIL_NAB_DATA, default
+# ../shared/datasets/nab beside the repository; ONNX Runtime from $ORT_DYLIB_PATH).
 #
 # Usage: e2e/tests/operator.sh [cargo test filter and args...]
 # Environment:
@@ -36,7 +37,8 @@ trap cleanup EXIT
 start=$SECONDS
 # Build the tests while the cluster and broker start.
 log "building vigil-operator, its e2e tests and vigil (the detector the data-path test runs)"
-(cargo build -p vigil --bin vigil && cargo test -p vigil-operator --test e2e --no-run) >&2 2>&1 &
+(cargo build -p vigil --bin vigil && cargo build -p vigil-model-server --bin vigil-model-server &&
+	cargo test -p vigil-operator --test e2e --no-run) >&2 2>&1 &
 build=$!
 
 e2e/cluster.sh up >&2

@@ -8,6 +8,7 @@ mod datapath;
 mod examples;
 mod fixtures;
 mod harness;
+mod kubelet;
 mod leader;
 mod models;
 mod pipelines;

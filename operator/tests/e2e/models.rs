@@ -15,9 +15,10 @@ use vigil_api::v1alpha1::{AnomalyModel, DetectionRule, StreamPipeline};
 
 use crate::fixtures;
 use crate::harness::{
-    Operator, TEST_MANAGER, TestNamespace, admin, condition, create_topic, repo_root, uuid_like,
-    wait_for,
+    Operator, TEST_MANAGER, TestNamespace, admin, condition, create_topic, http_get, repo_root,
+    uuid_like, wait_for,
 };
+use crate::kubelet::LocalPod;
 
 const T: Duration = Duration::from_secs(30);
 
@@ -154,6 +155,29 @@ async fn a_missing_model_degrades_the_pipeline_until_it_is_served() {
         .await
         .unwrap();
     assert_eq!(svc.spec.unwrap().ports.unwrap()[0].port, 8001);
+
+    // The rendered pod runs: the init container's fetch script assembles the repository and
+    // checks the digest, and the real vigil-model-server starts with the rendered arguments
+    // and serves the model (it once got flags it did not have and exited with 2).
+    let mut server = LocalPod::start(&ns, &pod).await;
+    let metrics = server.listen["0.0.0.0:8002"].clone();
+    let grpc = server.listen["0.0.0.0:8001"].clone();
+    let body = wait_for("the rendered model server to serve", T, || {
+        let metrics = metrics.clone();
+        async move {
+            let body = http_get(&metrics, "/metrics").await.ok()?;
+            body.contains("vigil_model_ready{model=\"iforest\",version=\"1\"} 1")
+                .then_some(body)
+        }
+    })
+    .await;
+    assert!(server.running(), "{}", server.log_text());
+    assert!(
+        tokio::net::TcpStream::connect(&grpc).await.is_ok(),
+        "gRPC port {grpc} refuses connections"
+    );
+    assert!(body.trim_end().ends_with("# EOF"), "{body}");
+    drop(server);
     // The detectors' rules.yaml carries the model and where its server is.
     let cm = ns
         .api::<ConfigMap>()
