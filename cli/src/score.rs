@@ -119,56 +119,13 @@ pub fn start_model_server(
                     repository.display()
                 )
             })?;
-        let c = loaded.config();
-        let mismatch = |what: &str, declared: String, served: String| {
+        vigil_model_server::contract::check(m, loaded.config()).map_err(|e| {
             anyhow::anyhow!(
-                "AnomalyModel {name}: {what} is {declared} but {}/{name}/{}/config.yaml has {served}",
+                "AnomalyModel {name}: {e} ({}/{name}/{}/config.yaml)",
                 repository.display(),
                 spec.revision
             )
-        };
-        if c.sha256 != spec.artifact.sha256 {
-            return Err(mismatch(
-                "spec.artifact.sha256",
-                spec.artifact.sha256.clone(),
-                c.sha256.clone(),
-            ));
-        }
-        if !c.features.is_empty() && c.features != spec.input.features {
-            return Err(mismatch(
-                "spec.input.features",
-                format!("{:?}", spec.input.features),
-                format!("{:?}", c.features),
-            ));
-        }
-        if c.lookback != spec.input.lookback.unwrap_or(1) as usize {
-            return Err(mismatch(
-                "spec.input.lookback",
-                spec.input.lookback.unwrap_or(1).to_string(),
-                c.lookback.to_string(),
-            ));
-        }
-        let input = c.inputs.first().map(|t| t.name.clone()).unwrap_or_default();
-        if input != spec.input.tensor {
-            return Err(mismatch(
-                "spec.input.tensor",
-                spec.input.tensor.clone(),
-                format!("input `{input}`"),
-            ));
-        }
-        // The v2 client reads the first output as the score.
-        let output = c
-            .outputs
-            .first()
-            .map(|t| t.name.clone())
-            .unwrap_or_default();
-        if output != spec.output.tensor {
-            return Err(mismatch(
-                "spec.output.tensor",
-                spec.output.tensor.clone(),
-                format!("first output `{output}`"),
-            ));
-        }
+        })?;
     }
     let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
     let uri = format!("http://{}", listener.local_addr()?);

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::tensor::DataType;
+use crate::datatype::DataType;
 
 /// File name of a model version's config inside its version directory.
 pub const MODEL_CONFIG_FILE: &str = "config.yaml";
@@ -134,13 +134,13 @@ pub struct ModelConfig {
     #[serde(default = "default_lookback")]
     pub lookback: usize,
     /// Window tier the features come from.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window: Option<WindowSpec>,
     /// Score output and threshold.
     #[serde(default)]
     pub score: Option<ScoreSpec>,
     /// Provenance recorded by the training script (free-form, not interpreted).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub training: BTreeMap<String, serde_json::Value>,
 }
 

@@ -4,7 +4,10 @@
 //! artifacts and Prometheus metrics.
 //!
 //! Layout (one concern per module):
-//! - [`config`]: server settings and the per-version `config.yaml` contract.
+//! - [`config`]: server settings and the per-version `config.yaml` format.
+//! - [`contract`]: an AnomalyModel vs a `config.yaml`: the config the operator renders, and the
+//!   check of an existing repository (feature `contract`, no gRPC: what the operator links).
+//! - [`client`]: the v2 inference client detectors score with (feature `client`).
 //! - [`repository`]: the on-disk repository and digest verification.
 //! - [`runtime`]: ONNX Runtime loading (`ORT_DYLIB_PATH`) and sessions.
 //! - [`manager`]: which versions are loaded, their states, load / unload / resolve.
@@ -38,12 +41,17 @@
 /// sequence models).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
+#[cfg(feature = "client")]
 pub mod client;
+#[cfg(feature = "contract")]
+pub mod config;
+#[cfg(feature = "contract")]
+pub mod contract;
+#[cfg(feature = "contract")]
+pub mod datatype;
 
 #[cfg(feature = "server")]
 mod batcher;
-#[cfg(feature = "server")]
-pub mod config;
 #[cfg(feature = "server")]
 pub mod manager;
 #[cfg(feature = "server")]
@@ -61,7 +69,7 @@ pub mod tensor;
 
 #[cfg(feature = "server")]
 pub use batcher::{BatchError, BatchPolicy, MAX_QUEUED_REQUESTS};
-#[cfg(feature = "server")]
+#[cfg(feature = "contract")]
 pub use config::{ModelConfig, ServerConfig};
 #[cfg(feature = "server")]
 pub use server::{ModelServer, ServerError, serve};

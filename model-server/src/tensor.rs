@@ -6,51 +6,11 @@
 //! Validation against a model's declared inputs lives in `service`; this module only checks that
 //! a payload holds as many elements as its shape says.
 
-use std::fmt;
-use std::str::FromStr;
-
-use serde::{Deserialize, Serialize};
 use vigil_proto::inference::InferTensorContents;
 
-/// Element type of a tensor, named as in the protocol's `datatype` strings.
-///
-/// Vigil serves the numeric types its models use; the protocol's other types (BOOL, UINT*, INT8,
-/// INT16, FP16, BYTES) are rejected with a precise error.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum DataType {
-    /// 32-bit IEEE float (`FP32`).
-    #[serde(rename = "FP32")]
-    Fp32,
-    /// 64-bit IEEE float (`FP64`).
-    #[serde(rename = "FP64")]
-    Fp64,
-    /// 32-bit signed integer (`INT32`).
-    #[serde(rename = "INT32")]
-    Int32,
-    /// 64-bit signed integer (`INT64`).
-    #[serde(rename = "INT64")]
-    Int64,
-}
+pub use crate::datatype::DataType;
 
 impl DataType {
-    /// The protocol name (`"FP32"`, ...).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DataType::Fp32 => "FP32",
-            DataType::Fp64 => "FP64",
-            DataType::Int32 => "INT32",
-            DataType::Int64 => "INT64",
-        }
-    }
-
-    /// Bytes per element in the raw form.
-    pub fn size(self) -> usize {
-        match self {
-            DataType::Fp32 | DataType::Int32 => 4,
-            DataType::Fp64 | DataType::Int64 => 8,
-        }
-    }
-
     /// The ONNX Runtime element type with the same layout.
     pub fn to_ort(self) -> ort::value::TensorElementType {
         use ort::value::TensorElementType as T;
@@ -71,28 +31,6 @@ impl DataType {
             T::Int32 => Some(DataType::Int32),
             T::Int64 => Some(DataType::Int64),
             _ => None,
-        }
-    }
-}
-
-impl fmt::Display for DataType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for DataType {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "FP32" => Ok(DataType::Fp32),
-            "FP64" => Ok(DataType::Fp64),
-            "INT32" => Ok(DataType::Int32),
-            "INT64" => Ok(DataType::Int64),
-            other => Err(format!(
-                "unsupported datatype `{other}`, expected one of FP32, FP64, INT32, INT64"
-            )),
         }
     }
 }

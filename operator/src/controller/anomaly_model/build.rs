@@ -23,10 +23,9 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Resource;
-use serde::Serialize;
 use sha2::{Digest, Sha256};
 use vigil_api::contract::model_server::ModelServerArgs;
-use vigil_api::v1alpha1::{AnomalyModel, ScoreDirection};
+use vigil_api::v1alpha1::AnomalyModel;
 
 use super::validate::{ArtifactSource, ValidatedModel};
 use crate::config::{
@@ -40,10 +39,7 @@ use crate::labels::{
     ARTIFACT_HASH_ANNOTATION, model_server_labels, model_server_name, model_server_selector,
 };
 
-/// Batch size when `spec.batching.maxBatchSize` is absent (vigil-api default).
-pub const DEFAULT_MAX_BATCH_SIZE: u32 = 256;
-/// Queue delay when `spec.batching.maxQueueDelayUs` is absent (vigil-api default).
-pub const DEFAULT_MAX_QUEUE_DELAY_US: u64 = 500;
+pub use vigil_model_server::contract::{DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUE_DELAY_US};
 /// Where the server-config ConfigMap is mounted in init containers.
 const CONFIG_DIR: &str = "/config";
 /// Where a `configmap://` artifact is mounted in its init container.
@@ -74,36 +70,6 @@ pub struct ModelServerChildren {
     pub service: Service,
 }
 
-/// vigil-model-server's per-version `config.yaml` (model-server/src/config.rs).
-#[derive(Serialize)]
-struct ServerModelConfig {
-    description: String,
-    platform: &'static str,
-    artifact: &'static str,
-    sha256: String,
-    inputs: Vec<TensorSpec>,
-    outputs: Vec<TensorSpec>,
-    max_batch_size: u32,
-    max_queue_delay_us: u64,
-    features: Vec<String>,
-    lookback: u32,
-    score: ScoreSpec,
-}
-
-#[derive(Serialize)]
-struct TensorSpec {
-    name: String,
-    datatype: &'static str,
-    shape: Vec<i64>,
-}
-
-#[derive(Serialize)]
-struct ScoreSpec {
-    output: String,
-    threshold: f64,
-    anomalous_when: &'static str,
-}
-
 /// Failure to serialise a model-server config.
 #[derive(Debug, thiserror::Error)]
 #[error("failed to render the model-server config of version {version}")]
@@ -113,53 +79,9 @@ pub struct RenderError {
     source: serde_norway::Error,
 }
 
-/// The `config.yaml` of one served version.
+/// The `config.yaml` of one served version, as the model server's own contract renders it.
 fn server_config(model: &AnomalyModel, version: u64, sha256: &str) -> Result<String, RenderError> {
-    let spec = &model.spec;
-    let features = spec.input.features.len() as i64;
-    let lookback = spec.input.lookback.unwrap_or(1);
-    let input_shape = if spec.input.lookback.is_some() {
-        vec![-1, i64::from(lookback), features]
-    } else {
-        vec![-1, features]
-    };
-    let batching = spec.batching.as_ref();
-    let config = ServerModelConfig {
-        description: format!(
-            "AnomalyModel {}/{} version {version}, rendered by vigil-operator",
-            model.metadata.namespace.as_deref().unwrap_or_default(),
-            model.metadata.name.as_deref().unwrap_or_default()
-        ),
-        platform: "onnxruntime_onnx",
-        artifact: "model.onnx",
-        sha256: sha256.to_string(),
-        inputs: vec![TensorSpec {
-            name: spec.input.tensor.clone(),
-            datatype: "FP32",
-            shape: input_shape,
-        }],
-        outputs: vec![TensorSpec {
-            name: spec.output.tensor.clone(),
-            datatype: "FP32",
-            shape: vec![-1, 1],
-        }],
-        max_batch_size: batching
-            .and_then(|b| b.max_batch_size)
-            .unwrap_or(DEFAULT_MAX_BATCH_SIZE),
-        max_queue_delay_us: batching
-            .and_then(|b| b.max_queue_delay_us)
-            .unwrap_or(DEFAULT_MAX_QUEUE_DELAY_US),
-        features: spec.input.features.clone(),
-        lookback,
-        score: ScoreSpec {
-            output: spec.output.tensor.clone(),
-            threshold: spec.output.threshold,
-            anomalous_when: match spec.output.anomalous_when {
-                ScoreDirection::Above => "above",
-                ScoreDirection::Below => "below",
-            },
-        },
-    };
+    let config = vigil_model_server::contract::model_config(model, version, sha256);
     serde_norway::to_string(&config).map_err(|source| RenderError { version, source })
 }
 

@@ -219,6 +219,20 @@ pub fn validate(
             deref,
         )?);
     }
+    // The model server's own verdict on the config.yaml each revision is served with
+    // (vigil-model-server's contract renders it; its parser validates it).
+    for r in &revisions {
+        let config = vigil_model_server::contract::model_config(model, r.version, &r.sha256);
+        config.validate().map_err(|reason| {
+            invalid(
+                "spec".into(),
+                format!(
+                    "the model server would reject the config.yaml of revision {}: {reason}",
+                    r.version
+                ),
+            )
+        })?;
+    }
     Ok(ValidatedModel {
         name,
         namespace,
