@@ -94,11 +94,7 @@ impl Baseline {
 
     /// Scores the window's feature against the key's history (read, not updated).
     pub fn evaluate(&self, w: &WindowView<'_>, state: &mut RuleState) -> Evaluation {
-        let Some(x) = w
-            .field(self.field)
-            .map(|f| f.get(self.feature))
-            .filter(|x| !x.is_nan())
-        else {
+        let Some(x) = w.feature(self.field, self.feature) else {
             return Evaluation::NONE;
         };
         let Some(stats) = state.history.first_mut().and_then(History::stats) else {

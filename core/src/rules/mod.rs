@@ -145,6 +145,14 @@ impl WindowView<'_> {
     pub fn field(&self, id: u16) -> Option<&FeatureValues> {
         self.fields.iter().find(|(f, _)| *f == id).map(|(_, v)| v)
     }
+
+    /// One feature of a field, if the field had events in the window and the feature is
+    /// defined (not NaN).
+    pub fn feature(&self, id: u16, feature: vigil_api::v1alpha1::Feature) -> Option<f64> {
+        self.field(id)
+            .map(|f| f.get(feature))
+            .filter(|x| !x.is_nan())
+    }
 }
 
 /// Result of evaluating a rule on one window.

@@ -53,11 +53,7 @@ impl Threshold {
 
     /// Matches when the window's feature satisfies the comparison; score 1 or 0.
     pub fn evaluate(&self, w: &WindowView<'_>) -> Evaluation {
-        let Some(x) = w
-            .field(self.field)
-            .map(|f| f.get(self.feature))
-            .filter(|x| !x.is_nan())
-        else {
+        let Some(x) = w.feature(self.field, self.feature) else {
             return Evaluation::NONE;
         };
         let matched = self.operator.holds(x, self.value);
