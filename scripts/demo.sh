@@ -5,15 +5,21 @@
 # next to the labelled anomaly windows. No external service is needed.
 #
 #   scripts/demo.sh [extra `vigil run` flags, e.g. --bootstrap-servers 127.0.0.1:19092]
+# Environment: VIGIL_NAB_DATA (default: the repository's data/nab), VIGIL_BIN (a built `vigil`;
+# default: `cargo build --release -p vigil`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-NAB_DATA="${NAB_DATA:-../shared/datasets/nab}"
-series="$NAB_DATA/data/realKnownCause/machine_temperature_system_failure.csv"
-[ -f "$series" ] || { echo "demo: NAB data not found at $NAB_DATA (set NAB_DATA)" >&2; exit 1; }
-cargo build --release -q -p vigil
-exec target/release/vigil run \
+nab="${VIGIL_NAB_DATA:-data/nab}"
+series="$nab/data/realKnownCause/machine_temperature_system_failure.csv"
+[ -f "$series" ] || { echo "demo: NAB data not found at $nab (set VIGIL_NAB_DATA)" >&2; exit 1; }
+if [ -z "${VIGIL_BIN:-}" ]; then
+  echo "demo: building vigil (release; the first build takes several minutes)" >&2
+  cargo build --release -p vigil
+  VIGIL_BIN=target/release/vigil
+fi
+exec "$VIGIL_BIN" run \
   --pipeline manifests/examples/nab-machine-temperature.yaml \
   --rules manifests/examples/nab-machine-temperature.yaml \
   --replay "$series" --replay-key machine-1 \
-  --labels "$NAB_DATA/combined_windows.json" \
+  --labels "$nab/combined_windows.json" \
   --exit-when-idle "$@"

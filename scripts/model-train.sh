@@ -5,13 +5,13 @@
 # Each export is checked inside the script: ONNX Runtime must reproduce scikit-learn / numpy to 1e-4
 # on held-back rows, or the script fails.
 #
-# Usage: scripts/model-train.sh [NAB_DIR]     (default: ../shared/datasets/nab next to the repo)
+# Usage: scripts/model-train.sh [NAB_DIR]     (default: $VIGIL_NAB_DATA, else the repository's data/nab)
 # Python deps (models/requirements.txt, pinned) go into ${VIGIL_CACHE:-$HOME/.cache/vigil}/venv.
 # Not part of CI: the exported models are committed. Takes about 15 s on 2 cores.
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
-nab="${1:-${NAB_DIR:-$root/../shared/datasets/nab}}"
+nab="${1:-${VIGIL_NAB_DATA:-$root/data/nab}}"
 CACHE="${VIGIL_CACHE:-$HOME/.cache/vigil}"
 VENV="$CACHE/venv"
 PY="${PYTHON:-python3}"

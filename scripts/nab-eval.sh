@@ -5,7 +5,7 @@
 #
 # Usage: scripts/nab-eval.sh [options] [-- extra scorer arguments, e.g. --per-file]
 #   --nab DIR         NAB folder with data/, combined_windows.json and dev.txt
-#                     (default: ../shared/datasets/nab next to the repository)
+#                     (default: $VIGIL_NAB_DATA, else the repository's data/nab)
 #   --files SPEC      scorer file list: a text file or comma-separated list (default: DIR/dev.txt)
 #   --pipeline FILE   StreamPipeline manifest (default: manifests/examples/nab/pipeline.yaml)
 #   --rules FILE      DetectionRule manifest (default: manifests/examples/nab/rules.yaml)
@@ -21,7 +21,7 @@ set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cache=${VIGIL_CACHE:-$HOME/.cache/vigil}
-nab="$root/../shared/datasets/nab"
+nab="${VIGIL_NAB_DATA:-$root/data/nab}"
 files=""
 pipeline="$root/manifests/examples/nab/pipeline.yaml"
 rules="$root/manifests/examples/nab/rules.yaml"

@@ -40,6 +40,8 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| "info,rdkafka=warn".into()),
         )
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: log files and CI output stay plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     match cli.command {

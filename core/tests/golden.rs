@@ -8,10 +8,13 @@ use vigil_api::manifest::Manifests;
 use vigil_core::engine::{Engine, EngineOptions, Outputs, RawRecord};
 
 fn shared() -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/datasets/nab/data");
+    let root = std::env::var_os("VIGIL_NAB_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data/nab"));
+    let p = root.join("data");
     assert!(
         p.is_dir(),
-        "NAB data not found at {} (the repo expects ../shared beside it)",
+        "NAB data not found at {} (set VIGIL_NAB_DATA)",
         p.display()
     );
     p

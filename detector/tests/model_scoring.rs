@@ -3,7 +3,7 @@
 //! were trained on, windows are scored in batches across keys, and scores become alerts.
 //!
 //! Needs `eval "$(scripts/setup-onnxruntime.sh)"` (ORT_DYLIB_PATH) and the NAB data in
-//! `../shared/datasets/nab`.
+//! the repository's `data/nab`.
 
 mod model_support;
 

@@ -4,8 +4,8 @@
 # (scripts/kafka.sh), then `cargo test -p vigil-operator --test e2e -- --ignored`, which runs
 # vigil-operator as a local process with the chart's ServiceAccount token, `vigil run` for each
 # detector pod it creates and `vigil-model-server` (after the init container's fetch script) for
-# a model-server pod, with the rendered commands (NAB data from $VIGIL_NAB_DATA, default
-# ../shared/datasets/nab beside the repository; ONNX Runtime from $ORT_DYLIB_PATH).
+# a model-server pod, with the rendered commands (NAB data from $VIGIL_NAB_DATA, default the
+# repository's data/nab; ONNX Runtime from $ORT_DYLIB_PATH).
 #
 # Usage: e2e/tests/operator.sh [cargo test filter and args...]
 # Environment:

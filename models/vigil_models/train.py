@@ -1,6 +1,6 @@
 """Trains and exports Vigil's reference models on NAB window features.
 
-    python -m vigil_models.train --nab ../shared/datasets/nab --repo repository --testdata testdata
+    python -m vigil_models.train --nab ../data/nab --repo repository --testdata testdata
 
 Owns the training recipe of both reference models (Isolation Forest, LSTM autoencoder), the
 held-back split, and the export check: ONNX Runtime must reproduce the training framework's

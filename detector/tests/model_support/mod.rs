@@ -31,14 +31,15 @@ pub fn repository() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/repository")
 }
 
-/// A NAB data file (the repo expects `../shared` beside it, as `tests/golden.rs` does).
+/// A NAB data file: under `VIGIL_NAB_DATA`, else the repository's `data/nab`.
 pub fn nab(relpath: &str) -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/datasets/nab")
-        .join(relpath);
+    let root = std::env::var_os("VIGIL_NAB_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data/nab"));
+    let p = root.join(relpath);
     assert!(
         p.exists(),
-        "NAB file not found at {} (the repo expects ../shared beside it)",
+        "NAB file not found at {} (set VIGIL_NAB_DATA)",
         p.display()
     );
     p

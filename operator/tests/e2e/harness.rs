@@ -41,11 +41,11 @@ fn env_or(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_string())
 }
 
-/// The NAB dataset root: `VIGIL_NAB_DATA`, else `../shared/datasets/nab` beside the repository.
+/// The NAB dataset root: `VIGIL_NAB_DATA`, else the repository's `data/nab`.
 pub fn nab_data() -> PathBuf {
     std::env::var_os("VIGIL_NAB_DATA")
         .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("../shared/datasets/nab"))
+        .unwrap_or_else(|| repo_root().join("data/nab"))
 }
 
 /// The Kafka bootstrap address.
