@@ -87,24 +87,38 @@ impl Manifests {
                 serde_norway::from_value(value.clone()).map_err(|e| invalid(e.to_string()))?;
             match meta.api_version.as_deref() {
                 Some("vigil.dev/v1alpha1") => {}
-                other => {
+                Some(other) => {
                     return Err(invalid(format!(
-                        "apiVersion is {other:?}, expected \"vigil.dev/v1alpha1\""
+                        "apiVersion is \"{other}\", expected \"vigil.dev/v1alpha1\""
                     )));
+                }
+                None => {
+                    return Err(invalid(
+                        "apiVersion is missing, expected \"vigil.dev/v1alpha1\"".into(),
+                    ));
                 }
             }
             let kind = meta.kind.unwrap_or_default();
-            let parse_err = |e: serde_norway::Error| invalid(format!("{kind}: {e}"));
+            let name = value
+                .get("metadata")
+                .and_then(|m| m.get("name"))
+                .and_then(serde_norway::Value::as_str)
+                .map(|n| format!(" {n}"))
+                .unwrap_or_default();
+            // The field path of a schema error (`spec.windows[0].size`), by serde_path_to_error.
+            let parse_err = |e: serde_path_to_error::Error<serde_norway::Error>| {
+                invalid(format!("{kind}{name}: {}: {}", e.path(), e.inner()))
+            };
             match kind.as_str() {
                 "StreamPipeline" => self
                     .pipelines
-                    .push(serde_norway::from_value(value).map_err(parse_err)?),
+                    .push(serde_path_to_error::deserialize(value).map_err(parse_err)?),
                 "DetectionRule" => self
                     .rules
-                    .push(serde_norway::from_value(value).map_err(parse_err)?),
+                    .push(serde_path_to_error::deserialize(value).map_err(parse_err)?),
                 "AnomalyModel" => self
                     .models
-                    .push(serde_norway::from_value(value).map_err(parse_err)?),
+                    .push(serde_path_to_error::deserialize(value).map_err(parse_err)?),
                 other => {
                     return Err(invalid(format!(
                         "kind {other:?} is not one of StreamPipeline, DetectionRule, AnomalyModel"

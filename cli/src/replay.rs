@@ -205,6 +205,9 @@ pub fn replay(
     stop: &AtomicBool,
 ) -> anyhow::Result<ReplayReport> {
     let acks = Arc::new(Mutex::new(Acks::default()));
+    let mut probe = ClientConfig::new();
+    probe.set("bootstrap.servers", bootstrap);
+    vigil_detector::source::admin::check_reachable(&probe, Duration::from_secs(10))?;
     let producer: ThreadedProducer<ReplayContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("client.id", "vigil-replay")

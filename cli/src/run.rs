@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{RecvTimeoutError, SyncSender};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use clap::Args;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
@@ -65,10 +65,13 @@ pub struct RunArgs {
     /// next to the labelled anomaly windows of the replayed file (matched by path suffix).
     #[arg(long, requires = "replay")]
     pub labels: Option<PathBuf>,
-    /// Print every alert read back from the alerts topic, one line each (implied by --replay,
-    /// --labels and --exit-when-idle).
+    /// Print every alert read back from the alerts topic to stdout, one line each. The default
+    /// when stdout is a terminal, and with --replay, --labels and --exit-when-idle.
     #[arg(long)]
     pub print_alerts: bool,
+    /// Print no alerts to stdout (logs still go to stderr).
+    #[arg(long, conflicts_with = "print_alerts")]
+    pub quiet: bool,
     /// Exit once the replay has been processed and every open window has fired (end of
     /// input), after printing a summary. Needs --replay.
     #[arg(long, requires = "replay")]
@@ -179,7 +182,12 @@ pub fn run(a: &RunArgs) -> anyhow::Result<()> {
     if matches!(broker, Broker::Embedded(_)) || a.create_topics || a.replay.is_some() {
         ensure_topics(&broker, &loaded.pipeline, a.partitions)?;
     }
-    let print = a.print_alerts || a.replay.is_some() || a.labels.is_some() || a.exit_when_idle;
+    let print = !a.quiet
+        && (a.print_alerts
+            || std::io::IsTerminal::is_terminal(&std::io::stdout())
+            || a.replay.is_some()
+            || a.labels.is_some()
+            || a.exit_when_idle);
     let labels = match (&a.labels, &a.replay) {
         (Some(l), Some(r)) => Some(Labels::load(l, r)?),
         _ => None,
@@ -315,6 +323,14 @@ pub fn run(a: &RunArgs) -> anyhow::Result<()> {
     }
     if a.exit_when_idle {
         print_summary(&summary, printed.as_ref(), labels.as_ref());
+        // A bounded input of which nothing could be used is a configuration mistake.
+        if summary.counters.records > 0 && summary.dead_letters >= summary.counters.records {
+            bail!(
+                "every one of the {} records was dead-lettered; top reasons: {}",
+                summary.counters.records,
+                summary.dead_letter_reasons.summary(3)
+            );
+        }
     }
     drop(broker);
     Ok(())

@@ -267,6 +267,15 @@ pub fn score(a: &ScoreArgs) -> anyhow::Result<()> {
         out.clear();
     }
     let c = driver.engine.counters();
+    let tally = driver.engine.dead_letter_reasons();
+    if !rows.is_empty() && tally.total() >= rows.len() as u64 {
+        bail!(
+            "every one of the {} rows of {} was dead-lettered; top reasons: {}",
+            rows.len(),
+            a.input.display(),
+            tally.summary(3)
+        );
+    }
     if c.decode_errors > 0 || c.late_dropped > 0 {
         tracing::warn!(
             decode_errors = c.decode_errors,

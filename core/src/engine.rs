@@ -74,6 +74,53 @@ impl std::fmt::Display for DeadLetterReason {
     }
 }
 
+/// Dead letters counted by reason: the first [`DeadLetterTally::MAX_REASONS`] distinct reason
+/// texts, the rest under `other`. What a run that dead-letters everything reports.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeadLetterTally {
+    counts: Vec<(String, u64)>,
+    other: u64,
+}
+
+impl DeadLetterTally {
+    /// Distinct reasons kept.
+    pub const MAX_REASONS: usize = 32;
+
+    /// Counts one dead letter.
+    pub fn add(&mut self, reason: &DeadLetterReason) {
+        let text = reason.to_string();
+        if let Some(c) = self.counts.iter_mut().find(|(t, _)| *t == text) {
+            c.1 += 1;
+        } else if self.counts.len() < Self::MAX_REASONS {
+            self.counts.push((text, 1));
+        } else {
+            self.other += 1;
+        }
+    }
+
+    /// Dead letters counted.
+    pub fn total(&self) -> u64 {
+        self.counts.iter().map(|c| c.1).sum::<u64>() + self.other
+    }
+
+    /// The `n` most frequent reasons with their counts, most frequent first.
+    pub fn top(&self, n: usize) -> Vec<(&str, u64)> {
+        let mut v: Vec<(&str, u64)> = self.counts.iter().map(|(t, c)| (t.as_str(), *c)).collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        v.truncate(n);
+        v
+    }
+
+    /// `"N × reason; M × reason"` of the `n` most frequent reasons.
+    pub fn summary(&self, n: usize) -> String {
+        self.top(n)
+            .iter()
+            .map(|(t, c)| format!("{c} × {t}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
 /// An event sent to the dead-letter sink, with its original bytes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeadLetter {
@@ -203,6 +250,7 @@ pub struct Engine {
     with_sketch: bool,
     values: Vec<(u16, f64)>,
     counters: Counters,
+    dead_letter_reasons: DeadLetterTally,
     opts: EngineOptions,
     /// Some rule scores events one by one (detector or ensemble).
     per_event_rules: bool,
@@ -238,6 +286,7 @@ impl Engine {
             with_sketch: cfg.needs_sketch(),
             values: Vec::with_capacity(8),
             counters: Counters::default(),
+            dead_letter_reasons: DeadLetterTally::default(),
             opts,
             per_event_rules: false,
             event_rule_scores: Vec::new(),
@@ -326,6 +375,11 @@ impl Engine {
     /// Counters so far.
     pub fn counters(&self) -> Counters {
         self.counters
+    }
+
+    /// Dead letters so far, by reason.
+    pub fn dead_letter_reasons(&self) -> &DeadLetterTally {
+        &self.dead_letter_reasons
     }
 
     /// Current watermark of each tier.
@@ -510,6 +564,7 @@ impl Engine {
     }
 
     fn dead_letter(&mut self, rec: &RawRecord<'_>, reason: DeadLetterReason, out: &mut Outputs) {
+        self.dead_letter_reasons.add(&reason);
         out.dead_letters.push(DeadLetter {
             partition: rec.partition,
             offset: rec.offset,

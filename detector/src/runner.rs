@@ -63,6 +63,9 @@ pub enum RunError {
     /// The source settings are invalid.
     #[error("invalid Kafka source")]
     Source(#[source] SourceError),
+    /// The brokers did not answer at start.
+    #[error(transparent)]
+    Unreachable(#[from] crate::source::admin::Unreachable),
     /// The consumer could not be created.
     #[error("failed to create the Kafka consumer")]
     CreateConsumer(#[source] KafkaError),
@@ -131,6 +134,9 @@ pub struct RunnerConfig {
     pub poll_timeout: Duration,
     /// Raw alert latency samples, for benchmarks.
     pub latency_probe: Option<Arc<LatencyProbe>>,
+    /// How long the brokers may take to answer a metadata request at start before the run
+    /// fails with [`RunError::Unreachable`]. Default 10 s.
+    pub connect_timeout: Duration,
 }
 
 impl RunnerConfig {
@@ -151,13 +157,16 @@ impl RunnerConfig {
             commit_interval: Duration::from_secs(1),
             poll_timeout: Duration::from_millis(50),
             latency_probe: None,
+            connect_timeout: Duration::from_secs(10),
         }
     }
 }
 
 /// What a finished run did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RunSummary {
+    /// Dead letters by reason (of the last engine: a pipeline change restarts the count).
+    pub dead_letter_reasons: vigil_core::engine::DeadLetterTally,
     /// Engine counters at the end.
     pub counters: Counters,
     /// Alert records sent.
@@ -494,6 +503,9 @@ pub fn spawn(cfg: RunnerConfig, metrics: Metrics) -> Result<RunnerHandle, RunErr
         cfg.group_instance_id.clone(),
     )
     .map_err(RunError::Source)?;
+    // Fail fast and say why when the brokers cannot be reached, rather than a consumer that
+    // retries forever in silence.
+    crate::source::admin::check_reachable(&settings.consumer_config(), cfg.connect_timeout)?;
     let topics = SinkTopics::from(&spec.sinks);
     let opts = EngineOptions {
         emit_windows: topics.kpis.is_some(),
@@ -672,6 +684,7 @@ fn run_loop(
         core.tick(now_ms);
         core.flush_and_commit(&consumer, CommitMode::Sync);
         RunSummary {
+            dead_letter_reasons: core.driver.engine.dead_letter_reasons().clone(),
             counters: core.driver.engine.counters(),
             alerts_sent: core.alerts_sent,
             dead_letters: core.dead_letters,

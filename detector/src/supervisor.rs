@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use vigil_api::manifest::{ManifestError, Manifests};
 use vigil_api::v1alpha1::{AnomalyModel, DetectionRule, StreamPipeline};
-use vigil_core::config::{InvalidSpec, PipelineConfig};
+use vigil_core::config::{FieldTable, InvalidSpec, PipelineConfig};
+use vigil_core::rules::{RuleError, RuleSet};
 
 use crate::runner::{Control, RunError, RunnerHandle};
 
@@ -52,6 +53,14 @@ pub enum ConfigError {
         /// The field and why.
         error: InvalidSpec,
     },
+    /// Rules that select the pipeline cannot run in it (unknown window, field, feature, ...).
+    #[error("{files}: {}", .errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Rules {
+        /// The manifest files, comma-separated.
+        files: String,
+        /// Each rule that does not compile, with its field path and what was expected.
+        errors: Vec<RuleError>,
+    },
     /// The files now hold another pipeline.
     #[error(
         "the StreamPipeline's name changed from {from:?} to {to:?}; restart the detector to switch pipelines"
@@ -80,20 +89,34 @@ pub fn read_manifests(paths: &[PathBuf]) -> Result<Manifests, ManifestError> {
     Ok(m)
 }
 
-/// Loads the configuration from `files`; `pipeline_file` names the file in messages.
+/// Loads the configuration from `files`; `pipeline_file` names the file in messages. Every
+/// rule that selects the pipeline must compile in it (the same check as the operator's), so a
+/// mistake stops `vigil run` at start and an edit with one is rejected by a reload.
 ///
 /// # Errors
-/// [`ConfigError`]: unreadable files, no pipeline, an invalid pipeline spec.
+/// [`ConfigError`]: unreadable files, no pipeline, an invalid pipeline spec, rules that cannot
+/// run.
 pub fn load(files: &[PathBuf], pipeline_file: &Path) -> Result<Config, ConfigError> {
     let m = read_manifests(files)?;
     let Some(pipeline) = m.pipelines.first().cloned() else {
         return Err(ConfigError::NoPipeline(pipeline_file.to_path_buf()));
     };
-    PipelineConfig::from_resource(&pipeline).map_err(|error| ConfigError::Pipeline {
+    let cfg = PipelineConfig::from_resource(&pipeline).map_err(|error| ConfigError::Pipeline {
         name: pipeline.metadata.name.clone().unwrap_or_default(),
         error,
     })?;
-    let rules = m.rules_for(&pipeline).into_iter().cloned().collect();
+    let selected = m.rules_for(&pipeline);
+    let models: Vec<&AnomalyModel> = m.models.iter().collect();
+    let mut table = FieldTable::for_layout(&cfg.layout);
+    let (_, errors) = RuleSet::compile(&selected, &cfg, &mut table, &models);
+    if !errors.is_empty() {
+        let files: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+        return Err(ConfigError::Rules {
+            files: files.join(", "),
+            errors,
+        });
+    }
+    let rules = selected.into_iter().cloned().collect();
     Ok(Config {
         pipeline,
         rules,
@@ -377,6 +400,21 @@ spec: {window: fast, threshold: {field: value, feature: mean, operator: '>', val
         );
         let c = diff(&current, load(&files, &p).unwrap()).unwrap();
         assert!(matches!(c, Change::Pipeline(_)), "{c:?}");
+
+        write(
+            dir.path(),
+            "rules.yaml",
+            &RULE.replace("window: fast", "window: slow"),
+        );
+        let e = load(&files, &p).unwrap_err();
+        assert!(matches!(e, ConfigError::Rules { .. }), "{e}");
+        assert!(
+            e.to_string().contains("rules.yaml")
+                && e.to_string()
+                    .contains("DetectionRule hot: spec.window: window `slow`"),
+            "{e}"
+        );
+        write(dir.path(), "rules.yaml", RULE);
 
         write(
             dir.path(),

@@ -104,7 +104,50 @@ pub struct Metrics {
     consumer_lag: Family<PartitionLabels, Gauge>,
     watermark_delay: Family<TierLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     stage_latency: HistogramFamily<StageLabels>,
+    client_errors: Family<ClientErrorLabels, Counter>,
+    client_error_log: Arc<ClientErrorLog>,
     scoring: crate::scoring::ScoringMetrics,
+}
+
+/// Labels of `vigil_kafka_client_errors_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClientErrorLabels {
+    /// `consumer` or `producer`.
+    client: String,
+    /// librdkafka's error code, e.g. `BrokerTransportFailure`, `AllBrokersDown`.
+    code: String,
+}
+
+/// How often one kind of Kafka client error is logged while it persists.
+pub const CLIENT_ERROR_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Kafka client errors logged at most once per [`CLIENT_ERROR_LOG_EVERY`] per (client, code),
+/// each line saying how many were not logged since: a broker that is down makes librdkafka
+/// report every reconnect attempt, which must not flood the log.
+#[derive(Default)]
+struct ClientErrorLog {
+    last: std::sync::Mutex<std::collections::HashMap<(String, String), (std::time::Instant, u64)>>,
+}
+
+impl ClientErrorLog {
+    /// Whether to log now, and how many were suppressed before.
+    fn admit(&self, client: &str, code: &str, now: std::time::Instant) -> Option<u64> {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        match last.get_mut(&(client.to_string(), code.to_string())) {
+            Some((at, suppressed)) if now.duration_since(*at) < CLIENT_ERROR_LOG_EVERY => {
+                *suppressed += 1;
+                None
+            }
+            Some((at, suppressed)) => {
+                *at = now;
+                Some(std::mem::take(suppressed))
+            }
+            None => {
+                last.insert((client.to_string(), code.to_string()), (now, 0));
+                Some(0)
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Metrics {
@@ -133,6 +176,8 @@ impl Metrics {
             alerts: Family::default(),
             events_out: Family::default(),
             delivery_errors: Family::default(),
+            client_errors: Family::default(),
+            client_error_log: Arc::default(),
             commits: Counter::default(),
             commit_errors: Counter::default(),
             rebalances: Counter::default(),
@@ -225,11 +270,68 @@ impl Metrics {
             prometheus_client::registry::Unit::Seconds,
             m.stage_latency.clone(),
         );
+        r.register(
+            "kafka_client_errors",
+            "Errors the Kafka clients reported (connection refused, broker down, ...), per client and librdkafka error code",
+            m.client_errors.clone(),
+        );
         // `vigil_model_scoring_*`, named in crate::scoring::metrics.
         m.scoring.register(&mut r);
         Self {
             registry: Arc::new(r),
             ..m
+        }
+    }
+
+    /// Counts a Kafka client error and logs it, rate-limited per (client, code): the first at
+    /// once, then at most one line per [`CLIENT_ERROR_LOG_EVERY`] with the number left out.
+    pub fn client_error(&self, client: &str, error: &rdkafka::error::KafkaError, reason: &str) {
+        let code = error
+            .rdkafka_error_code()
+            .map_or_else(|| "Unknown".to_string(), |c| format!("{c:?}"));
+        self.client_errors
+            .get_or_create(&ClientErrorLabels {
+                client: client.to_string(),
+                code: code.clone(),
+            })
+            .inc();
+        if let Some(suppressed) =
+            self.client_error_log
+                .admit(client, &code, std::time::Instant::now())
+        {
+            tracing::warn!(
+                client,
+                code,
+                reason,
+                suppressed,
+                "Kafka client error (logged at most every 30 s per kind; all counted in vigil_kafka_client_errors_total)."
+            );
+        }
+    }
+
+    /// A librdkafka log line: warnings and errors rate-limited per (client, facility) like
+    /// [`Self::client_error`], the rest at debug level.
+    pub fn client_log(
+        &self,
+        client: &str,
+        level: rdkafka::config::RDKafkaLogLevel,
+        fac: &str,
+        message: &str,
+    ) {
+        use rdkafka::config::RDKafkaLogLevel as L;
+        match level {
+            L::Emerg | L::Alert | L::Critical | L::Error | L::Warning => {
+                if let Some(suppressed) = self.client_error_log.admit(
+                    client,
+                    &format!("log:{fac}"),
+                    std::time::Instant::now(),
+                ) {
+                    tracing::warn!(client, facility = fac, suppressed, "librdkafka: {message}");
+                }
+            }
+            L::Notice | L::Info | L::Debug => {
+                tracing::debug!(client, facility = fac, "librdkafka: {message}");
+            }
         }
     }
 

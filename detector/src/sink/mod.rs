@@ -156,7 +156,11 @@ pub struct SinkContext {
 
 impl ClientContext for SinkContext {
     fn error(&self, error: KafkaError, reason: &str) {
-        tracing::warn!(%error, reason, "Kafka producer error.");
+        self.metrics.client_error("producer", &error, reason);
+    }
+
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        self.metrics.client_log("producer", level, fac, log_message);
     }
 }
 

@@ -164,3 +164,116 @@ pub fn high_watermarks(
         })
         .collect()
 }
+
+/// The brokers could not be reached.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cannot reach Kafka at {bootstrap}: {reason}")]
+pub struct Unreachable {
+    /// The bootstrap servers tried.
+    pub bootstrap: String,
+    /// What the client said last (e.g. `Connect to ipv4#127.0.0.1:1 failed: Connection refused`).
+    pub reason: String,
+}
+
+/// Collects what the client reports while probing, instead of logging it.
+#[derive(Default)]
+struct ProbeContext {
+    errors: std::sync::Mutex<Vec<String>>,
+}
+
+impl rdkafka::ClientContext for ProbeContext {
+    fn log(&self, _level: rdkafka::config::RDKafkaLogLevel, _fac: &str, log_message: &str) {
+        self.errors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(log_message.to_string());
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.errors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(format!("{reason} ({error})"));
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for ProbeContext {}
+
+/// Checks that the cluster answers a metadata request within `timeout`, with the client
+/// settings the detector will use (`config`: bootstrap servers, security).
+///
+/// # Errors
+/// [`Unreachable`] naming the bootstrap servers and the client's last complaint (connection
+/// refused, unknown host, TLS or SASL failure) or the timeout.
+pub fn check_reachable(config: &ClientConfig, timeout: Duration) -> Result<(), Unreachable> {
+    let bootstrap = config.get("bootstrap.servers").unwrap_or("").to_string();
+    let unreachable = |reason: String| Unreachable {
+        bootstrap: bootstrap.clone(),
+        reason,
+    };
+    let mut probe = config.clone();
+    // A probe needs no group; keep librdkafka's own logging for the context to collect.
+    probe.remove("group.id");
+    probe.remove("group.instance.id");
+    let consumer: BaseConsumer<ProbeContext> = probe
+        .create_with_context(ProbeContext::default())
+        .map_err(|e| unreachable(e.to_string()))?;
+    match consumer.fetch_metadata(None, timeout) {
+        Ok(md) if !md.brokers().is_empty() => Ok(()),
+        Ok(_) => Err(unreachable("the cluster reported no brokers".into())),
+        Err(e) => {
+            // Connection errors reach the context as events on the client's queue.
+            for _ in 0..4 {
+                let _ = consumer.poll(Duration::from_millis(50));
+            }
+            // The specific complaint (refused, unresolvable, TLS, SASL) rather than the summary
+            // that follows it ("1/1 brokers are down").
+            let said = {
+                let errors = consumer
+                    .context()
+                    .errors
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                errors
+                    .iter()
+                    .rev()
+                    .find(|m| !m.is_empty() && !m.contains("brokers are down"))
+                    .or_else(|| errors.last())
+                    .cloned()
+            };
+            Err(unreachable(match said {
+                Some(m) => format!("{m} (no metadata within {} s)", timeout.as_secs()),
+                None => format!("{e} (no metadata within {} s)", timeout.as_secs()),
+            }))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A closed port: refused, well within the bound, and said so.
+    #[test]
+    fn a_refused_port_is_reported_with_the_address() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &addr);
+        let started = std::time::Instant::now();
+        let e = check_reachable(&c, Duration::from_secs(3)).unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(10));
+        assert_eq!(e.bootstrap, addr);
+        let text = e.to_string();
+        assert!(
+            text.starts_with(&format!("cannot reach Kafka at {addr}: ")),
+            "{text}"
+        );
+        assert!(text.to_lowercase().contains("refused"), "{text}");
+    }
+}

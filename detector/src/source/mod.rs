@@ -382,7 +382,11 @@ impl<H: RebalanceHandler> ClientContext for SourceContext<H> {
     }
 
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
-        tracing::warn!(%error, reason, "Kafka client error.");
+        self.metrics.client_error("consumer", &error, reason);
+    }
+
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        self.metrics.client_log("consumer", level, fac, log_message);
     }
 }
 

@@ -237,7 +237,10 @@ async fn every_example_applies_and_every_rule_is_accepted() {
         &[
             ("pipeline.yaml", read(examples.join("nab/pipeline.yaml"))),
             ("rules.yaml", read(examples.join("nab/rules.yaml"))),
-            ("comparison.yaml", read(examples.join("nab/comparison.yaml"))),
+            (
+                "comparison.yaml",
+                read(examples.join("nab/comparison.yaml")),
+            ),
         ],
         &input,
     );
@@ -249,7 +252,10 @@ async fn every_example_applies_and_every_rule_is_accepted() {
         rendered, files,
         "the rendered config alerts differently from the example files"
     );
-    eprintln!("alerts from the rendered config and the files: {}", rendered.len());
+    eprintln!(
+        "alerts from the rendered config and the files: {}",
+        rendered.len()
+    );
     assert!(op.terminate().await.success());
     ns.delete().await;
 }
