@@ -188,6 +188,8 @@ fn engine_phase(n: usize, keys: usize) -> anyhow::Result<EngineResult> {
     let start = Instant::now();
     let cpu0 = thread_cpu_seconds();
     for (i, ev) in events.iter().enumerate() {
+        // Processing time follows event time (as in `vigil score`): the generator's clock.
+        let now_ms = 1_700_000_000_000 + (i / keys) as i64 * 1000;
         e.process(
             &RawRecord {
                 partition: 0,
@@ -195,7 +197,7 @@ fn engine_phase(n: usize, keys: usize) -> anyhow::Result<EngineResult> {
                 key: None,
                 payload: ev,
             },
-            0,
+            now_ms,
             &mut out,
         );
         if out.alerts.len() > 1024 {

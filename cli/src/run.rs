@@ -124,11 +124,10 @@ fn ensure_topics(
         .map(|t| (t.as_str(), partitions))
         .collect();
     topics.push((spec.sinks.alerts.topic.as_str(), 1));
-    for t in [&spec.sinks.kpis, &spec.sinks.dead_letter]
-        .into_iter()
-        .flatten()
-    {
-        topics.push((t.topic.as_str(), 1));
+    let kpis = spec.sinks.kpis.as_ref().map(|t| t.topic.as_str());
+    let dead_letters = spec.sinks.dead_letter.as_ref().map(|t| t.topic.as_str());
+    for t in [kpis, dead_letters].into_iter().flatten() {
+        topics.push((t, 1));
     }
     match broker {
         Broker::Embedded(m) => {

@@ -90,6 +90,9 @@ pub struct PipelineConfig {
     pub event_time: FieldPath,
     /// Encoding of the event time.
     pub time_format: TimeFormat,
+    /// Largest lead of an event time over processing time, ms
+    /// (`spec.format.eventTime.maxFutureSkew`).
+    pub max_future_skew_ms: i64,
     /// Field layout.
     pub layout: Layout,
     /// Window tiers, in spec order.
@@ -120,6 +123,13 @@ impl PipelineConfig {
             .map(|k| parse_path("spec.format.keyField", k))
             .transpose()?;
         let event_time = parse_path("spec.format.eventTime.field", &f.event_time.field)?;
+        let max_future_skew_ms = f.event_time.max_future_skew_ms();
+        if max_future_skew_ms <= 0 {
+            return Err(InvalidSpec::new(
+                "spec.format.eventTime.maxFutureSkew",
+                "must be positive",
+            ));
+        }
         let layout = match (&f.wide, &f.narrow) {
             (Some(w), None) => {
                 if w.fields.is_empty() {
@@ -223,6 +233,7 @@ impl PipelineConfig {
             key,
             event_time,
             time_format: f.event_time.format,
+            max_future_skew_ms,
             layout,
             tiers,
             features,

@@ -40,6 +40,16 @@ pub struct RawRecord<'a> {
 pub enum DeadLetterReason {
     /// It could not be decoded.
     Decode(DecodeError),
+    /// Its event time is further ahead of processing time than
+    /// `spec.format.eventTime.maxFutureSkew`.
+    Future {
+        /// Event time of the event.
+        event_time_ms: i64,
+        /// Processing time when it was read.
+        processing_time_ms: i64,
+        /// The bound.
+        max_skew_ms: i64,
+    },
     /// It arrived after every window it belongs to closed for good.
     Late {
         /// Event time of the event.
@@ -50,11 +60,28 @@ pub enum DeadLetterReason {
 }
 
 impl DeadLetterReason {
-    /// Short machine-readable kind for the `vigil.reason` header: `decode` or `late`.
+    /// Short machine-readable kind for the `vigil.reason` header: `decode`, `future` or `late`.
     pub fn kind(&self) -> &'static str {
         match self {
             DeadLetterReason::Decode(_) => "decode",
+            DeadLetterReason::Future { .. } => "future",
             DeadLetterReason::Late { .. } => "late",
+        }
+    }
+}
+
+impl DeadLetterReason {
+    /// The reason without the record's own values (event times), to count alike reasons
+    /// together.
+    pub fn class(&self) -> String {
+        match self {
+            DeadLetterReason::Decode(e) => format!("decode: {e}"),
+            DeadLetterReason::Future { max_skew_ms, .. } => format!(
+                "future: event time more than maxFutureSkew {max_skew_ms} ms ahead of processing time"
+            ),
+            DeadLetterReason::Late { .. } => {
+                "late: behind the watermark by more than every window's allowed lateness".into()
+            }
         }
     }
 }
@@ -63,6 +90,15 @@ impl std::fmt::Display for DeadLetterReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             DeadLetterReason::Decode(e) => write!(f, "decode: {e}"),
+            DeadLetterReason::Future {
+                event_time_ms,
+                processing_time_ms,
+                max_skew_ms,
+            } => write!(
+                f,
+                "future: event time {event_time_ms} ms is {} ms ahead of processing time {processing_time_ms} ms, more than maxFutureSkew {max_skew_ms} ms",
+                event_time_ms.saturating_sub(*processing_time_ms)
+            ),
             DeadLetterReason::Late {
                 event_time_ms,
                 watermark_ms,
@@ -86,9 +122,9 @@ impl DeadLetterTally {
     /// Distinct reasons kept.
     pub const MAX_REASONS: usize = 32;
 
-    /// Counts one dead letter.
+    /// Counts one dead letter under its [`DeadLetterReason::class`].
     pub fn add(&mut self, reason: &DeadLetterReason) {
-        let text = reason.to_string();
+        let text = reason.class();
         if let Some(c) = self.counts.iter_mut().find(|(t, _)| *t == text) {
             c.1 += 1;
         } else if self.counts.len() < Self::MAX_REASONS {
@@ -215,6 +251,8 @@ pub struct Counters {
     pub decode_errors: u64,
     /// Events too late for every tier (dead-lettered).
     pub late_dropped: u64,
+    /// Events too far ahead of processing time (dead-lettered).
+    pub future_dropped: u64,
     /// Late events that updated a fired window.
     pub late_updates: u64,
     /// Windows fired (first firings).
@@ -408,7 +446,9 @@ impl Engine {
     }
 
     /// Processes one record at processing time `now_ms`, appending what it produced to `out`.
-    /// Returns the record's event time (epoch ms), or `None` when it could not be decoded.
+    /// Returns the record's event time (epoch ms), or `None` when it was dead-lettered before
+    /// reaching a window (it could not be decoded, or its event time is too far ahead of
+    /// `now_ms`).
     pub fn process(&mut self, rec: &RawRecord<'_>, now_ms: i64, out: &mut Outputs) -> Option<i64> {
         self.counters.records += 1;
         let next = self
@@ -430,6 +470,17 @@ impl Engine {
             }
         };
         let t = event.event_time_ms;
+        if t.saturating_sub(now_ms) > self.cfg.max_future_skew_ms {
+            self.counters.future_dropped += 1;
+            let reason = DeadLetterReason::Future {
+                event_time_ms: t,
+                processing_time_ms: now_ms,
+                max_skew_ms: self.cfg.max_future_skew_ms,
+            };
+            self.dead_letter(rec, reason, out);
+            self.values = values;
+            return None;
+        }
         self.clocks.observe(rec.partition, t, now_ms);
         let key_id = self.key_id(rec.partition, &event.key);
         let mut applied = false;

@@ -105,8 +105,16 @@ pub struct Metrics {
     watermark_delay: Family<TierLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     stage_latency: HistogramFamily<StageLabels>,
     client_errors: Family<ClientErrorLabels, Counter>,
+    outputs_rejected: Family<RejectedLabels, Counter>,
     client_error_log: Arc<ClientErrorLog>,
     scoring: crate::scoring::ScoringMetrics,
+}
+
+/// Labels of `vigil_outputs_rejected_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RejectedLabels {
+    sink: &'static str,
+    code: String,
 }
 
 /// Labels of `vigil_kafka_client_errors_total`.
@@ -177,6 +185,7 @@ impl Metrics {
             events_out: Family::default(),
             delivery_errors: Family::default(),
             client_errors: Family::default(),
+            outputs_rejected: Family::default(),
             client_error_log: Arc::default(),
             commits: Counter::default(),
             commit_errors: Counter::default(),
@@ -269,6 +278,11 @@ impl Metrics {
             "Latency per stage (per-event stages sampled 1 in 16)",
             prometheus_client::registry::Unit::Seconds,
             m.stage_latency.clone(),
+        );
+        r.register(
+            "outputs_rejected",
+            "Output records the broker refused for good (too large, invalid), per sink and error code",
+            m.outputs_rejected.clone(),
         );
         r.register(
             "kafka_client_errors",
@@ -393,6 +407,38 @@ impl Metrics {
             self.delivery_errors
                 .get_or_create(&SinkLabels { sink })
                 .inc();
+        }
+    }
+
+    /// An output record the broker did not take: `permanent` ones (too large, invalid) are
+    /// counted in `vigil_outputs_rejected_total{sink,code}` and logged (rate-limited); others
+    /// (not delivered in time) are logged as errors, and the run stops before committing past
+    /// them.
+    pub fn output_rejected(
+        &self,
+        sink: &'static str,
+        error: &rdkafka::error::KafkaError,
+        permanent: bool,
+    ) {
+        let code = error
+            .rdkafka_error_code()
+            .map_or_else(|| "Unknown".to_string(), |c| format!("{c:?}"));
+        if permanent {
+            self.outputs_rejected
+                .get_or_create(&RejectedLabels {
+                    sink,
+                    code: code.clone(),
+                })
+                .inc();
+            if let Some(suppressed) = self.client_error_log.admit(
+                sink,
+                &format!("rejected:{code}"),
+                std::time::Instant::now(),
+            ) {
+                tracing::warn!(sink, code, %error, suppressed, "The broker refused an output record for good; it is counted in vigil_outputs_rejected_total and processing goes on.");
+            }
+        } else {
+            tracing::error!(sink, code, %error, "An output record was not delivered; the detector will stop without committing past it.");
         }
     }
 

@@ -212,6 +212,25 @@ pub struct EventTimeField {
     /// `YYYY-MM-DD HH:MM:SS` in UTC).
     #[serde(default)]
     pub format: TimeFormat,
+    /// How far an event time may be ahead of the detector's processing time (wall clock).
+    /// A later event is dead-lettered with reason `future`: accepted, it would move its
+    /// partition's clock and make every later valid event late. Default `5m` (allows for clock
+    /// skew between producers and detectors); replaying data dated in the future needs a
+    /// larger value. Event times must also lie within 0001-01-01 .. 9999-12-31.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_future_skew: Option<Duration>,
+}
+
+/// Default of `spec.format.eventTime.maxFutureSkew`, ms.
+pub const DEFAULT_MAX_FUTURE_SKEW_MS: i64 = 300_000;
+
+impl EventTimeField {
+    /// `maxFutureSkew` in milliseconds, default [`DEFAULT_MAX_FUTURE_SKEW_MS`].
+    pub fn max_future_skew_ms(&self) -> i64 {
+        self.max_future_skew
+            .as_ref()
+            .map_or(DEFAULT_MAX_FUTURE_SKEW_MS, super::duration_ms)
+    }
 }
 
 /// Encodings of the event time.
@@ -308,11 +327,29 @@ pub struct SinksSpec {
     /// Window aggregates per key, one record per fired window.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kpis: Option<TopicSink>,
-    /// Undecodable and too-late events: original bytes, reason in the `vigil.reason` header.
-    /// Without it such events are only counted and logged.
+    /// Undecodable, too-late and too-early events: original bytes, reason in the
+    /// `vigil.reason` header. Without it such events are only counted and logged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dead_letter: Option<TopicSink>,
+    pub dead_letter: Option<DeadLetterSink>,
 }
+
+/// The dead-letter topic.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeadLetterSink {
+    /// Topic name.
+    pub topic: String,
+    /// Most bytes of the original value (and of the original key) copied into a dead-letter
+    /// record; a longer one is cut and the record says so in the `vigil.truncated` header
+    /// (original length). Default 900000, under Kafka's default `max.message.bytes`
+    /// (1048588) with room for the headers; keep it below the topic's limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1024))]
+    pub max_payload_bytes: Option<u32>,
+}
+
+/// Default of `spec.sinks.deadLetter.maxPayloadBytes`.
+pub const DEFAULT_DEAD_LETTER_MAX_PAYLOAD_BYTES: u32 = 900_000;
 
 /// A Kafka topic written by the pipeline.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]

@@ -11,7 +11,7 @@ use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqA
 use vigil_api::v1alpha1::TimeFormat;
 
 use crate::config::{FieldPath, FieldTable, Layout, PipelineConfig};
-pub use time::parse_event_time;
+pub use time::{MAX_EVENT_TIME_MS, MIN_EVENT_TIME_MS, echo, parse_event_time};
 
 /// Why an event could not be decoded. The `Display` form is the dead-letter reason.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -36,6 +36,13 @@ pub enum DecodeError {
     /// A mapped field holds something that is not a number.
     #[error("field `{0}` is not a number")]
     NotNumeric(String),
+    /// A mapped field holds NaN or an infinity (as a string such as `"NaN"`, `"inf"` or
+    /// `"1e400"`); features are defined over finite numbers only.
+    #[error("field `{0}` is not a finite number")]
+    NonFinite(String),
+    /// A mapped member occurs twice in one JSON object (RFC 8259 leaves its meaning open).
+    #[error("member `{0}` occurs more than once")]
+    DuplicateMember(String),
     /// No mapped numeric field was present.
     #[error("no numeric field found (expected {0})")]
     NoFields(String),
@@ -99,6 +106,10 @@ struct Scratch<'de> {
     parameter: Option<Cow<'de, str>>,
     value: Option<f64>,
     not_numeric: Option<Slot>,
+    /// A mapped value that parsed to NaN or an infinity (`"NaN"`, `"inf"`, `"1e400"`).
+    non_finite: Option<Slot>,
+    /// A mapped member that occurs twice in one object.
+    duplicate: Option<Slot>,
 }
 
 /// Decodes JSON events for one pipeline.
@@ -152,6 +163,16 @@ impl Decoder {
         }
     }
 
+    /// The configured path a slot stands for, for messages.
+    fn slot_path(&self, slot: Slot) -> String {
+        match slot {
+            Slot::Field(i) => self.wide_paths[i as usize].clone(),
+            Slot::Time => self.time_path.clone(),
+            Slot::Key => self.key_path.clone().unwrap_or_default(),
+            Slot::Parameter | Slot::Value => self.wide_paths[0].clone(),
+        }
+    }
+
     /// Decodes one event. Numeric values are appended to `values` as `(field id, value)`
     /// (cleared first); narrow parameters are interned in `fields`.
     ///
@@ -198,12 +219,14 @@ impl Decoder {
             }
             None => return Err(DecodeError::MissingEventTime(self.time_path.clone())),
         };
+        if let Some(slot) = scratch.duplicate {
+            return Err(DecodeError::DuplicateMember(self.slot_path(slot)));
+        }
         if let Some(slot) = scratch.not_numeric {
-            let path = match slot {
-                Slot::Field(i) => self.wide_paths[i as usize].clone(),
-                _ => self.wide_paths[0].clone(),
-            };
-            return Err(DecodeError::NotNumeric(path));
+            return Err(DecodeError::NotNumeric(self.slot_path(slot)));
+        }
+        if let Some(slot) = scratch.non_finite {
+            return Err(DecodeError::NonFinite(self.slot_path(slot)));
         }
         if self.narrow {
             let (Some(p), Some(v)) = (scratch.parameter, scratch.value) else {
@@ -231,8 +254,26 @@ struct EntrySeed<'n, 's, 'de> {
 }
 
 impl<'n, 's, 'de> EntrySeed<'n, 's, 'de> {
-    fn number(self, v: f64, as_int: Option<i64>) {
+    /// Records a second occurrence of a slot already filled.
+    fn seen_before(&mut self, slot: Slot) -> bool {
+        let before = match slot {
+            Slot::Key => self.scratch.key.is_some(),
+            Slot::Time => self.scratch.time.is_some(),
+            Slot::Parameter => self.scratch.parameter.is_some(),
+            Slot::Value => self.scratch.value.is_some(),
+            Slot::Field(i) => self.values.iter().any(|(f, _)| *f == i),
+        };
+        if before {
+            self.scratch.duplicate.get_or_insert(slot);
+        }
+        before
+    }
+
+    fn number(mut self, v: f64, as_int: Option<i64>) {
         for &slot in self.slots {
+            if self.seen_before(slot) {
+                continue;
+            }
             match slot {
                 Slot::Key => {
                     self.scratch.key = Some(Cow::Owned(
@@ -249,18 +290,23 @@ impl<'n, 's, 'de> EntrySeed<'n, 's, 'de> {
         }
     }
 
-    fn string(self, s: Cow<'de, str>) {
+    fn string(mut self, s: Cow<'de, str>) {
         for &slot in self.slots {
+            if self.seen_before(slot) {
+                continue;
+            }
             match slot {
                 Slot::Key => self.scratch.key = Some(s.clone()),
                 Slot::Parameter => self.scratch.parameter = Some(s.clone()),
                 Slot::Time => self.scratch.time = Some(time::from_str(&s, self.time_format)),
                 Slot::Field(i) => match s.trim().parse::<f64>() {
-                    Ok(v) => self.values.push((i, v)),
+                    Ok(v) if v.is_finite() => self.values.push((i, v)),
+                    Ok(_) => self.scratch.non_finite = Some(slot),
                     Err(_) => self.scratch.not_numeric = Some(slot),
                 },
                 Slot::Value => match s.trim().parse::<f64>() {
-                    Ok(v) => self.scratch.value = Some(v),
+                    Ok(v) if v.is_finite() => self.scratch.value = Some(v),
+                    Ok(_) => self.scratch.non_finite = Some(slot),
                     Err(_) => self.scratch.not_numeric = Some(slot),
                 },
             }

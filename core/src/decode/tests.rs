@@ -96,3 +96,66 @@ fn closed_parameter_set_rejects_unknown_parameters() {
         DecodeError::UnknownParameter("b".into())
     );
 }
+
+#[test]
+fn non_finite_strings_are_errors_not_silently_dropped() {
+    let cfg = pipeline("{keyField: k, eventTime: {field: t}, wide: {fields: [{name: v}]}}");
+    for s in ["NaN", "nan", "inf", "-Infinity", "1e400"] {
+        let payload = format!(r#"{{"k":"a","t":1000,"v":"{s}"}}"#);
+        let e = decode(&cfg, payload.as_bytes()).unwrap_err();
+        assert_eq!(e, DecodeError::NonFinite("v".into()), "{s}");
+    }
+    // As JSON numbers they are not JSON at all.
+    for s in ["NaN", "Infinity", "1e400"] {
+        let payload = format!(r#"{{"k":"a","t":1000,"v":{s}}}"#);
+        assert!(
+            matches!(
+                decode(&cfg, payload.as_bytes()),
+                Err(DecodeError::InvalidJson(_))
+            ),
+            "{s}"
+        );
+    }
+}
+
+#[test]
+fn a_duplicated_member_is_an_error_not_counted_twice() {
+    let cfg = pipeline("{keyField: k, eventTime: {field: t}, wide: {fields: [{name: v}]}}");
+    let e = decode(&cfg, br#"{"k":"a","t":1000,"v":1,"v":2}"#).unwrap_err();
+    assert_eq!(e, DecodeError::DuplicateMember("v".into()));
+    let e = decode(&cfg, br#"{"k":"a","t":1000,"t":2000,"v":1}"#).unwrap_err();
+    assert_eq!(e, DecodeError::DuplicateMember("t".into()));
+    // Unmapped duplicates are none of the pipeline's business.
+    decode(&cfg, br#"{"k":"a","t":1000,"v":1,"x":1,"x":2}"#).unwrap();
+}
+
+#[test]
+fn event_times_outside_year_1_to_9999_are_rejected_without_overflow() {
+    let cfg = pipeline("{keyField: k, eventTime: {field: t}, wide: {fields: [{name: v}]}}");
+    for t in [
+        i64::MAX.to_string(),
+        i64::MIN.to_string(),
+        "1e19".to_string(),
+        "-1e19".to_string(),
+        "253402300800000".to_string(),
+    ] {
+        let payload = format!(r#"{{"k":"a","t":{t},"v":1}}"#);
+        let e = decode(&cfg, payload.as_bytes()).unwrap_err();
+        assert!(
+            matches!(&e, DecodeError::BadEventTime { reason, .. } if reason.contains("outside the supported range")),
+            "{t}: {e}"
+        );
+    }
+    let (ev, _) = decode(&cfg, br#"{"k":"a","t":"9999-12-31 23:59:59","v":1}"#).unwrap();
+    assert_eq!(ev.event_time_ms, MAX_EVENT_TIME_MS - 999);
+}
+
+#[test]
+fn a_huge_bad_value_is_not_echoed_whole() {
+    let cfg = pipeline("{keyField: k, eventTime: {field: t}, wide: {fields: [{name: v}]}}");
+    let big = "x".repeat(600_000);
+    let payload = format!(r#"{{"k":"a","t":"{big}","v":1}}"#);
+    let e = decode(&cfg, payload.as_bytes()).unwrap_err().to_string();
+    assert!(e.len() < 400, "{} bytes", e.len());
+    assert!(e.contains("(600000 bytes)"), "{e}");
+}

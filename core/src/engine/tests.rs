@@ -279,3 +279,55 @@ proptest! {
         prop_assert_eq!(seen, expected);
     }
 }
+
+/// One event far in the future (a device with a wrong clock, a year-9999 typo) is dead-lettered
+/// with reason `future` and does not move the clock: the events after it are not late.
+#[test]
+fn a_far_future_event_does_not_poison_the_watermark() {
+    let mut e = engine_with(
+        "{name: w, size: 10s, maxOutOfOrderness: 1s}",
+        HOT,
+        EngineOptions::default(),
+    );
+    let mut out = Outputs::default();
+    let now = 1_700_000_000_000;
+    let send = |e: &mut Engine, offset: i64, t: i64, out: &mut Outputs| {
+        let payload = rec(0, offset, "a", t, 20.0);
+        e.process(
+            &RawRecord {
+                partition: 0,
+                offset,
+                key: None,
+                payload: &payload,
+            },
+            now,
+            out,
+        )
+    };
+    assert!(send(&mut e, 0, now - 60_000, &mut out).is_some());
+    // Ten minutes ahead of processing time, and year 9999.
+    assert!(send(&mut e, 1, now + 600_000, &mut out).is_none());
+    assert!(send(&mut e, 2, 253_402_300_000_000, &mut out).is_none());
+    assert_eq!(out.dead_letters.len(), 2);
+    assert!(out.dead_letters.iter().all(|d| d.reason.kind() == "future"));
+    assert!(
+        out.dead_letters[0]
+            .reason
+            .to_string()
+            .contains("more than maxFutureSkew 300000 ms"),
+        "{}",
+        out.dead_letters[0].reason
+    );
+    out.dead_letters.clear();
+    // Valid events after them are processed, not late; within the skew is fine.
+    for (i, t) in [now - 59_000, now - 30_000, now + 60_000]
+        .into_iter()
+        .enumerate()
+    {
+        assert!(send(&mut e, 3 + i as i64, t, &mut out).is_some());
+    }
+    assert!(out.dead_letters.is_empty(), "{:?}", out.dead_letters);
+    assert_eq!(e.counters().future_dropped, 2);
+    assert_eq!(e.counters().late_dropped, 0);
+    assert_eq!(e.dead_letter_reasons().top(1)[0].1, 2);
+}

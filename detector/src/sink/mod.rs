@@ -73,6 +73,21 @@ struct TrackerState {
     /// Records not yet acknowledged, per epoch from `first_epoch`.
     outstanding: VecDeque<u64>,
     failed: u64,
+    rejected: u64,
+}
+
+/// How the delivery of one output record ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Acknowledged.
+    Delivered,
+    /// Refused for good by the broker (e.g. larger than the topic allows): counted in
+    /// `vigil_outputs_rejected_total`; offsets may move past it (retrying cannot help, and
+    /// stopping would replay the same record forever).
+    Rejected,
+    /// Not delivered within the producer's timeout (broker down): the detector stops before
+    /// committing past it, so a restart reprocesses it.
+    Failed,
 }
 
 /// Outstanding deliveries per epoch.
@@ -100,10 +115,12 @@ impl DeliveryTracker {
     }
 
     /// Counts the delivery report of a record sent in `epoch`.
-    pub fn done(&self, epoch: u64, ok: bool) {
+    pub fn done(&self, epoch: u64, outcome: Outcome) {
         let mut s = self.lock();
-        if !ok {
-            s.failed += 1;
+        match outcome {
+            Outcome::Delivered => {}
+            Outcome::Rejected => s.rejected += 1,
+            Outcome::Failed => s.failed += 1,
         }
         if let Some(idx) = epoch.checked_sub(s.first_epoch)
             && let Some(n) = s.outstanding.get_mut(idx as usize)
@@ -122,9 +139,14 @@ impl DeliveryTracker {
         s.outstanding.is_empty() || epoch < s.first_epoch
     }
 
-    /// Records the broker finally rejected.
+    /// Records that could not be delivered in time (the detector must not commit past them).
     pub fn failed(&self) -> u64 {
         self.lock().failed
+    }
+
+    /// Records the broker refused for good (counted, processing goes on).
+    pub fn rejected(&self) -> u64 {
+        self.lock().rejected
     }
 
     /// Records not yet acknowledged.
@@ -169,10 +191,18 @@ impl ProducerContext for SinkContext {
 
     fn delivery(&self, result: &DeliveryResult<'_>, d: Box<Delivery>) {
         let ok = result.is_ok();
-        if let Err((e, m)) = result {
-            use rdkafka::Message;
-            tracing::error!(error = %e, topic = m.topic(), sink = d.sink.as_str(), "The broker did not accept an output record.");
-        }
+        let outcome = match result {
+            Ok(_) => Outcome::Delivered,
+            Err((e, _)) => {
+                let permanent = is_permanent_rejection(e);
+                self.metrics.output_rejected(d.sink.as_str(), e, permanent);
+                if permanent {
+                    Outcome::Rejected
+                } else {
+                    Outcome::Failed
+                }
+            }
+        };
         self.metrics.delivered(d.sink.as_str(), ok);
         if ok && d.sink == SinkKind::Alerts {
             self.metrics.stage_latency(
@@ -189,7 +219,7 @@ impl ProducerContext for SinkContext {
                 }
             }
         }
-        self.tracker.done(d.epoch, ok);
+        self.tracker.done(d.epoch, outcome);
     }
 }
 
@@ -202,6 +232,8 @@ pub struct SinkTopics {
     pub kpis: Option<String>,
     /// Dead-letter topic, if any.
     pub dead_letters: Option<String>,
+    /// Most bytes of an original value or key copied into a dead-letter record.
+    pub dead_letter_max_payload: usize,
 }
 
 impl From<&SinksSpec> for SinkTopics {
@@ -210,8 +242,47 @@ impl From<&SinksSpec> for SinkTopics {
             alerts: s.alerts.topic.clone(),
             kpis: s.kpis.as_ref().map(|t| t.topic.clone()),
             dead_letters: s.dead_letter.as_ref().map(|t| t.topic.clone()),
+            dead_letter_max_payload: s
+                .dead_letter
+                .as_ref()
+                .and_then(|d| d.max_payload_bytes)
+                .unwrap_or(vigil_api::v1alpha1::DEFAULT_DEAD_LETTER_MAX_PAYLOAD_BYTES)
+                as usize,
         }
     }
+}
+
+/// Longest `vigil.error` header, bytes (the reason text is cut beyond it).
+const MAX_ERROR_HEADER: usize = 1024;
+
+/// `bytes` cut to `max`.
+fn cut(bytes: &[u8], max: usize) -> &[u8] {
+    &bytes[..bytes.len().min(max)]
+}
+
+/// `s` cut to `max` bytes at a character boundary.
+fn cut_str(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Whether the broker (or librdkafka before sending) refuses this record for good, whatever
+/// the retries: it is counted as rejected and processing goes on. Other failures (timeouts, a
+/// broker that is down) stop the detector before it commits past the record.
+pub fn is_permanent_rejection(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidMessageSize
+                | RDKafkaErrorCode::MessageBatchTooLarge
+                | RDKafkaErrorCode::InvalidMessage
+                | RDKafkaErrorCode::InvalidRecord
+        )
+    )
 }
 
 /// The producer of one pipeline and its topics.
@@ -346,16 +417,18 @@ impl Sinks {
             return false;
         };
         let error = d.reason.to_string();
+        let error = cut_str(&error, MAX_ERROR_HEADER);
         let partition = source_partition.to_string();
         let offset = d.offset.to_string();
-        let headers = OwnedHeaders::new_with_capacity(5)
+        let max = self.topics.dead_letter_max_payload;
+        let mut headers = OwnedHeaders::new_with_capacity(7)
             .insert(Header {
                 key: "vigil.reason",
                 value: Some(d.reason.kind()),
             })
             .insert(Header {
                 key: "vigil.error",
-                value: Some(error.as_str()),
+                value: Some(error),
             })
             .insert(Header {
                 key: "vigil.source.topic",
@@ -369,10 +442,22 @@ impl Sinks {
                 key: "vigil.source.offset",
                 value: Some(offset.as_str()),
             });
+        if d.payload.len() > max {
+            headers = headers.insert(Header {
+                key: "vigil.truncated",
+                value: Some(d.payload.len().to_string().as_str()),
+            });
+        }
+        if let Some(k) = d.key.as_deref().filter(|k| k.len() > max) {
+            headers = headers.insert(Header {
+                key: "vigil.key.truncated",
+                value: Some(k.len().to_string().as_str()),
+            });
+        }
         self.send(
             &topic,
-            d.key.as_deref(),
-            &d.payload,
+            d.key.as_deref().map(|k| cut(k, max)),
+            cut(&d.payload, max),
             headers,
             now_ms,
             SinkKind::DeadLetters,
@@ -421,8 +506,19 @@ impl Sinks {
                     waited += Duration::from_millis(1);
                 }
                 Err((e, r)) => {
-                    tracing::error!(error = %e, topic, sink = sink.as_str(), "Failed to send an output record.");
-                    self.tracker.done(r.delivery_opaque.epoch, false);
+                    let permanent = is_permanent_rejection(&e);
+                    self.producer
+                        .context()
+                        .metrics
+                        .output_rejected(sink.as_str(), &e, permanent);
+                    self.tracker.done(
+                        r.delivery_opaque.epoch,
+                        if permanent {
+                            Outcome::Rejected
+                        } else {
+                            Outcome::Failed
+                        },
+                    );
                     return;
                 }
             }
@@ -451,16 +547,20 @@ mod tests {
         t.sent(1);
         t.sent(3);
         assert!(!t.completed_through(0));
-        t.done(1, true);
-        t.done(1, true);
+        t.done(1, Outcome::Delivered);
+        t.done(1, Outcome::Delivered);
         assert!(!t.completed_through(1), "epoch 0 still waits");
-        t.done(0, true);
+        t.done(0, Outcome::Delivered);
         assert!(t.completed_through(1));
         assert!(t.completed_through(2));
         assert!(!t.completed_through(3));
-        t.done(3, false);
+        t.done(3, Outcome::Failed);
         assert!(t.completed_through(3));
         assert_eq!(t.failed(), 1);
+        t.sent(4);
+        t.done(4, Outcome::Rejected);
+        assert!(t.completed_through(4));
+        assert_eq!((t.failed(), t.rejected()), (1, 1));
         assert_eq!(t.in_flight(), 0);
     }
 }

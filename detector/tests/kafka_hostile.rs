@@ -1,0 +1,216 @@
+//! Hostile input on a real broker (`KAFKA_BOOTSTRAP`): every bad record reaches the dead-letter
+//! topic with a reason, the dead-letter record always fits (the original bytes are cut to
+//! `maxPayloadBytes` and the record says so), an output the broker refuses for good is counted
+//! instead of stopping the detector, far-future and out-of-range event times do not poison the
+//! watermark, and every valid record is processed.
+
+mod kafka_support;
+
+use std::time::Duration;
+
+use kafka_support::*;
+use rdkafka::ClientConfig;
+use rdkafka::Message;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use vigil_detector::runner::{self, Control, RunnerConfig};
+use vigil_detector::source::admin;
+use vigil_detector::telemetry::Metrics;
+
+fn pipeline(src: &str, group: &str, alerts: &str, kpis: &str, dead: &str) -> String {
+    format!(
+        r#"apiVersion: vigil.dev/v1alpha1
+kind: StreamPipeline
+metadata: {{name: hostile}}
+spec:
+  source: {{kafka: {{topics: [{src}], consumerGroup: {group}}}}}
+  format: {{keyField: k, eventTime: {{field: t}}, wide: {{fields: [{{name: v}}]}}}}
+  windows: [{{name: w, size: 1s, maxOutOfOrderness: 0s}}]
+  sinks: {{alerts: {{topic: {alerts}}}, kpis: {{topic: {kpis}}}, deadLetter: {{topic: {dead}}}}}
+---
+apiVersion: vigil.dev/v1alpha1
+kind: DetectionRule
+metadata: {{name: high}}
+spec: {{window: w, threshold: {{field: v, feature: max, operator: '>', value: 100}}}}
+"#
+    )
+}
+
+/// The dead-letter reason and a part of its error text; `None` for a valid record.
+type Expected = Option<(&'static str, &'static str)>;
+
+/// Produces records up to 2 MB (the broker takes up to its default 1 MiB message size).
+fn produce_large(bootstrap: &str, topic: &str, records: &[(String, Vec<u8>)]) {
+    let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("message.max.bytes", "2000000")
+        .set("linger.ms", "1")
+        .create()
+        .expect("producer");
+    for (k, v) in records {
+        p.send(BaseRecord::<str, [u8]>::to(topic).key(k).payload(&v[..]))
+            .map_err(|(e, _)| e)
+            .expect("send");
+    }
+    p.flush(Duration::from_secs(30)).expect("flush");
+}
+
+#[test]
+fn hostile_records_are_dead_lettered_and_processing_goes_on() {
+    let b = bootstrap();
+    let (src, alerts, kpis, dead, group) = (
+        unique("src"),
+        unique("alerts"),
+        unique("kpis"),
+        unique("dead"),
+        unique("group"),
+    );
+    create_topics(&b, &[(&src, 1), (&alerts, 1), (&kpis, 1), (&dead, 1)]);
+    let (p, rules) = manifests(&pipeline(&src, &group, &alerts, &kpis, &dead));
+    let metrics = Metrics::new();
+    let h = runner::spawn(RunnerConfig::new(p, rules, b.clone()), metrics.clone()).unwrap();
+
+    let now = vigil_detector::runner::wall_clock_ms();
+    let t0 = now - 60_000;
+    let ok = |t: i64, v: f64| format!(r#"{{"k":"a","t":{t},"v":{v}}}"#).into_bytes();
+    let big_key = "K".repeat(999_000);
+    let huge_time = "9".repeat(600_000);
+    let mut huge_json = b"{\"k\":\"a\",\"t\":".to_vec();
+    huge_json.extend(std::iter::repeat_n(b'[', 1_040_000));
+    // (record, expected dead-letter reason and error, or None for a valid record)
+    let cases: Vec<(Vec<u8>, Expected)> = vec![
+        (ok(t0, 1.0), None),
+        (huge_json.clone(), Some(("decode", "invalid JSON"))),
+        (Vec::new(), Some(("decode", "invalid JSON"))),
+        (b"null".to_vec(), Some(("decode", "missing key field `k`"))),
+        (
+            vec![0xff, 0xfe, 0x00, 0x01],
+            Some(("decode", "invalid JSON")),
+        ),
+        (
+            format!(r#"{{"k":"a","t":{t0},"v":"NaN"}}"#).into_bytes(),
+            Some(("decode", "field `v` is not a finite number")),
+        ),
+        (
+            format!(r#"{{"k":"a","t":{t0},"v":"1e400"}}"#).into_bytes(),
+            Some(("decode", "field `v` is not a finite number")),
+        ),
+        (
+            format!(r#"{{"k":"a","t":{t0},"v":1,"v":2}}"#).into_bytes(),
+            Some(("decode", "member `v` occurs more than once")),
+        ),
+        (
+            format!(r#"{{"k":"a","t":"{huge_time}","v":1}}"#).into_bytes(),
+            Some(("decode", "(600000 bytes)")),
+        ),
+        (
+            format!(r#"{{"k":"a","t":{},"v":1}}"#, i64::MAX).into_bytes(),
+            Some(("decode", "outside the supported range")),
+        ),
+        (
+            br#"{"k":"a","t":"9999-12-31T00:00:00Z","v":1}"#.to_vec(),
+            Some(("future", "more than maxFutureSkew")),
+        ),
+        (
+            format!(r#"{{"k":"a","t":{},"v":1}}"#, now + 600_000).into_bytes(),
+            Some(("future", "more than maxFutureSkew")),
+        ),
+        (
+            format!("{{\"k\":\"a\",\"t\":{t0},\"v\":\"\\u0000\"}}").into_bytes(),
+            Some(("decode", "not a number")),
+        ),
+        // A valid event of a 999 kB key: its alert and KPI records are larger than the
+        // producer takes; they are refused for good, counted, and processing goes on.
+        (
+            format!(r#"{{"k":"{big_key}","t":{t0},"v":500}}"#).into_bytes(),
+            None,
+        ),
+        (ok(t0 + 500, 200.0), None),
+        (ok(t0 + 1_500, 1.0), None),
+        (ok(t0 + 3_000, 1.0), None),
+    ];
+    let records: Vec<(String, Vec<u8>)> = cases
+        .iter()
+        .map(|(v, _)| ("a".to_string(), v.clone()))
+        .collect();
+    produce_large(&b, &src, &records);
+    let ends = admin::high_watermarks(&b, &src, Duration::from_secs(10))
+        .unwrap()
+        .into_iter()
+        .map(|(p, o)| (src.clone(), p, o))
+        .collect();
+    h.control()
+        .send(Control::DrainAndStop { end_offsets: ends })
+        .unwrap();
+    let s = h.join().expect("the detector never stops on bad input");
+    assert!(s.drained);
+    let bad: Vec<(usize, (&str, &str))> = cases
+        .iter()
+        .enumerate()
+        .filter_map(|(i, (_, e))| e.map(|e| (i, e)))
+        .collect();
+    assert_eq!(s.counters.records, cases.len() as u64);
+    assert_eq!(
+        s.dead_letters,
+        bad.len() as u64,
+        "{:?}",
+        s.dead_letter_reasons
+    );
+    assert_eq!(s.counters.late_dropped, 0, "nothing valid became late");
+
+    let got = read(&b, &dead, bad.len(), Duration::from_secs(30));
+    assert_eq!(got.len(), bad.len());
+    for (m, (i, (reason, error))) in got.iter().zip(&bad) {
+        let offset = header(m, "vigil.source.offset").unwrap();
+        assert_eq!(offset, i.to_string());
+        assert_eq!(
+            header(m, "vigil.reason").as_deref(),
+            Some(*reason),
+            "offset {i}"
+        );
+        let e = header(m, "vigil.error").unwrap();
+        assert!(e.contains(error), "offset {i}: {e:?} lacks {error:?}");
+        assert!(
+            e.len() <= 1024,
+            "offset {i}: a {} byte error header",
+            e.len()
+        );
+        let original = &cases[*i].0;
+        let payload = m.payload().unwrap_or_default();
+        if original.len() > 900_000 {
+            assert_eq!(
+                payload,
+                &original[..900_000],
+                "offset {i}: cut to maxPayloadBytes"
+            );
+            assert_eq!(
+                header(m, "vigil.truncated"),
+                Some(original.len().to_string())
+            );
+        } else {
+            assert_eq!(payload, &original[..], "offset {i}: original bytes");
+            assert_eq!(header(m, "vigil.truncated"), None);
+        }
+    }
+    // The valid records were processed: windows fired and the 200.0 event alerted.
+    let alerts_read = read(&b, &alerts, 1, Duration::from_secs(20));
+    assert!(
+        alerts_read.iter().any(|m| json(m)["data"]["key"] == "a"),
+        "no alert for key a"
+    );
+    let text = metrics.encode();
+    assert!(
+        text.contains(
+            "vigil_outputs_rejected_total{sink=\"alerts\",code=\"MessageSizeTooLarge\"} 1"
+        ) || text
+            .contains("vigil_outputs_rejected_total{sink=\"kpis\",code=\"MessageSizeTooLarge\"} 1"),
+        "{}",
+        text.lines()
+            .filter(|l| l.contains("rejected") || l.contains("delivery"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(
+        text.contains("vigil_dead_letters_total{reason=\"future\"} 2"),
+        "{text}"
+    );
+}
