@@ -274,7 +274,7 @@ impl RebalanceHandler for Shared {
             .filter_map(|(t, p)| c.ids.engine_partition(t, *p))
             .collect();
         if !lost {
-            c.flush_and_commit(consumer, CommitMode::Sync);
+            let _ = c.flush_and_commit(consumer, CommitMode::Sync);
         }
         c.driver.engine.revoke_partitions(&ids);
         c.positions.retain(|(p, _)| !ids.contains(p));
@@ -455,29 +455,39 @@ impl Core {
         }
     }
 
-    fn commit(&self, consumer: &GroupConsumer, offsets: &[(i32, i64)], mode: CommitMode) {
-        if offsets.is_empty() || self.sinks.tracker().failed() > 0 {
-            return;
+    /// Commits `offsets`; whether a commit was made (async: sent). Nothing is committed once an
+    /// output failed to be delivered.
+    fn commit(&self, consumer: &GroupConsumer, offsets: &[(i32, i64)], mode: CommitMode) -> bool {
+        if self.sinks.tracker().failed() > 0 {
+            return false;
+        }
+        if offsets.is_empty() {
+            return true; // nothing to commit
         }
         let tpl = self.ids.to_tpl(offsets);
         if let Err(e) = consumer.commit(&tpl, mode) {
             self.metrics.commit(false);
             tracing::warn!(error = %e, "Offset commit failed; the next commit retries.");
-        } else if matches!(mode, CommitMode::Sync) {
-            // Async commits are counted in the commit callback; sync ones have none.
-            self.metrics.commit(true);
+            false
+        } else {
+            if matches!(mode, CommitMode::Sync) {
+                // Async commits are counted in the commit callback; sync ones have none.
+                self.metrics.commit(true);
+            }
+            true
         }
     }
 
     /// Waits for every output, then commits the current committable offsets synchronously.
-    fn flush_and_commit(&mut self, consumer: &GroupConsumer, mode: CommitMode) {
+    /// Whether offsets were committed.
+    fn flush_and_commit(&mut self, consumer: &GroupConsumer, mode: CommitMode) -> bool {
         if let Err(e) = self.sinks.flush(Duration::from_secs(30)) {
             tracing::error!(error = %e, in_flight = self.sinks.tracker().in_flight(), "Outputs not acknowledged; offsets are not committed.");
-            return;
+            return false;
         }
         self.pending.clear();
         let offsets = self.driver.engine.committable_offsets();
-        self.commit(consumer, &offsets, mode);
+        self.commit(consumer, &offsets, mode)
     }
 
     fn drained(&self, end: &[(i32, i64)]) -> bool {
@@ -678,11 +688,12 @@ fn run_loop(
         }
     };
     // Graceful end: deliver, commit, then leave the group (the revoke callback runs in drop).
+    let committed;
     let summary = {
         let mut core = shared.lock();
         let now_ms = wall_clock_ms();
         core.tick(now_ms);
-        core.flush_and_commit(&consumer, CommitMode::Sync);
+        committed = core.flush_and_commit(&consumer, CommitMode::Sync);
         RunSummary {
             dead_letter_reasons: core.driver.engine.dead_letter_reasons().clone(),
             counters: core.driver.engine.counters(),
@@ -694,12 +705,21 @@ fn run_loop(
         }
     };
     drop(consumer);
-    tracing::info!(
-        events = summary.counters.records,
-        alerts = summary.alerts_sent,
-        dead_letters = summary.dead_letters,
-        "Detector stopped after flushing outputs and committing offsets."
-    );
+    if committed {
+        tracing::info!(
+            events = summary.counters.records,
+            alerts = summary.alerts_sent,
+            dead_letters = summary.dead_letters,
+            "Detector stopped after flushing outputs and committing offsets."
+        );
+    } else {
+        tracing::warn!(
+            events = summary.counters.records,
+            alerts = summary.alerts_sent,
+            dead_letters = summary.dead_letters,
+            "Detector stopped without committing the last offsets (outputs not delivered); a restart reprocesses from the last commit."
+        );
+    }
     result.map(|()| summary)
 }
 
