@@ -27,7 +27,6 @@ use futures::future::{BoxFuture, Shared};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -297,8 +296,6 @@ pub async fn run(
         .owns(api::<StatefulSet>(&client, ns), children.clone())
         .owns(api::<Service>(&client, ns), children.clone())
         .owns(api::<ServiceAccount>(&client, ns), children.clone())
-        .owns(api::<Role>(&client, ns), children.clone())
-        .owns(api::<RoleBinding>(&client, ns), children.clone())
         .owns(api::<PodDisruptionBudget>(&client, ns), children.clone())
         .watches(api::<DetectionRule>(&client, ns), all.clone(), {
             let pipelines = pipelines.clone();

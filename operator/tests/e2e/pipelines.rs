@@ -104,13 +104,17 @@ async fn nab_example_gets_its_detectors_config_and_status() {
     assert_eq!(svc.spec.unwrap().cluster_ip.as_deref(), Some("None"));
     let pdb = ns.api::<PodDisruptionBudget>().get(child).await.unwrap();
     assert!(pdb.spec.unwrap().max_unavailable.is_some());
-    ns.api::<ServiceAccount>().get(child).await.unwrap();
-    let role = ns.api::<Role>().get(child).await.unwrap();
-    assert_eq!(
-        role.rules.unwrap()[0].resource_names.as_deref(),
-        Some(&["machine-temperature-detector-config".to_string()][..])
+    // Least privilege: the detectors' ServiceAccount has no token and no Role.
+    let sa = ns.api::<ServiceAccount>().get(child).await.unwrap();
+    assert_eq!(sa.automount_service_account_token, Some(false));
+    assert!(ns.api::<Role>().get_opt(child).await.unwrap().is_none());
+    assert!(
+        ns.api::<RoleBinding>()
+            .get_opt(child)
+            .await
+            .unwrap()
+            .is_none()
     );
-    ns.api::<RoleBinding>().get(child).await.unwrap();
     for owners in [
         &cm.metadata.owner_references,
         &svc.metadata.owner_references,
@@ -294,18 +298,6 @@ async fn deleting_a_pipeline_garbage_collects_its_children() {
                     .is_none()
                 && ns
                     .api::<ServiceAccount>()
-                    .get_opt("gc-detector")
-                    .await
-                    .ok()?
-                    .is_none()
-                && ns
-                    .api::<Role>()
-                    .get_opt("gc-detector")
-                    .await
-                    .ok()?
-                    .is_none()
-                && ns
-                    .api::<RoleBinding>()
                     .get_opt("gc-detector")
                     .await
                     .ok()?

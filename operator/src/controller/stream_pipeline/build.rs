@@ -7,8 +7,9 @@
 //!   Kafka static membership. Its pod template carries a hash of `pipeline.yaml` only, so a
 //!   pipeline change rolls the pods while a rule change reaches them through the mounted
 //!   ConfigMap (kubelet refreshes it; the detector reloads `rules.yaml`).
-//! - headless Service, PodDisruptionBudget (one detector down at a time), ServiceAccount,
-//!   Role (read its own ConfigMap, write Events) and RoleBinding.
+//! - headless Service, PodDisruptionBudget (one detector down at a time), and a ServiceAccount
+//!   without a token: detectors do not call the Kubernetes API, so they get no Role and no
+//!   credentials (least privilege).
 
 use std::collections::BTreeMap;
 
@@ -19,7 +20,6 @@ use k8s_openapi::api::core::v1::{
     SecretVolumeSource, Service, ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
-use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Resource;
@@ -57,9 +57,6 @@ pub struct DetectorChildren {
     /// Identity of the detector pods.
     pub service_account: ServiceAccount,
     /// What the detector pods may do.
-    pub role: Role,
-    /// Binds `role` to `service_account`.
-    pub role_binding: RoleBinding,
     /// Headless Service giving the pods stable DNS names.
     pub service: Service,
     /// The detectors.
@@ -103,41 +100,11 @@ pub fn build(
         ])),
         ..ConfigMap::default()
     };
+    // Detectors do not call the Kubernetes API: no token, no Role (least privilege).
     let service_account = ServiceAccount {
         metadata: meta(&name),
+        automount_service_account_token: Some(false),
         ..ServiceAccount::default()
-    };
-    let role = Role {
-        metadata: meta(&name),
-        rules: Some(vec![
-            PolicyRule {
-                api_groups: Some(vec![String::new()]),
-                resources: Some(vec!["configmaps".into()]),
-                resource_names: Some(vec![config_name.clone()]),
-                verbs: vec!["get".into(), "watch".into()],
-                ..PolicyRule::default()
-            },
-            PolicyRule {
-                api_groups: Some(vec!["events.k8s.io".into()]),
-                resources: Some(vec!["events".into()]),
-                verbs: vec!["create".into(), "patch".into()],
-                ..PolicyRule::default()
-            },
-        ]),
-    };
-    let role_binding = RoleBinding {
-        metadata: meta(&name),
-        role_ref: RoleRef {
-            api_group: "rbac.authorization.k8s.io".into(),
-            kind: "Role".into(),
-            name: name.clone(),
-        },
-        subjects: Some(vec![Subject {
-            kind: "ServiceAccount".into(),
-            name: name.clone(),
-            namespace: Some(v.namespace.clone()),
-            ..Subject::default()
-        }]),
     };
     let service = Service {
         metadata: meta(&name),
@@ -198,8 +165,6 @@ pub fn build(
     Ok(DetectorChildren {
         config_map,
         service_account,
-        role,
-        role_binding,
         service,
         stateful_set,
         pdb,
@@ -280,6 +245,7 @@ fn detector_pod(
     }
     PodSpec {
         service_account_name: Some(name.to_string()),
+        automount_service_account_token: Some(false),
         security_context: Some(restricted_pod_security()),
         // Time to finish in-flight windows' outputs and commit offsets (static members keep
         // their partitions across a restart within session.timeout.ms).
@@ -533,7 +499,7 @@ mod tests {
     }
 
     #[test]
-    fn headless_service_pdb_and_rbac() {
+    fn headless_service_pdb_and_no_credentials() {
         let (_, c) = children();
         let svc = c.service.spec.unwrap();
         assert_eq!(svc.cluster_ip.as_deref(), Some("None"));
@@ -541,11 +507,12 @@ mod tests {
             c.pdb.spec.unwrap().max_unavailable,
             Some(IntOrString::Int(1))
         );
-        let rule = &c.role.rules.unwrap()[0];
         assert_eq!(
-            rule.resource_names.as_deref(),
-            Some(&["nab-detector-config".to_string()][..])
+            c.service_account.automount_service_account_token,
+            Some(false)
         );
-        assert_eq!(c.role_binding.subjects.unwrap()[0].name, "nab-detector");
+        let pod = c.stateful_set.spec.unwrap().template.spec.unwrap();
+        assert_eq!(pod.automount_service_account_token, Some(false));
+        assert_eq!(pod.service_account_name.as_deref(), Some("nab-detector"));
     }
 }

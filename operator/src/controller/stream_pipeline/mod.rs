@@ -92,11 +92,10 @@ pub async fn reconcile(pipeline: Arc<StreamPipeline>, ctx: Arc<Context>) -> Resu
 }
 
 /// Applies the children. The first time, in two rounds: what others refer to first
-/// (ServiceAccount, Role, ConfigMap, Service), then the RoleBinding (the API server checks the
-/// Role it binds against the operator's own permissions, so the Role must exist), the
-/// StatefulSet (its pods need the ServiceAccount) and the PodDisruptionBudget. Once they all
-/// exist (`existing`: a previous apply succeeded), in one round, which halves the latency of
-/// a change. Returns the applied StatefulSet.
+/// (ServiceAccount, ConfigMap, Service), then the StatefulSet (its pods need the ServiceAccount
+/// and the ConfigMap) and the PodDisruptionBudget. Once they all exist (`existing`: a previous
+/// apply succeeded), in one round, which halves the latency of a change. Returns the applied
+/// StatefulSet.
 async fn apply_children(
     ctx: &Context,
     c: &DetectorChildren,
@@ -104,12 +103,10 @@ async fn apply_children(
 ) -> Result<k8s_openapi::api::apps::v1::StatefulSet, Error> {
     let client = &ctx.client;
     if existing {
-        let (_, _, _, _, _, stateful_set, _) = tokio::try_join!(
+        let (_, _, _, stateful_set, _) = tokio::try_join!(
             apply(client, &c.service_account),
-            apply(client, &c.role),
             apply(client, &c.config_map),
             apply(client, &c.service),
-            apply(client, &c.role_binding),
             apply(client, &c.stateful_set),
             apply(client, &c.pdb)
         )?;
@@ -117,15 +114,11 @@ async fn apply_children(
     }
     tokio::try_join!(
         apply(client, &c.service_account),
-        apply(client, &c.role),
         apply(client, &c.config_map),
         apply(client, &c.service),
     )?;
-    let (_, stateful_set, _) = tokio::try_join!(
-        apply(client, &c.role_binding),
-        apply(client, &c.stateful_set),
-        apply(client, &c.pdb)
-    )?;
+    let (stateful_set, _) =
+        tokio::try_join!(apply(client, &c.stateful_set), apply(client, &c.pdb))?;
     Ok(stateful_set)
 }
 
