@@ -125,12 +125,20 @@ go_build_tools() {
 		start=$SECONDS
 		log "building $module ($*) from e2e/tools/$module with $(go env GOVERSION); minutes on a cold Go build cache"
 		ldflags="-s -w $(version_ldflags "$module")"
+		# A line a minute while the build runs: a cold build of the control plane takes
+		# many minutes and must not look like a hang.
+		(
+			while sleep 60; do log "still building $module ($((SECONDS - start)) s so far)"; done
+		) &
+		local ticker=$!
 		if ! (cd "$E2E_DIR/tools/$module" && go build -trimpath -ldflags="$ldflags" -o "$tmp/" tool) \
 			>"$tmp.log" 2>&1; then
+			kill "$ticker" 2>/dev/null || true
 			cat "$tmp.log" >&2
 			rm -rf "$tmp" "$tmp.log"
 			die "go build of e2e/tools/$module failed"
 		fi
+		kill "$ticker" 2>/dev/null || true
 		rm -f "$tmp.log"
 		if [[ "$module" == kwok ]]; then
 			local src

@@ -21,18 +21,12 @@ cargo fmt --all --check
 step "clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
-step "generated CRDs are up to date"
-tmp=$(mktemp -d)
-cargo run -q -p vigil-api --bin crdgen -- "$tmp"
-diff -ru crds "$tmp" || { echo "crds/ is stale: run 'cargo run -p vigil-api --bin crdgen'"; exit 1; }
-if [ -d charts/vigil/crds ]; then
-  diff -ru crds charts/vigil/crds || { echo "charts/vigil/crds differs from crds/"; exit 1; }
-fi
-rm -rf "$tmp"
+# Generated files (crds/ and the chart's copy) are checked by the test api/tests/crds.rs, in
+# the same build as every other test.
 
 if $quick; then
   step "unit tests"
-  cargo test --workspace --lib --bins
+  cargo test --workspace --lib --bins --test crds
   exit 0
 fi
 
@@ -53,8 +47,8 @@ step "tests (unit, property, golden, real Kafka, ONNX Runtime + gRPC)"
 cargo test --workspace --no-fail-fast
 
 step "the demo from a copy of the repository with no ../shared folder beside it"
+# `vigil` is the binary `cargo test --workspace` built (same features: nothing recompiles).
 target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
-cargo build -q -p vigil --bin vigil
 standalone="$(mktemp -d)/vigil"
 mkdir -p "$standalone"
 git ls-files -z | tar --null -T - -cf - | tar -xf - -C "$standalone"
@@ -64,7 +58,6 @@ git ls-files -z | tar --null -T - -cf - | tar -xf - -C "$standalone"
 grep -q '^SUMMARY events=22695 dead_letters=0 .*labelled_windows_covered=4/4' "$standalone.out" ||
   { echo "the standalone demo did not detect every labelled window"; exit 1; }
 rm -rf "$(dirname "$standalone")"
-cargo run -q -p vigil-model-server -- --help >/dev/null # default-run: the README's command
 
 step "operator e2e (real control plane built from the k8s.io/kubernetes module, helm, Kafka)"
 e2e/tests/operator.sh

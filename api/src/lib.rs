@@ -13,6 +13,7 @@
 
 pub mod conditions;
 pub mod contract;
+pub mod crds;
 pub mod manifest;
 pub mod v1alpha1;
 

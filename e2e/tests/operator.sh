@@ -36,9 +36,11 @@ trap cleanup EXIT
 
 start=$SECONDS
 # Build the tests while the cluster and broker start.
-log "building vigil-operator, its e2e tests and vigil (the detector the data-path test runs)"
-(cargo build -p vigil --bin vigil && cargo build -p vigil-model-server --bin vigil-model-server &&
-	cargo test -p vigil-operator --test e2e --no-run) >&2 2>&1 &
+# `cargo test --workspace` builds the e2e test and the binaries it runs (vigil,
+# vigil-model-server) with one feature set: after scripts/test.sh's own test run nothing is
+# rebuilt (per-package builds resolve features differently and would recompile dozens of crates).
+log "building the e2e tests and the binaries they run (vigil, vigil-model-server)"
+(cargo test --workspace --no-run) >&2 2>&1 &
 build=$!
 
 e2e/cluster.sh up >&2
@@ -60,5 +62,5 @@ helm upgrade --install vigil charts/vigil --namespace "$RELEASE_NS" --create-nam
 wait "$build"
 log "running the e2e tests ($((SECONDS - start)) s so far)"
 VIGIL_E2E_RELEASE_NAMESPACE="$RELEASE_NS" VIGIL_E2E_OPERATOR_SA=vigil-operator \
-	cargo test -p vigil-operator --test e2e -- --ignored --test-threads="${VIGIL_E2E_THREADS:-2}" "$@"
+	cargo test --workspace --test e2e -- --ignored --test-threads="${VIGIL_E2E_THREADS:-2}" "$@"
 log "passed in $((SECONDS - start)) s"
