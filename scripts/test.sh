@@ -10,6 +10,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export VIGIL_CACHE="${VIGIL_CACHE:-$HOME/.cache/vigil}"
 export CARGO_TERM_COLOR=never
+# A fresh checkout gains nothing from incremental compilation, which doubles target/ on disk.
+if [ "${CI:-}" = true ]; then export CARGO_INCREMENTAL=0; fi
 quick=false
 [ "${1:-}" = "--quick" ] && quick=true
 

@@ -268,7 +268,7 @@ pub fn run(a: &RunArgs) -> anyhow::Result<()> {
             Ok(Event::Signal(sig)) => {
                 tracing::info!(
                     signal = sig,
-                    "Stopping: flushing outputs and committing offsets."
+                    "Stopping: flushing outputs; offsets are committed once they are delivered."
                 );
                 replay_stop.store(true, Ordering::Relaxed);
                 sup.handle().inspect(|h| h.stop());

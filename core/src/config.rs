@@ -122,6 +122,23 @@ impl PipelineConfig {
             .as_deref()
             .map(|k| parse_path("spec.format.keyField", k))
             .transpose()?;
+        // Declared in the API for durable state, not implemented yet: refuse rather than run
+        // without the state the spec asks for.
+        if spec.checkpointing.is_some() {
+            return Err(InvalidSpec::new(
+                "spec.checkpointing",
+                "is not implemented yet: detectors keep no window or rule state across restarts, rebalances or upgrades; remove it to run the pipeline Stateless",
+            ));
+        }
+        if spec.upgrade_mode != vigil_api::v1alpha1::UpgradeMode::Stateless {
+            return Err(InvalidSpec::new(
+                "spec.upgradeMode",
+                format!(
+                    "{:?} is not implemented yet (no savepoints); only Stateless is",
+                    spec.upgrade_mode
+                ),
+            ));
+        }
         let event_time = parse_path("spec.format.eventTime.field", &f.event_time.field)?;
         let max_future_skew_ms = f.event_time.max_future_skew_ms();
         if max_future_skew_ms <= 0 {
@@ -322,5 +339,37 @@ impl FieldTable {
     /// Whether no field is known.
     pub fn is_empty(&self) -> bool {
         self.names.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vigil_api::manifest::Manifests;
+
+    fn pipeline(extra: &str) -> Result<PipelineConfig, InvalidSpec> {
+        let yaml = format!(
+            "apiVersion: vigil.dev/v1alpha1\nkind: StreamPipeline\nmetadata: {{name: p}}\nspec:\n  source: {{kafka: {{topics: [t], consumerGroup: g}}}}\n  format: {{eventTime: {{field: t}}, wide: {{fields: [{{name: v}}]}}}}\n  windows: [{{name: w, size: 30s}}]\n  sinks: {{alerts: {{topic: a}}}}\n{extra}"
+        );
+        let mut m = Manifests::default();
+        m.add_str("t", &yaml).unwrap();
+        PipelineConfig::from_resource(&m.pipelines[0])
+    }
+
+    /// Declared, not implemented: refused with the field named, never silently ignored.
+    #[test]
+    fn state_fields_that_do_nothing_yet_are_rejected() {
+        pipeline("").unwrap();
+        pipeline("  upgradeMode: Stateless\n").unwrap();
+        let e = pipeline("  checkpointing: {interval: 10s}\n").unwrap_err();
+        assert_eq!(e.field, "spec.checkpointing");
+        assert!(e.reason.contains("not implemented yet"), "{e}");
+        let e = pipeline("  upgradeMode: Savepoint\n").unwrap_err();
+        assert_eq!(e.field, "spec.upgradeMode");
+    }
+
+    #[test]
+    fn max_future_skew_defaults_to_five_minutes() {
+        assert_eq!(pipeline("").unwrap().max_future_skew_ms, 300_000);
     }
 }

@@ -78,10 +78,13 @@ pub struct StreamPipelineSpec {
     pub parallelism: i32,
     /// Where alerts, window aggregates (KPIs) and undecodable or too-late events are written.
     pub sinks: SinksSpec,
-    /// Periodic checkpoints of window and rule state.
+    /// Periodic checkpoints of window and rule state. Not implemented yet: a pipeline that sets
+    /// it is rejected (condition `Ready=False`, reason `Invalid`) rather than run without the
+    /// state it asks for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpointing: Option<CheckpointSpec>,
-    /// What happens to state when the detectors are upgraded. Default `Stateless`.
+    /// What happens to state when the detectors are upgraded. Default `Stateless`, the only
+    /// mode implemented yet; `Savepoint` is rejected with a condition.
     #[serde(default)]
     pub upgrade_mode: UpgradeMode,
 }
