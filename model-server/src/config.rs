@@ -38,7 +38,15 @@ pub struct ServerConfig {
     /// unavailable (Triton's `--strict-readiness`). Default false: one broken model does not take
     /// the others out of a Kubernetes Service.
     pub strict_readiness: bool,
+    /// Largest inference request accepted, bytes; a larger one is refused with
+    /// `OUT_OF_RANGE` ("decoded message length too large") before it is decoded, so one huge request cannot hold a model while
+    /// small ones wait. Default [`DEFAULT_MAX_REQUEST_BYTES`].
+    pub max_request_bytes: usize,
 }
+
+/// Default of [`ServerConfig::max_request_bytes`]: 16 MiB, five times a 65,536-row batch of 11
+/// FP32 features, and well above the detectors' batches (256 rows by default).
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
 
 impl ServerConfig {
     /// Serves every model in `repository` with ONNX Runtime from `ORT_DYLIB_PATH`.
@@ -49,6 +57,7 @@ impl ServerConfig {
             ort_dylib_path: None,
             intra_op_threads: None,
             strict_readiness: false,
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
         }
     }
 }

@@ -33,6 +33,9 @@ struct Args {
     /// stop routing first.
     #[arg(long, env = "VIGIL_MODEL_SHUTDOWN_GRACE_SECS", default_value_t = 0)]
     shutdown_grace_secs: u64,
+    /// Largest inference request accepted, bytes (larger ones get OUT_OF_RANGE).
+    #[arg(long, env = "VIGIL_MODEL_MAX_REQUEST_BYTES", default_value_t = vigil_model_server::config::DEFAULT_MAX_REQUEST_BYTES)]
+    max_request_bytes: usize,
     /// Log as JSON lines instead of text.
     #[arg(long, env = "VIGIL_LOG_JSON")]
     log_json: bool,
@@ -80,6 +83,7 @@ async fn main() -> anyhow::Result<()> {
         ort_dylib_path: None,
         intra_op_threads: args.intra_op_threads,
         strict_readiness: args.strict_readiness,
+        max_request_bytes: args.max_request_bytes,
     };
     let server = ModelServer::start(config)
         .await

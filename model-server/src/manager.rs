@@ -100,8 +100,11 @@ pub struct IndexEntry {
 pub struct LoadReport {
     /// Versions now ready.
     pub ready: Vec<String>,
-    /// Versions that failed, with the reason.
+    /// Versions that failed, with the reason (including those in `kept`).
     pub failed: Vec<(String, String)>,
+    /// Versions whose reload failed while an earlier load of them was serving: the earlier one
+    /// keeps serving (a bad push must not take a working model out of service).
+    pub kept: Vec<String>,
 }
 
 /// Why a request could not be routed to a ready version.
@@ -198,7 +201,9 @@ impl ModelManager {
     ///
     /// Each version's digest is verified and a session created; versions whose config and
     /// digest did not change keep their running session. Versions no longer on disk are
-    /// unloaded. Failed versions stay listed as unavailable with their reason.
+    /// unloaded. A version that fails to load stays listed as unavailable with its reason,
+    /// unless it was serving before: then the last good load keeps serving and the failure is
+    /// reported (`failed` and `kept`).
     ///
     /// # Errors
     /// [`LoadError`] when the model directory is missing, unreadable or has no versions; the
@@ -225,17 +230,34 @@ impl ModelManager {
                     VersionState::Ready(l) => Some(l.clone()),
                     VersionState::Unavailable(_) => None,
                 });
-            let state = self.load_version(model, v, previous).await;
-            match &state {
-                VersionState::Ready(_) => {
-                    tracing::info!(model, version = v, "Model version ready.");
+            let state = match (
+                self.load_version(model, v, previous.clone()).await,
+                previous,
+            ) {
+                (VersionState::Unavailable(reason), Some(last_good)) => {
+                    tracing::warn!(model, version = v, reason = %reason, "Reloading the model version failed; the last good load keeps serving.");
+                    report.failed.push((
+                        v.to_string(),
+                        format!("{reason} (the previously loaded version {v} keeps serving)"),
+                    ));
+                    report.kept.push(v.to_string());
                     report.ready.push(v.to_string());
+                    VersionState::Ready(last_good)
                 }
-                VersionState::Unavailable(reason) => {
-                    tracing::warn!(model, version = v, reason = %reason, "Model version unavailable.");
-                    report.failed.push((v.to_string(), reason.clone()));
+                (state, _) => {
+                    match &state {
+                        VersionState::Ready(_) => {
+                            tracing::info!(model, version = v, "Model version ready.");
+                            report.ready.push(v.to_string());
+                        }
+                        VersionState::Unavailable(reason) => {
+                            tracing::warn!(model, version = v, reason = %reason, "Model version unavailable.");
+                            report.failed.push((v.to_string(), reason.clone()));
+                        }
+                    }
+                    state
                 }
-            }
+            };
             self.metrics.set_ready(
                 model,
                 &v.to_string(),

@@ -49,6 +49,7 @@ pub enum ServerError {
 /// A started model server: models loaded, ready to serve on listeners the caller binds.
 #[derive(Debug)]
 pub struct ModelServer {
+    max_request_bytes: usize,
     manager: Arc<ModelManager>,
     metrics: Arc<Metrics>,
     readiness: Arc<Readiness>,
@@ -104,6 +105,7 @@ impl ModelServer {
         readiness.set_started();
         readiness.publish(&manager).await;
         Ok(ModelServer {
+            max_request_bytes: config.max_request_bytes,
             manager,
             metrics,
             readiness,
@@ -170,7 +172,7 @@ impl ModelServer {
             self.readiness.clone(),
         );
         let inference = GrpcInferenceServiceServer::new(service)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_decoding_message_size(self.max_request_bytes)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let health = HealthServer::new(HealthService::from_health_reporter(self.health.clone()));
         let readiness = self.readiness.clone();

@@ -202,3 +202,29 @@ async fn unknown_models_and_versions_are_not_found_and_counted() {
         Some(1.0)
     );
 }
+
+/// A request over `max_request_bytes` is refused before it is decoded or queued.
+#[tokio::test]
+async fn a_request_over_the_size_limit_is_refused() {
+    let mut config = vigil_model_server::ServerConfig::new(committed_repository());
+    config.max_request_bytes = 4096;
+    let t = crate::common::start_with(config).await;
+    let rows = 100; // 100 x 11 FP32 = 4400 bytes of payload
+    let req = request(
+        vec![features(vec![rows, 11], "FP32", "features")],
+        vec![raw_f32(&vec![0.5; rows as usize * 11])],
+    );
+    let err = t.grpc.clone().model_infer(req).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::OutOfRange, "{err}");
+    assert!(err.message().contains("too large"), "{err}");
+    // A request under the limit still works.
+    let req = request(
+        vec![features(vec![1, 11], "FP32", "features")],
+        vec![raw_f32(&[0.5; 11])],
+    );
+    t.grpc
+        .clone()
+        .model_infer(req)
+        .await
+        .expect("small request");
+}

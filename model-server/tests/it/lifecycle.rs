@@ -433,3 +433,43 @@ fn missing_onnx_runtime_is_a_clear_startup_error() {
         );
     }
 }
+
+/// A bad push to a serving version (a flipped bit in the artifact) is refused, and the last good
+/// load keeps serving: the reload reports the failure, inference and readiness are unchanged.
+#[tokio::test]
+async fn a_failed_reload_keeps_the_last_good_version_serving() {
+    let repo = repository_copy();
+    let t = start(repo.path()).await;
+    assert!(ready(&t, "iforest", "1").await);
+    let v = TestVectors::load("iforest-1.json");
+    t.grpc
+        .clone()
+        .model_infer(raw_request(&v, "1"))
+        .await
+        .expect("serves before the bad push");
+
+    let artifact = repo.path().join("iforest/1/model.onnx");
+    let mut bytes = std::fs::read(&artifact).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x01;
+    std::fs::write(&artifact, &bytes).unwrap();
+
+    let err = load(&t, "iforest").await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("sha256 mismatch"), "{err}");
+    assert!(err.message().contains("keeps serving"), "{err}");
+    assert!(
+        ready(&t, "iforest", "1").await,
+        "the last good load still serves"
+    );
+    t.grpc
+        .clone()
+        .model_infer(raw_request(&v, "1"))
+        .await
+        .expect("serves after the refused reload");
+    let text = t.server.metrics().encode();
+    assert_eq!(
+        metric_value(&text, r#"vigil_model_ready{model="iforest",version="1"}"#),
+        Some(1.0)
+    );
+}
