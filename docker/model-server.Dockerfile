@@ -28,4 +28,4 @@ ENV ORT_DYLIB_PATH=/opt/onnxruntime/lib/libonnxruntime.so.${ORT_VERSION}
 USER 65532:65532
 EXPOSE 8001 8002
 ENTRYPOINT ["/usr/local/bin/vigil-model-server"]
-CMD ["--repository", "/models", "--grpc-addr", "0.0.0.0:8001", "--metrics-addr", "0.0.0.0:8002"]
+CMD ["--repository", "/models", "--grpc-addr", "0.0.0.0:8001", "--metrics-addr", "0.0.0.0:8002", "--disable-repository-api"]

@@ -154,6 +154,11 @@ pub mod model_server {
         /// Prometheus /metrics listen address.
         #[cfg_attr(feature = "clap", arg(long, env = env::METRICS_ADDR, default_value = "127.0.0.1:8002"))]
         pub metrics_addr: SocketAddr,
+        /// Refuse the repository API (RepositoryModelLoad / RepositoryModelUnload) with
+        /// PERMISSION_DENIED: in a pod the repository is assembled by init containers and
+        /// nobody who reaches the port may swap models.
+        #[cfg_attr(feature = "clap", arg(long))]
+        pub disable_repository_api: bool,
     }
 
     impl ModelServerArgs {
@@ -164,19 +169,24 @@ pub mod model_server {
                 repository: PathBuf::from(REPOSITORY_DIR),
                 grpc_addr: SocketAddr::from(([0, 0, 0, 0], GRPC_PORT)),
                 metrics_addr: SocketAddr::from(([0, 0, 0, 0], METRICS_PORT)),
+                disable_repository_api: true,
             }
         }
 
         /// The command line after the binary.
         pub fn to_args(&self) -> Vec<String> {
-            vec![
+            let mut args = vec![
                 "--repository".into(),
                 self.repository.display().to_string(),
                 "--grpc-addr".into(),
                 self.grpc_addr.to_string(),
                 "--metrics-addr".into(),
                 self.metrics_addr.to_string(),
-            ]
+            ];
+            if self.disable_repository_api {
+                args.push("--disable-repository-api".into());
+            }
+            args
         }
     }
 }

@@ -42,6 +42,20 @@ pub struct ServerConfig {
     /// `OUT_OF_RANGE` ("decoded message length too large") before it is decoded, so one huge request cannot hold a model while
     /// small ones wait. Default [`DEFAULT_MAX_REQUEST_BYTES`].
     pub max_request_bytes: usize,
+    /// Who may call RepositoryModelLoad / RepositoryModelUnload (RepositoryIndex stays open).
+    pub repository_api: RepositoryApi,
+}
+
+/// Access to the repository API's write calls.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum RepositoryApi {
+    /// Anyone who reaches the gRPC port (local use, tests).
+    #[default]
+    Open,
+    /// Callers with the metadata `authorization: Bearer <token>`; others get UNAUTHENTICATED.
+    Token(String),
+    /// Nobody: PERMISSION_DENIED (what the operator runs in pods).
+    Disabled,
 }
 
 /// Default of [`ServerConfig::max_request_bytes`]: 16 MiB, five times a 65,536-row batch of 11
@@ -58,6 +72,7 @@ impl ServerConfig {
             intra_op_threads: None,
             strict_readiness: false,
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+            repository_api: RepositoryApi::Open,
         }
     }
 }

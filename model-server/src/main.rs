@@ -33,6 +33,10 @@ struct Args {
     /// stop routing first.
     #[arg(long, env = "VIGIL_MODEL_SHUTDOWN_GRACE_SECS", default_value_t = 0)]
     shutdown_grace_secs: u64,
+    /// Require `authorization: Bearer <token>` on RepositoryModelLoad / RepositoryModelUnload
+    /// (ignored with --disable-repository-api).
+    #[arg(long, env = "VIGIL_MODEL_REPOSITORY_API_TOKEN", hide_env_values = true)]
+    repository_api_token: Option<String>,
     /// Largest inference request accepted, bytes (larger ones get OUT_OF_RANGE).
     #[arg(long, env = "VIGIL_MODEL_MAX_REQUEST_BYTES", default_value_t = vigil_model_server::config::DEFAULT_MAX_REQUEST_BYTES)]
     max_request_bytes: usize,
@@ -63,7 +67,13 @@ async fn main() -> anyhow::Result<()> {
         repository,
         grpc_addr,
         metrics_addr,
+        disable_repository_api,
     } = args.contract.clone();
+    let repository_api = match (disable_repository_api, &args.repository_api_token) {
+        (true, _) => vigil_model_server::config::RepositoryApi::Disabled,
+        (false, Some(t)) => vigil_model_server::config::RepositoryApi::Token(t.clone()),
+        (false, None) => vigil_model_server::config::RepositoryApi::Open,
+    };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     if args.log_json {
         tracing_subscriber::fmt()
@@ -84,6 +94,7 @@ async fn main() -> anyhow::Result<()> {
         intra_op_threads: args.intra_op_threads,
         strict_readiness: args.strict_readiness,
         max_request_bytes: args.max_request_bytes,
+        repository_api,
     };
     let server = ModelServer::start(config)
         .await

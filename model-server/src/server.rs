@@ -50,6 +50,7 @@ pub enum ServerError {
 #[derive(Debug)]
 pub struct ModelServer {
     max_request_bytes: usize,
+    repository_api: crate::config::RepositoryApi,
     manager: Arc<ModelManager>,
     metrics: Arc<Metrics>,
     readiness: Arc<Readiness>,
@@ -106,6 +107,7 @@ impl ModelServer {
         readiness.publish(&manager).await;
         Ok(ModelServer {
             max_request_bytes: config.max_request_bytes,
+            repository_api: config.repository_api.clone(),
             manager,
             metrics,
             readiness,
@@ -170,6 +172,7 @@ impl ModelServer {
             self.manager.clone(),
             self.metrics.clone(),
             self.readiness.clone(),
+            self.repository_api.clone(),
         );
         let inference = GrpcInferenceServiceServer::new(service)
             .max_decoding_message_size(self.max_request_bytes)

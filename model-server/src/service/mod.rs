@@ -92,6 +92,7 @@ pub struct InferenceService {
     manager: Arc<ModelManager>,
     metrics: Arc<Metrics>,
     readiness: Arc<Readiness>,
+    repository_api: crate::config::RepositoryApi,
 }
 
 impl InferenceService {
@@ -99,11 +100,40 @@ impl InferenceService {
         manager: Arc<ModelManager>,
         metrics: Arc<Metrics>,
         readiness: Arc<Readiness>,
+        repository_api: crate::config::RepositoryApi,
     ) -> Self {
         InferenceService {
             manager,
             metrics,
             readiness,
+            repository_api,
+        }
+    }
+
+    /// Whether a repository write call (load, unload) may proceed.
+    fn authorize_repository_write<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        use crate::config::RepositoryApi;
+        match &self.repository_api {
+            RepositoryApi::Open => Ok(()),
+            RepositoryApi::Disabled => Err(Status::permission_denied(
+                "the repository API is disabled on this server (--disable-repository-api)",
+            )),
+            RepositoryApi::Token(token) => {
+                let presented = request
+                    .metadata()
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "));
+                match presented {
+                    // Constant-time comparison is not needed for a process-local secret compare
+                    // of this size, but never log the token.
+                    Some(t) if t == token => Ok(()),
+                    Some(_) => Err(Status::unauthenticated("wrong repository API token")),
+                    None => Err(Status::unauthenticated(
+                        "the repository API needs `authorization: Bearer <token>`",
+                    )),
+                }
+            }
         }
     }
 }
@@ -268,6 +298,7 @@ impl GrpcInferenceService for InferenceService {
         &self,
         request: Request<RepositoryModelLoadRequest>,
     ) -> Result<Response<RepositoryModelLoadResponse>, Status> {
+        self.authorize_repository_write(&request)?;
         let req = request.into_inner();
         if let Some(key) = req.parameters.keys().next() {
             return Err(Status::invalid_argument(format!(
@@ -305,6 +336,7 @@ impl GrpcInferenceService for InferenceService {
         &self,
         request: Request<RepositoryModelUnloadRequest>,
     ) -> Result<Response<RepositoryModelUnloadResponse>, Status> {
+        self.authorize_repository_write(&request)?;
         let req = request.into_inner();
         if let Some(key) = req.parameters.keys().next() {
             return Err(Status::invalid_argument(format!(

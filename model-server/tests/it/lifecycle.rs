@@ -473,3 +473,41 @@ async fn a_failed_reload_keeps_the_last_good_version_serving() {
         Some(1.0)
     );
 }
+
+/// Only callers allowed by the repository API setting may load or unload models.
+#[tokio::test]
+async fn the_repository_api_can_be_switched_off_or_need_a_token() {
+    use vigil_model_server::config::RepositoryApi;
+    let repo = repository_copy();
+    let mut config = ServerConfig::new(repo.path());
+    config.repository_api = RepositoryApi::Disabled;
+    let t = start_with(config).await;
+    let err = load(&t, "iforest").await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err}");
+    assert!(ready(&t, "iforest", "1").await, "serving is unaffected");
+
+    let mut config = ServerConfig::new(repo.path());
+    config.repository_api = RepositoryApi::Token("s3cret".into());
+    let t = start_with(config).await;
+    let err = load(&t, "iforest").await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err}");
+    let mut req = tonic::Request::new(RepositoryModelLoadRequest {
+        model_name: "iforest".into(),
+        ..Default::default()
+    });
+    req.metadata_mut()
+        .insert("authorization", "Bearer wrong".parse().unwrap());
+    let err = t.grpc.clone().repository_model_load(req).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err}");
+    let mut req = tonic::Request::new(RepositoryModelLoadRequest {
+        model_name: "iforest".into(),
+        ..Default::default()
+    });
+    req.metadata_mut()
+        .insert("authorization", "Bearer s3cret".parse().unwrap());
+    t.grpc
+        .clone()
+        .repository_model_load(req)
+        .await
+        .expect("the token opens it");
+}

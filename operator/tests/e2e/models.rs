@@ -147,7 +147,7 @@ async fn a_missing_model_degrades_the_pipeline_until_it_is_served() {
     assert_eq!(pod.init_containers.as_ref().unwrap()[0].name, "fetch-1");
     assert_eq!(
         pod.containers[0].args.as_ref().unwrap().join(" "),
-        "--repository /models --grpc-addr 0.0.0.0:8001 --metrics-addr 0.0.0.0:8002"
+        "--repository /models --grpc-addr 0.0.0.0:8001 --metrics-addr 0.0.0.0:8002 --disable-repository-api"
     );
     let svc = ns
         .api::<Service>()

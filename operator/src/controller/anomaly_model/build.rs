@@ -408,7 +408,7 @@ mod tests {
         );
         assert_eq!(
             pod.containers[0].args.as_ref().unwrap().join(" "),
-            "--repository /models --grpc-addr 0.0.0.0:8001 --metrics-addr 0.0.0.0:8002"
+            "--repository /models --grpc-addr 0.0.0.0:8001 --metrics-addr 0.0.0.0:8002 --disable-repository-api"
         );
         assert_eq!(
             pod.containers[0].command.as_ref().unwrap()[0],
