@@ -6,9 +6,10 @@
 //! - Deployment `<name>-model-server`: one init container per revision puts the artifact and
 //!   its config into `/models/<name>/<version>/` (copied from a `configmap://` ConfigMap or
 //!   downloaded from `https://`) and checks the SHA-256 before the server starts; the server
-//!   runs with `--model-repository /models`. Its pod template carries a hash of the revisions,
+//!   runs with the command line of the model-server contract (`ModelServerArgs::in_pod`:
+//!   `/models`, both ports on 0.0.0.0, repository API off). Its pod template carries a hash of the revisions,
 //!   digests and configs, so a new revision rolls it (old pods serve until new ones are ready).
-//! - Service `<name>-model-server`: gRPC (Open Inference Protocol v2) and HTTP ports.
+//! - Service `<name>-model-server`: gRPC (Open Inference Protocol v2) and metrics ports.
 
 use std::collections::BTreeMap;
 
