@@ -55,9 +55,9 @@ log "Kafka at $KAFKA_BOOTSTRAP"
 log "packaging checks: chart CRDs and install manifest in sync, helm lint"
 manifests/install/generate.sh --check
 helm lint charts/vigil --strict
-log "helm install (operator.enabled=false)"
+log "helm install (operator.enabled=false, networkPolicy.enabled=true: RBAC for the NetworkPolicy test)"
 helm upgrade --install vigil charts/vigil --namespace "$RELEASE_NS" --create-namespace \
-	--set operator.enabled=false --wait --timeout 2m >&2
+	--set operator.enabled=false --set networkPolicy.enabled=true --wait --timeout 2m >&2
 
 wait "$build"
 log "running the e2e tests ($((SECONDS - start)) s so far)"

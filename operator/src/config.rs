@@ -39,6 +39,9 @@ pub struct OperatorConfig {
     pub kafka_metadata_ttl: Duration,
     /// Resync period: every object is reconciled at least this often.
     pub resync: Duration,
+    /// Render a NetworkPolicy per pipeline (detectors: metrics port only) and per model server
+    /// (gRPC from detector pods, metrics port).
+    pub network_policies: bool,
 }
 
 impl OperatorConfig {
@@ -53,6 +56,7 @@ impl OperatorConfig {
             kafka_metadata_timeout: Duration::from_secs(3),
             kafka_metadata_ttl: Duration::from_secs(15),
             resync: Duration::from_secs(300),
+            network_policies: false,
         }
     }
 }

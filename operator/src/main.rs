@@ -76,6 +76,11 @@ struct Args {
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     resync: Duration,
     /// Log as JSON lines.
+    /// Render a NetworkPolicy per pipeline and per model server (ingress: detectors' metrics
+    /// port; model servers' gRPC port from detector pods and metrics port). Needs RBAC on
+    /// networking.k8s.io networkpolicies (the chart's `networkPolicy.enabled`).
+    #[arg(long, env = "VIGIL_NETWORK_POLICIES")]
+    network_policies: bool,
     #[arg(long, env = "VIGIL_LOG_JSON")]
     log_json: bool,
 }
@@ -160,6 +165,7 @@ async fn main() -> anyhow::Result<()> {
         kafka_metadata_timeout: args.kafka_metadata_timeout,
         kafka_metadata_ttl: args.kafka_metadata_ttl,
         resync: args.resync,
+        network_policies: args.network_policies,
     };
 
     let mut lost_leadership = false;

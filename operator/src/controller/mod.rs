@@ -26,6 +26,7 @@ use futures::StreamExt;
 use futures::future::{BoxFuture, Shared};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
@@ -291,6 +292,17 @@ pub async fn run(
         ),
     });
 
+    let network_policies = ctx.config.network_policies;
+    let pipeline_controller = if network_policies {
+        pipeline_controller.owns(api::<NetworkPolicy>(&client, ns), children.clone())
+    } else {
+        pipeline_controller
+    };
+    let model_controller = if network_policies {
+        model_controller.owns(api::<NetworkPolicy>(&client, ns), children.clone())
+    } else {
+        model_controller
+    };
     let pipeline_controller = pipeline_controller
         .owns(api::<ConfigMap>(&client, ns), children.clone())
         .owns(api::<StatefulSet>(&client, ns), children.clone())

@@ -76,3 +76,58 @@ pub fn resources(
         ..ResourceRequirements::default()
     }
 }
+
+/// One ingress rule of a NetworkPolicy: TCP `port` from `from` (`None`: from anywhere).
+pub struct Ingress {
+    /// Container port.
+    pub port: i32,
+    /// Pods (by labels, in the policy's namespace) allowed; `None` allows every source.
+    pub from_pods: Option<std::collections::BTreeMap<String, String>>,
+}
+
+/// A NetworkPolicy that lets into the pods of `selector` only the listed TCP ports (egress is
+/// not restricted: Kafka and artifact hosts are deployment-specific).
+pub fn ingress_policy(
+    metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    selector: std::collections::BTreeMap<String, String>,
+    rules: Vec<Ingress>,
+) -> k8s_openapi::api::networking::v1::NetworkPolicy {
+    use k8s_openapi::api::networking::v1::{
+        NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
+        NetworkPolicySpec,
+    };
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    NetworkPolicy {
+        metadata,
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(selector),
+                ..LabelSelector::default()
+            }),
+            policy_types: Some(vec!["Ingress".into()]),
+            ingress: Some(
+                rules
+                    .into_iter()
+                    .map(|r| NetworkPolicyIngressRule {
+                        ports: Some(vec![NetworkPolicyPort {
+                            port: Some(IntOrString::Int(r.port)),
+                            protocol: Some("TCP".into()),
+                            ..NetworkPolicyPort::default()
+                        }]),
+                        from: r.from_pods.map(|labels| {
+                            vec![NetworkPolicyPeer {
+                                pod_selector: Some(LabelSelector {
+                                    match_labels: Some(labels),
+                                    ..LabelSelector::default()
+                                }),
+                                ..NetworkPolicyPeer::default()
+                            }]
+                        }),
+                    })
+                    .collect(),
+            ),
+            ..NetworkPolicySpec::default()
+        }),
+    }
+}

@@ -449,3 +449,40 @@ async fn an_unrunnable_spec_is_a_condition_not_a_crash() {
     assert!(op.terminate().await.success());
     ns.delete().await;
 }
+
+/// With `--network-policies` every pipeline gets a NetworkPolicy the API server accepts,
+/// letting into its detectors only the metrics port.
+#[tokio::test]
+#[ignore = "needs the e2e cluster: run e2e/tests/operator.sh"]
+async fn network_policies_are_rendered_when_enabled() {
+    use k8s_openapi::api::networking::v1::NetworkPolicy;
+    let client = admin().await;
+    let ns = TestNamespace::create(&client, "e2e-netpol").await;
+    let topic = format!("e2e-netpol-{}", &crate::harness::uuid_like()[..8]);
+    create_topic(&topic, 1).await;
+    let op = Operator::start(&client, &ns.name, &["--network-policies"]).await;
+    ns.apply_yaml(&crate::fixtures::pipeline("np", &topic, 1, "np"))
+        .await;
+    let np = wait_for("the pipeline's NetworkPolicy", T, || async {
+        ns.api::<NetworkPolicy>()
+            .get_opt("np-detector")
+            .await
+            .ok()
+            .flatten()
+    })
+    .await;
+    let spec = np.spec.unwrap();
+    assert_eq!(spec.policy_types.unwrap(), ["Ingress"]);
+    let ports = spec.ingress.unwrap()[0].ports.clone().unwrap();
+    assert_eq!(
+        ports[0].port,
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(9090))
+    );
+    assert_eq!(
+        np.metadata.owner_references.unwrap()[0].name,
+        "np",
+        "owned by its pipeline"
+    );
+    assert!(op.terminate().await.success());
+    ns.delete().await;
+}

@@ -34,7 +34,8 @@ use crate::config::{
     OperatorConfig,
 };
 use crate::controller::pod::{
-    child_meta, resources, restricted_container_security, restricted_pod_security,
+    Ingress, child_meta, ingress_policy, resources, restricted_container_security,
+    restricted_pod_security,
 };
 use crate::labels::{
     ARTIFACT_HASH_ANNOTATION, model_server_labels, model_server_name, model_server_selector,
@@ -67,8 +68,10 @@ pub struct ModelServerChildren {
     pub config_map: ConfigMap,
     /// The model server.
     pub deployment: Deployment,
-    /// Its gRPC and HTTP endpoints.
+    /// Its gRPC and metrics endpoints.
     pub service: Service,
+    /// Ingress to the server: gRPC from detector pods, metrics (`--network-policies`).
+    pub network_policy: Option<k8s_openapi::api::networking::v1::NetworkPolicy>,
 }
 
 /// Failure to serialise a model-server config.
@@ -311,7 +314,27 @@ pub fn build(
         }),
         ..Service::default()
     };
+    let network_policy = config.network_policies.then(|| {
+        ingress_policy(
+            meta(&name),
+            model_server_selector(&v.name),
+            vec![
+                Ingress {
+                    port: MODEL_SERVER_GRPC_PORT,
+                    from_pods: Some(BTreeMap::from([(
+                        "app.kubernetes.io/name".to_string(),
+                        crate::labels::DETECTOR_APP.to_string(),
+                    )])),
+                },
+                Ingress {
+                    port: MODEL_SERVER_HTTP_PORT,
+                    from_pods: None,
+                },
+            ],
+        )
+    });
     Ok(ModelServerChildren {
+        network_policy,
         config_map,
         deployment,
         service,
@@ -439,5 +462,51 @@ mod tests {
         let b = validated(vec![(2, ArtifactSource::Http("https://m/2".into()))]);
         assert_ne!(hash(&a), hash(&b));
         assert_eq!(hash(&a), hash(&a.clone()));
+    }
+
+    #[test]
+    fn network_policy_lets_only_detectors_reach_grpc() {
+        let v = validated(vec![(
+            1,
+            ArtifactSource::ConfigMap {
+                name: "iforest-onnx".into(),
+                key: "model.onnx".into(),
+            },
+        )]);
+        assert!(
+            build(&model(), &v, &OperatorConfig::test())
+                .unwrap()
+                .network_policy
+                .is_none()
+        );
+        let config = OperatorConfig {
+            network_policies: true,
+            ..OperatorConfig::test()
+        };
+        let spec = build(&model(), &v, &config)
+            .unwrap()
+            .network_policy
+            .unwrap()
+            .spec
+            .unwrap();
+        let ingress = spec.ingress.unwrap();
+        let grpc = &ingress[0];
+        assert_eq!(
+            grpc.ports.as_ref().unwrap()[0].port,
+            Some(IntOrString::Int(MODEL_SERVER_GRPC_PORT))
+        );
+        let from = grpc.from.as_ref().unwrap()[0]
+            .pod_selector
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            from.match_labels.as_ref().unwrap()["app.kubernetes.io/name"],
+            crate::labels::DETECTOR_APP
+        );
+        assert_eq!(
+            ingress[1].ports.as_ref().unwrap()[0].port,
+            Some(IntOrString::Int(MODEL_SERVER_HTTP_PORT))
+        );
+        assert!(ingress[1].from.is_none());
     }
 }

@@ -57,6 +57,9 @@ pub async fn reconcile(model: Arc<AnomalyModel>, ctx: Arc<Context>) -> Result<Ac
             let children = build::build(&model, &validated, &ctx.config)?;
             let started = Instant::now();
             let client = &ctx.client;
+            if let Some(np) = &children.network_policy {
+                apply(client, np).await?;
+            }
             let (_, deployment, _) = tokio::try_join!(
                 apply(client, &children.config_map),
                 apply(client, &children.deployment),

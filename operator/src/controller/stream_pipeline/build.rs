@@ -31,7 +31,8 @@ use crate::config::{
     DETECTOR_CONFIG_DIR, DETECTOR_METRICS_PORT, MODEL_SERVER_GRPC_PORT, OperatorConfig,
 };
 use crate::controller::pod::{
-    child_meta, resources, restricted_container_security, restricted_pod_security,
+    Ingress, child_meta, ingress_policy, resources, restricted_container_security,
+    restricted_pod_security,
 };
 use crate::labels::{
     CONFIG_HASH_ANNOTATION, detector_config_name, detector_labels, detector_name,
@@ -56,13 +57,14 @@ pub struct DetectorChildren {
     pub config_map: ConfigMap,
     /// Identity of the detector pods.
     pub service_account: ServiceAccount,
-    /// What the detector pods may do.
     /// Headless Service giving the pods stable DNS names.
     pub service: Service,
     /// The detectors.
     pub stateful_set: StatefulSet,
     /// At most one detector voluntarily down at a time.
     pub pdb: PodDisruptionBudget,
+    /// Ingress to the detectors: the metrics port only (`--network-policies`).
+    pub network_policy: Option<k8s_openapi::api::networking::v1::NetworkPolicy>,
 }
 
 /// Failure to serialise the rendered config.
@@ -162,12 +164,23 @@ pub fn build(
         }),
         ..StatefulSet::default()
     };
+    let network_policy = config.network_policies.then(|| {
+        ingress_policy(
+            meta(&name),
+            detector_selector(&v.name),
+            vec![Ingress {
+                port: DETECTOR_METRICS_PORT,
+                from_pods: None,
+            }],
+        )
+    });
     Ok(DetectorChildren {
         config_map,
         service_account,
         service,
         stateful_set,
         pdb,
+        network_policy,
     })
 }
 
@@ -514,5 +527,30 @@ mod tests {
         let pod = c.stateful_set.spec.unwrap().template.spec.unwrap();
         assert_eq!(pod.automount_service_account_token, Some(false));
         assert_eq!(pod.service_account_name.as_deref(), Some("nab-detector"));
+    }
+
+    #[test]
+    fn network_policy_only_when_enabled_and_only_the_metrics_port() {
+        let (v, c) = children();
+        assert!(c.network_policy.is_none());
+        let config = OperatorConfig {
+            network_policies: true,
+            ..OperatorConfig::test()
+        };
+        let np = build(&v, &config).unwrap().network_policy.unwrap();
+        assert_eq!(np.metadata.name.as_deref(), Some("nab-detector"));
+        let spec = np.spec.unwrap();
+        assert_eq!(
+            spec.pod_selector.unwrap().match_labels.unwrap(),
+            detector_selector("nab")
+        );
+        assert_eq!(spec.policy_types.unwrap(), ["Ingress"]);
+        let ingress = spec.ingress.unwrap();
+        assert_eq!(ingress.len(), 1);
+        assert_eq!(
+            ingress[0].ports.as_ref().unwrap()[0].port,
+            Some(IntOrString::Int(DETECTOR_METRICS_PORT))
+        );
+        assert!(ingress[0].from.is_none());
     }
 }

@@ -102,6 +102,9 @@ async fn apply_children(
     existing: bool,
 ) -> Result<k8s_openapi::api::apps::v1::StatefulSet, Error> {
     let client = &ctx.client;
+    if let Some(np) = &c.network_policy {
+        apply(client, np).await?;
+    }
     if existing {
         let (_, _, _, stateful_set, _) = tokio::try_join!(
             apply(client, &c.service_account),
