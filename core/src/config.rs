@@ -369,7 +369,15 @@ mod tests {
     }
 
     #[test]
-    fn max_future_skew_defaults_to_five_minutes() {
+    fn max_future_skew_defaults_to_five_minutes_and_is_read_from_the_spec() {
         assert_eq!(pipeline("").unwrap().max_future_skew_ms, 300_000);
+        let mut m = Manifests::default();
+        m.add_str(
+            "t",
+            "apiVersion: vigil.dev/v1alpha1\nkind: StreamPipeline\nmetadata: {name: p}\nspec:\n  source: {kafka: {topics: [t], consumerGroup: g}}\n  format: {eventTime: {field: t, maxFutureSkew: 1h}, wide: {fields: [{name: v}]}}\n  windows: [{name: w, size: 30s}]\n  sinks: {alerts: {topic: a}}\n",
+        )
+        .unwrap();
+        let cfg = PipelineConfig::from_resource(&m.pipelines[0]).unwrap();
+        assert_eq!(cfg.max_future_skew_ms, 3_600_000);
     }
 }

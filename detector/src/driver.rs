@@ -60,8 +60,7 @@ impl Driver {
         let inputs = std::mem::take(&mut out.model_inputs);
         let scorer = self.scorer.as_mut()?;
         let report = scorer.score(inputs);
-        self.engine
-            .apply_model_scores(report.scored.iter().cloned(), now_ms, out);
+        self.engine.apply_model_scores(&report.scored, now_ms, out);
         Some(report)
     }
 }

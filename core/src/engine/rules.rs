@@ -204,15 +204,18 @@ impl Engine {
     /// whose rule was removed or no longer uses the same model contract, or whose key was
     /// revoked, since the window closed.
     /// A skipped window (scoring failed) leaves the lifecycle as it was. Returns how many
-    /// scores were applied.
-    pub fn apply_model_scores(
+    /// scores were applied. Takes the pairs by value or by reference (a caller that keeps its
+    /// scoring report need not copy the rows).
+    pub fn apply_model_scores<S: std::borrow::Borrow<(ModelInput, f32)>>(
         &mut self,
-        scored: impl IntoIterator<Item = (ModelInput, f32)>,
+        scored: impl IntoIterator<Item = S>,
         now_ms: i64,
         out: &mut Outputs,
     ) -> usize {
         let mut applied = 0;
-        for (input, raw) in scored {
+        for item in scored {
+            let (input, raw) = item.borrow();
+            let raw = *raw;
             let Some(rule) = self
                 .rules
                 .get(input.rule)

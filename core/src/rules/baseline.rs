@@ -75,7 +75,7 @@ impl Baseline {
                 "spec.baseline.history",
                 format!(
                     "{} holds {windows} windows of window `{}` (slide {} ms), fewer than minSamples {min_samples}: the rule could never fire",
-                    format_ms(history_ms),
+                    humantime::format_duration(std::time::Duration::from_millis(history_ms as u64)),
                     tier.name,
                     tier.slide_ms
                 ),
@@ -147,26 +147,6 @@ impl Baseline {
             .map_or(f64::NAN, |f| f.get(self.feature));
         state.history[0].push(w.end, x, self.history_ms);
     }
-}
-
-/// `90000` -> `1m 30s`.
-fn format_ms(ms: i64) -> String {
-    let (mut rest, mut parts) = (ms, Vec::new());
-    for (unit, len) in [
-        ("d", 86_400_000),
-        ("h", 3_600_000),
-        ("m", 60_000),
-        ("s", 1_000),
-    ] {
-        if rest >= len {
-            parts.push(format!("{}{unit}", rest / len));
-            rest %= len;
-        }
-    }
-    if rest > 0 || parts.is_empty() {
-        parts.push(format!("{rest}ms"));
-    }
-    parts.join(" ")
 }
 
 /// Statistics of a history.

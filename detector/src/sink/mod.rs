@@ -563,4 +563,23 @@ mod tests {
         assert_eq!((t.failed(), t.rejected()), (1, 1));
         assert_eq!(t.in_flight(), 0);
     }
+
+    #[test]
+    fn dead_letter_payload_bound_comes_from_the_spec() {
+        let sinks = |yaml: &str| -> SinkTopics {
+            let spec: vigil_api::v1alpha1::SinksSpec = serde_norway::from_str(yaml).unwrap();
+            SinkTopics::from(&spec)
+        };
+        assert_eq!(
+            sinks("{alerts: {topic: a}, deadLetter: {topic: d}}").dead_letter_max_payload,
+            900_000
+        );
+        assert_eq!(
+            sinks("{alerts: {topic: a}, deadLetter: {topic: d, maxPayloadBytes: 2048}}")
+                .dead_letter_max_payload,
+            2048
+        );
+        assert_eq!(cut(b"abcdef", 4), b"abcd");
+        assert_eq!(cut_str("h\u{e9}llo", 2), "h");
+    }
 }
