@@ -43,6 +43,10 @@ log "building the e2e tests and the binaries they run (vigil, vigil-model-server
 (cargo test --workspace --no-run) >&2 2>&1 &
 build=$!
 
+# The model-server test runs the real binary: ONNX Runtime from the PyPI wheel.
+if [[ -z "${ORT_DYLIB_PATH:-}" ]]; then
+	eval "$(scripts/setup-onnxruntime.sh)"
+fi
 e2e/cluster.sh up >&2
 eval "$(e2e/cluster.sh env)"
 if ! scripts/kafka.sh status >/dev/null 2>&1; then
