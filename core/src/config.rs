@@ -3,7 +3,9 @@
 
 use std::collections::HashMap;
 
-use vigil_api::v1alpha1::{Feature, StreamPipeline, TimeFormat};
+use vigil_api::v1alpha1::{
+    CheckpointSpec, Feature, StreamPipeline, TimeFormat, UpgradeMode, duration_ms,
+};
 
 /// A spec that cannot run, with the field path (`spec.windows[1].slide`) and the reason.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -99,6 +101,62 @@ pub struct PipelineConfig {
     pub tiers: Vec<TierConfig>,
     /// Features computed per field and window.
     pub features: Vec<Feature>,
+    /// Checkpoint settings; `None` without `spec.checkpointing`.
+    pub checkpointing: Option<CheckpointConfig>,
+    /// What a detector restores when the spec changed.
+    pub upgrade_mode: UpgradeMode,
+}
+
+/// Validated `spec.checkpointing`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckpointConfig {
+    /// Time between checkpoints (ms).
+    pub interval_ms: i64,
+    /// Object-store URL (`file://` or `s3://`).
+    pub location: String,
+    /// Completed checkpoints kept per detector.
+    pub retained: usize,
+}
+
+impl CheckpointConfig {
+    /// Default `spec.checkpointing.interval`.
+    pub const DEFAULT_INTERVAL_MS: i64 = 60_000;
+    /// Default `spec.checkpointing.retained`.
+    pub const DEFAULT_RETAINED: usize = 3;
+
+    fn from_spec(c: &CheckpointSpec) -> Result<Self, InvalidSpec> {
+        let interval_ms = c
+            .interval
+            .map_or(Self::DEFAULT_INTERVAL_MS, |d| duration_ms(&d));
+        if interval_ms < 1_000 {
+            return Err(InvalidSpec::new(
+                "spec.checkpointing.interval",
+                "must be at least 1s",
+            ));
+        }
+        let scheme = c.location.split_once("://").map(|(s, _)| s);
+        if !matches!(scheme, Some("file" | "s3")) {
+            return Err(InvalidSpec::new(
+                "spec.checkpointing.location",
+                format!(
+                    "`{}` is not a file:///path or s3://bucket/prefix URL",
+                    c.location
+                ),
+            ));
+        }
+        let retained = c.retained.map_or(Self::DEFAULT_RETAINED, |r| r as usize);
+        if retained == 0 {
+            return Err(InvalidSpec::new(
+                "spec.checkpointing.retained",
+                "must be at least 1",
+            ));
+        }
+        Ok(Self {
+            interval_ms,
+            location: c.location.clone(),
+            retained,
+        })
+    }
 }
 
 /// Largest number of panes per window; more would make every fired window expensive.
@@ -122,22 +180,26 @@ impl PipelineConfig {
             .as_deref()
             .map(|k| parse_path("spec.format.keyField", k))
             .transpose()?;
-        // Declared in the API for durable state, not implemented yet: refuse rather than run
-        // without the state the spec asks for.
-        if spec.checkpointing.is_some() {
-            return Err(InvalidSpec::new(
-                "spec.checkpointing",
-                "is not implemented yet: detectors keep no window or rule state across restarts, rebalances or upgrades; remove it to run the pipeline Stateless",
-            ));
-        }
-        if spec.upgrade_mode != vigil_api::v1alpha1::UpgradeMode::Stateless {
-            return Err(InvalidSpec::new(
-                "spec.upgradeMode",
-                format!(
-                    "{:?} is not implemented yet (no savepoints); only Stateless is",
-                    spec.upgrade_mode
-                ),
-            ));
+        let checkpointing = spec
+            .checkpointing
+            .as_ref()
+            .map(CheckpointConfig::from_spec)
+            .transpose()?;
+        match spec.upgrade_mode {
+            UpgradeMode::Stateless => {}
+            UpgradeMode::LastState if checkpointing.is_some() => {}
+            UpgradeMode::LastState => {
+                return Err(InvalidSpec::new(
+                    "spec.upgradeMode",
+                    "LastState restores the latest checkpoint and needs spec.checkpointing",
+                ));
+            }
+            UpgradeMode::Savepoint => {
+                return Err(InvalidSpec::new(
+                    "spec.upgradeMode",
+                    "Savepoint is not implemented yet (the operator takes no savepoints); use LastState with spec.checkpointing",
+                ));
+            }
         }
         let event_time = parse_path("spec.format.eventTime.field", &f.event_time.field)?;
         let max_future_skew_ms = f.event_time.max_future_skew_ms();
@@ -254,6 +316,8 @@ impl PipelineConfig {
             layout,
             tiers,
             features,
+            checkpointing,
+            upgrade_mode: spec.upgrade_mode,
         })
     }
 
@@ -358,14 +422,57 @@ mod tests {
 
     /// Declared, not implemented: refused with the field named, never silently ignored.
     #[test]
-    fn state_fields_that_do_nothing_yet_are_rejected() {
-        pipeline("").unwrap();
-        pipeline("  upgradeMode: Stateless\n").unwrap();
-        let e = pipeline("  checkpointing: {interval: 10s}\n").unwrap_err();
-        assert_eq!(e.field, "spec.checkpointing");
-        assert!(e.reason.contains("not implemented yet"), "{e}");
-        let e = pipeline("  upgradeMode: Savepoint\n").unwrap_err();
-        assert_eq!(e.field, "spec.upgradeMode");
+    fn checkpointing_and_upgrade_mode_are_validated() {
+        let p = pipeline("").unwrap();
+        assert!(p.checkpointing.is_none());
+        assert_eq!(p.upgrade_mode, UpgradeMode::Stateless);
+        let p =
+            pipeline("  checkpointing: {location: 'file:///tmp/c'}\n  upgradeMode: LastState\n")
+                .unwrap();
+        let c = p.checkpointing.unwrap();
+        assert_eq!(c.interval_ms, 60_000);
+        assert_eq!(c.retained, 3);
+        let c = pipeline("  checkpointing: {interval: 10s, location: 's3://b/p', retained: 5}\n")
+            .unwrap()
+            .checkpointing
+            .unwrap();
+        assert_eq!((c.interval_ms, c.retained), (10_000, 5));
+        for (yaml, field, says) in [
+            (
+                "  checkpointing: {interval: 100ms, location: 'file:///c'}\n",
+                "spec.checkpointing.interval",
+                "at least 1s",
+            ),
+            (
+                "  checkpointing: {location: '/tmp/c'}\n",
+                "spec.checkpointing.location",
+                "not a file:///path",
+            ),
+            (
+                "  checkpointing: {location: 'gs://b'}\n",
+                "spec.checkpointing.location",
+                "not a file:///path",
+            ),
+            (
+                "  checkpointing: {location: 'file:///c', retained: 0}\n",
+                "spec.checkpointing.retained",
+                "at least 1",
+            ),
+            (
+                "  upgradeMode: LastState\n",
+                "spec.upgradeMode",
+                "needs spec.checkpointing",
+            ),
+            (
+                "  upgradeMode: Savepoint\n",
+                "spec.upgradeMode",
+                "not implemented yet",
+            ),
+        ] {
+            let e = pipeline(yaml).unwrap_err();
+            assert_eq!(e.field, field, "{yaml}");
+            assert!(e.reason.contains(says), "{e}");
+        }
     }
 
     #[test]

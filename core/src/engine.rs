@@ -4,6 +4,8 @@
 //!
 //! State is kept per (partition, key): a key's windows only see the events of one partition,
 //! which holds when producers key messages by entity, as Kafka Streams and Flink assume too.
+//! Watermarks and timers are per partition as well ([`partitions`]), and the whole state can be
+//! written to and restored from a key-addressed [`snapshot`] (checkpoints and savepoints).
 
 use std::collections::HashMap;
 
@@ -11,7 +13,9 @@ use vigil_api::v1alpha1::{AnomalyModel, DetectionRule, DetectionRuleSpec, Featur
 
 mod alerts;
 mod keys;
+mod partitions;
 mod rules;
+pub mod snapshot;
 
 use crate::config::{FieldTable, InvalidSpec, PipelineConfig};
 use crate::decode::{DecodeError, Decoder};
@@ -19,8 +23,9 @@ use crate::model::ModelInput;
 use crate::rules::alert::Alert;
 use crate::rules::{CompiledRule, RuleError, RuleSet, RuleState};
 pub use crate::window::Watermark;
-use crate::window::{self, KeyId, KeyWindows, PartitionClocks, TimerKind, Timers};
+use crate::window::{self, KeyId, KeyWindows, TimerKind};
 use keys::{KeyState, KeyTable};
+use partitions::{PartitionState, Partitions};
 
 /// One consumed record.
 #[derive(Debug, Clone, Copy)]
@@ -263,11 +268,9 @@ pub struct Counters {
     pub alerts_resolved: u64,
     /// Model rule windows not scored because a contract feature was undefined in them.
     pub model_windows_undefined: u64,
-}
-
-struct TierState {
-    watermark: Watermark,
-    timers: Timers,
+    /// Records skipped because restored state already holds them (re-read after a restore from
+    /// a checkpoint newer than the committed offset).
+    pub replay_skipped: u64,
 }
 
 struct LoadedRule {
@@ -282,9 +285,7 @@ pub struct Engine {
     table: FieldTable,
     rules: Vec<LoadedRule>,
     keys: KeyTable,
-    tiers: Vec<TierState>,
-    clocks: PartitionClocks,
-    next_offsets: HashMap<i32, i64>,
+    partitions: Partitions,
     with_sketch: bool,
     values: Vec<(u16, f64)>,
     counters: Counters,
@@ -311,16 +312,7 @@ impl Engine {
             table,
             rules: Vec::new(),
             keys: KeyTable::default(),
-            tiers: cfg
-                .tiers
-                .iter()
-                .map(|_| TierState {
-                    watermark: Watermark::Initial,
-                    timers: Timers::default(),
-                })
-                .collect(),
-            clocks: PartitionClocks::default(),
-            next_offsets: HashMap::new(),
+            partitions: Partitions::new(),
             with_sketch: cfg.needs_sketch(),
             values: Vec::with_capacity(8),
             counters: Counters::default(),
@@ -420,19 +412,33 @@ impl Engine {
         &self.dead_letter_reasons
     }
 
-    /// Current watermark of each tier.
+    /// Watermark of each tier: the lowest over the partitions that have one (the partition
+    /// furthest behind), `Initial` before any.
     pub fn watermarks(&self) -> Vec<(&str, Watermark)> {
         self.cfg
             .tiers
             .iter()
-            .zip(&self.tiers)
-            .map(|(c, t)| (c.name.as_str(), t.watermark))
+            .enumerate()
+            .map(|(i, c)| {
+                let wm = self
+                    .partitions
+                    .values()
+                    .map(|p| p.tiers[i].watermark)
+                    .filter(|w| *w != Watermark::Initial)
+                    .min()
+                    .unwrap_or_default();
+                (c.name.as_str(), wm)
+            })
             .collect()
     }
 
-    /// Greatest event time seen per partition.
-    pub fn partition_clocks(&self) -> &PartitionClocks {
-        &self.clocks
+    /// Watermark of tier `tier` in partition `partition`.
+    pub fn partition_watermark(&self, partition: i32, tier: usize) -> Watermark {
+        self.partitions
+            .get(&partition)
+            .and_then(|p| p.tiers.get(tier))
+            .map(|t| t.watermark)
+            .unwrap_or_default()
     }
 
     /// Number of live keys.
@@ -450,12 +456,20 @@ impl Engine {
     /// reaching a window (it could not be decoded, or its event time is too far ahead of
     /// `now_ms`).
     pub fn process(&mut self, rec: &RawRecord<'_>, now_ms: i64, out: &mut Outputs) -> Option<i64> {
-        self.counters.records += 1;
-        let next = self
-            .next_offsets
+        let tiers = self.cfg.tiers.len();
+        let part = self
+            .partitions
             .entry(rec.partition)
-            .or_insert(rec.offset + 1);
-        *next = (*next).max(rec.offset + 1);
+            .or_insert_with(|| PartitionState::new(tiers, now_ms));
+        if rec.offset < part.replay_floor {
+            self.counters.replay_skipped += 1;
+            return None;
+        }
+        self.counters.records += 1;
+        part.next_offset = Some(
+            part.next_offset
+                .map_or(rec.offset + 1, |n| n.max(rec.offset + 1)),
+        );
         let mut values = std::mem::take(&mut self.values);
         let decoded = self
             .decoder
@@ -481,14 +495,23 @@ impl Engine {
             self.values = values;
             return None;
         }
-        self.clocks.observe(rec.partition, t, now_ms);
+        let part = self
+            .partitions
+            .get_mut(&rec.partition)
+            .expect("created above");
+        part.max_event_time = Some(part.max_event_time.map_or(t, |m| m.max(t)));
+        part.last_active_ms = now_ms;
         let key_id = self.key_id(rec.partition, &event.key);
         let mut applied = false;
         // Fired windows a late event updates; fired after the loop (rare, so no allocation
         // on the common path).
         let mut late_updates: Vec<(usize, i64)> = Vec::new();
+        let part = self
+            .partitions
+            .get_mut(&rec.partition)
+            .expect("created above");
         for (tier, tc) in self.cfg.tiers.iter().enumerate() {
-            let watermark = self.tiers[tier].watermark;
+            let watermark = part.tiers[tier].watermark;
             if window::is_late(tc, watermark, t) {
                 continue;
             }
@@ -505,7 +528,7 @@ impl Engine {
                 let end = start + tc.size_ms;
                 if end > wm {
                     if new_pane {
-                        self.tiers[tier]
+                        part.tiers[tier]
                             .timers
                             .register(end, key_id, TimerKind::Fire);
                     }
@@ -514,19 +537,19 @@ impl Engine {
                 }
             }
         }
+        let watermark_ms = part
+            .tiers
+            .iter()
+            .map(|t| t.watermark)
+            .min()
+            .unwrap_or_default()
+            .as_ms();
         for (tier, start) in late_updates {
             self.counters.late_updates += 1;
             self.fire(tier, key_id, start, true, now_ms, out);
         }
         if !applied {
             self.counters.late_dropped += 1;
-            let watermark_ms = self
-                .tiers
-                .iter()
-                .map(|t| t.watermark)
-                .min()
-                .unwrap_or_default()
-                .as_ms();
             self.dead_letter(
                 rec,
                 DeadLetterReason::Late {
@@ -546,35 +569,43 @@ impl Engine {
         Some(t)
     }
 
-    /// Advances watermarks at processing time `now_ms` (idle partitions stop holding them
-    /// back) and fires due windows. Call it periodically when no records arrive.
+    /// Advances each partition's watermarks at processing time `now_ms` (see [`partitions`]:
+    /// idle partitions follow the others) and fires due windows. Call it periodically when no
+    /// records arrive.
     pub fn advance(&mut self, now_ms: i64, out: &mut Outputs) {
-        for tier in 0..self.tiers.len() {
-            let tc = &self.cfg.tiers[tier];
-            let Some(combined) = self.clocks.combined(now_ms, tc.idle_timeout_ms) else {
-                continue;
-            };
-            let wm = Watermark::EventTime(combined.saturating_sub(tc.max_out_of_orderness_ms));
-            if wm <= self.tiers[tier].watermark {
-                continue;
+        for tier in 0..self.cfg.tiers.len() {
+            for (partition, wm) in
+                partitions::targets(&self.partitions, tier, &self.cfg.tiers[tier], now_ms)
+            {
+                if let Some(p) = self.partitions.get_mut(&partition) {
+                    p.tiers[tier].watermark = wm;
+                }
+                self.fire_due(partition, tier, wm.as_ms(), now_ms, out);
             }
-            self.tiers[tier].watermark = wm;
-            self.fire_due(tier, wm.as_ms(), now_ms, out);
         }
     }
 
     /// Fires every pending window, as if the watermark reached the end of time (end of a
     /// bounded input).
     pub fn flush(&mut self, now_ms: i64, out: &mut Outputs) {
-        for tier in 0..self.tiers.len() {
-            self.tiers[tier].watermark = Watermark::EndOfInput;
-            self.fire_due(tier, Watermark::EndOfInput.as_ms(), now_ms, out);
+        let ids: Vec<i32> = self.partitions.keys().copied().collect();
+        for tier in 0..self.cfg.tiers.len() {
+            for &partition in &ids {
+                if let Some(p) = self.partitions.get_mut(&partition) {
+                    p.tiers[tier].watermark = Watermark::EndOfInput;
+                }
+                self.fire_due(partition, tier, Watermark::EndOfInput.as_ms(), now_ms, out);
+            }
         }
     }
 
-    fn fire_due(&mut self, tier: usize, wm: i64, now_ms: i64, out: &mut Outputs) {
+    fn fire_due(&mut self, partition: i32, tier: usize, wm: i64, now_ms: i64, out: &mut Outputs) {
         let tc = self.cfg.tiers[tier].clone();
-        while let Some((at, timers)) = self.tiers[tier].timers.pop_due(wm) {
+        while let Some((at, timers)) = self
+            .partitions
+            .get_mut(&partition)
+            .and_then(|p| p.tiers[tier].timers.pop_due(wm))
+        {
             for (key_id, kind) in timers {
                 let Some(ks) = self.keys.get_mut(key_id) else {
                     continue;
@@ -591,9 +622,11 @@ impl Engine {
                 self.fire(tier, key_id, at - tc.size_ms, false, now_ms, out);
                 if let Some(ks) = self.keys.get_mut(key_id) {
                     ks.windows[tier].purge(&tc, wm);
-                    if tc.allowed_lateness_ms > 0 && at.saturating_add(tc.allowed_lateness_ms) > wm
+                    if tc.allowed_lateness_ms > 0
+                        && at.saturating_add(tc.allowed_lateness_ms) > wm
+                        && let Some(p) = self.partitions.get_mut(&partition)
                     {
-                        self.tiers[tier].timers.register(
+                        p.tiers[tier].timers.register(
                             at + tc.allowed_lateness_ms,
                             key_id,
                             TimerKind::Cleanup,
@@ -628,31 +661,48 @@ impl Engine {
         }
     }
 
-    /// Registers partitions assigned at `now_ms`: each holds the watermarks back until its
-    /// first event arrives or it has been idle for a tier's idle timeout (see
-    /// [`PartitionClocks::assign`]).
+    /// Registers partitions assigned at `now_ms` (their idleness counts from then).
     pub fn assign_partitions(&mut self, partitions: &[i32], now_ms: i64) {
+        let tiers = self.cfg.tiers.len();
         for p in partitions {
-            self.clocks.assign(*p, now_ms);
+            self.partitions
+                .entry(*p)
+                .or_insert_with(|| PartitionState::new(tiers, now_ms));
         }
     }
 
-    /// Drops the state of revoked partitions. Their committed offsets never pass an event still
-    /// held in an open window (see [`Self::committable_offsets`]), so the next owner rebuilds
-    /// those windows by re-reading from the committed offset.
+    /// Drops the state of revoked partitions: their keys, watermarks and timers. Without
+    /// checkpoints, their committed offsets never pass an event still held in an open window
+    /// (see [`Self::committable_offsets`]), so the next owner rebuilds those windows by
+    /// re-reading from the committed offset; with checkpoints it restores them.
     pub fn revoke_partitions(&mut self, partitions: &[i32]) {
         for p in partitions {
             self.keys.remove_partition(*p);
-            self.clocks.remove(*p);
-            self.next_offsets.remove(p);
+            self.partitions.remove(p);
         }
+    }
+
+    /// Per partition, one past the last record processed (or skipped as already restored):
+    /// the offsets a checkpoint of the current state corresponds to.
+    pub fn positions(&self) -> Vec<(i32, i64)> {
+        self.partitions
+            .iter()
+            .filter_map(|(&id, p)| {
+                let floor = (p.replay_floor != i64::MIN).then_some(p.replay_floor);
+                p.next_offset.max(floor).map(|o| (id, o))
+            })
+            .collect()
     }
 
     /// Per partition, the offset that is safe to commit: the smallest offset still held in an
     /// open window of any key of the partition, or one past the last processed record when no
     /// window holds any. Committing it loses no window contents on restart or rebalance.
     pub fn committable_offsets(&self) -> Vec<(i32, i64)> {
-        let mut min: HashMap<i32, i64> = self.next_offsets.clone();
+        let mut min: HashMap<i32, i64> = self
+            .partitions
+            .iter()
+            .filter_map(|(&id, p)| p.next_offset.map(|o| (id, o)))
+            .collect();
         for ks in self.keys.iter() {
             if let Some(o) = ks.windows.iter().filter_map(KeyWindows::min_offset).min() {
                 let e = min.entry(ks.partition).or_insert(o);

@@ -304,7 +304,7 @@ pub enum WindowVector {
 
 /// Per-(model rule, key) state: the newest consecutive windows of a sequence model (at most
 /// `lookback`) and the end of the last window whose score was applied.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct ModelState {
     /// (window start, normalised row), oldest first.
     sequence: VecDeque<(i64, Box<[f32]>)>,

@@ -4,6 +4,7 @@
 //! - [`source`] / [`sink`]: the Kafka consumer group and producers around the engine.
 //! - [`scoring`]: model rules: the engine's feature rows scored on a model server (deadline,
 //!   retries, circuit breaker) and applied back to the alert lifecycle.
+//! - [`checkpoint`]: where engine snapshots are stored (file:// or s3://), found and retired.
 //! - [`driver`]: the engine and the model scorer stepped as process -> score -> apply; the
 //!   one sequence the runner, `vigil score` and the tests use.
 //! - [`runner`]: the run loop: consume, process, score, produce, commit.
@@ -11,6 +12,7 @@
 //!   running runner (rules swapped in place, pipeline changes restart it).
 //! - [`telemetry`]: Prometheus metrics of the data path.
 
+pub mod checkpoint;
 pub mod driver;
 pub mod runner;
 pub mod scoring;

@@ -106,8 +106,21 @@ pub struct Metrics {
     stage_latency: HistogramFamily<StageLabels>,
     client_errors: Family<ClientErrorLabels, Counter>,
     outputs_rejected: Family<RejectedLabels, Counter>,
+    checkpoints: Family<CheckpointLabels, Counter>,
+    checkpoint_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    checkpoint_bytes: Gauge,
+    restored_keys: Counter,
     client_error_log: Arc<ClientErrorLog>,
     scoring: crate::scoring::ScoringMetrics,
+}
+
+/// Labels of `vigil_checkpoints_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CheckpointLabels {
+    /// `periodic`, `revoke` or `shutdown`.
+    trigger: String,
+    /// `completed` or `failed`.
+    result: &'static str,
 }
 
 /// Labels of `vigil_outputs_rejected_total`.
@@ -186,6 +199,10 @@ impl Metrics {
             delivery_errors: Family::default(),
             client_errors: Family::default(),
             outputs_rejected: Family::default(),
+            checkpoints: Family::default(),
+            checkpoint_seconds: Gauge::default(),
+            checkpoint_bytes: Gauge::default(),
+            restored_keys: Counter::default(),
             client_error_log: Arc::default(),
             commits: Counter::default(),
             commit_errors: Counter::default(),
@@ -240,6 +257,26 @@ impl Metrics {
             m.delivery_errors.clone(),
         );
         r.register("offset_commits", "Offset commits sent", m.commits.clone());
+        r.register(
+            "checkpoints",
+            "Checkpoints of window and rule state, by trigger and result",
+            m.checkpoints.clone(),
+        );
+        r.register(
+            "last_checkpoint_duration_seconds",
+            "Time of the last completed checkpoint, from the snapshot to its completion marker",
+            m.checkpoint_seconds.clone(),
+        );
+        r.register(
+            "last_checkpoint_bytes",
+            "Size of the last completed checkpoint's snapshot",
+            m.checkpoint_bytes.clone(),
+        );
+        r.register(
+            "restored_keys",
+            "Keys restored from checkpoints (on start and on partition assignment)",
+            m.restored_keys.clone(),
+        );
         r.register(
             "offset_commit_errors",
             "Offset commits that failed",
@@ -449,6 +486,30 @@ impl Metrics {
         } else {
             self.commit_errors.inc();
         }
+    }
+
+    /// A checkpoint finished: `seconds` from snapshot to completion, `bytes` of snapshot.
+    pub fn checkpoint(&self, trigger: &str, completed: Option<(f64, u64)>) {
+        let result = if completed.is_some() {
+            "completed"
+        } else {
+            "failed"
+        };
+        self.checkpoints
+            .get_or_create(&CheckpointLabels {
+                trigger: trigger.to_string(),
+                result,
+            })
+            .inc();
+        if let Some((seconds, bytes)) = completed {
+            self.checkpoint_seconds.set(seconds);
+            self.checkpoint_bytes.set(bytes as i64);
+        }
+    }
+
+    /// Keys restored from a checkpoint.
+    pub fn restored(&self, keys: usize) {
+        self.restored_keys.inc_by(keys as u64);
     }
 
     /// A rebalance event; `assigned` is the number of partitions held afterwards.

@@ -78,13 +78,19 @@ pub struct StreamPipelineSpec {
     pub parallelism: i32,
     /// Where alerts, window aggregates (KPIs) and undecodable or too-late events are written.
     pub sinks: SinksSpec,
-    /// Periodic checkpoints of window and rule state. Not implemented yet: a pipeline that sets
-    /// it is rejected (condition `Ready=False`, reason `Invalid`) rather than run without the
-    /// state it asks for.
+    /// Periodic checkpoints of window and rule state (window panes, `for` timers, baselines,
+    /// detector models, firing alerts, watermarks) with the source offsets they correspond to.
+    /// Detectors restore them after a restart, a crash or a rebalance and replay from their
+    /// offsets; offsets are committed only once a checkpoint holding them is complete. Without
+    /// it, state is rebuilt by re-reading open windows only (baselines and models start cold).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpointing: Option<CheckpointSpec>,
-    /// What happens to state when the detectors are upgraded. Default `Stateless`, the only
-    /// mode implemented yet; `Savepoint` is rejected with a condition.
+    /// What detectors restore when the pipeline's spec changed (an upgrade; the names of the
+    /// Flink Kubernetes operator). `Stateless` (default): new detectors start empty, and
+    /// checkpoints are restored only by detectors of the same spec (crash, rebalance,
+    /// reschedule). `LastState`: new detectors restore the latest checkpoint (needs
+    /// `checkpointing`); state a changed rule or tier can no longer use is reset, per rule, and
+    /// logged. `Savepoint` is not implemented yet and is rejected with a condition.
     #[serde(default)]
     pub upgrade_mode: UpgradeMode,
 }
@@ -366,22 +372,35 @@ pub struct TopicSink {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CheckpointSpec {
-    /// Time between checkpoints. Default `60s`.
+    /// Time between checkpoints. Default `60s`; at least `1s`. Offsets are committed once per
+    /// checkpoint, so this is also how much a crash replays.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interval: Option<Duration>,
-    /// Object-store URL where savepoints are written, e.g. `s3://bucket/vigil` or `file:///data`.
+    /// Object-store URL under which checkpoints are written (a `<pipeline>/checkpoints/`
+    /// folder is created in it): `file:///path` (a path every detector of the pipeline
+    /// shares, e.g. a ReadWriteMany volume) or `s3://bucket/prefix` (any S3-compatible store;
+    /// credentials, region and endpoint from the standard `AWS_*` environment variables, e.g.
+    /// `AWS_ENDPOINT` and `AWS_ALLOW_HTTP=true` for a store without TLS).
+    pub location: String,
+    /// Completed checkpoints kept per detector. Default 3. A checkpoint that is still the
+    /// newest for some partition is never deleted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub location: Option<String>,
+    #[schemars(range(min = 1))]
+    pub retained: Option<u32>,
 }
 
 /// What detectors do with their state across an upgrade (the names of the Flink operator).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum UpgradeMode {
-    /// Windows and baselines start empty; consumption resumes from committed offsets, which
-    /// never pass an event still held in an open window, so no window loses events.
+    /// After a spec change, windows and baselines start empty. Without checkpointing,
+    /// consumption resumes from committed offsets, which never pass an event still held in an
+    /// open window, so no window loses events; with checkpointing, from the last checkpoint's
+    /// offsets (checkpoints of the same spec are still restored after crashes and rebalances).
     #[default]
     Stateless,
-    /// Take a savepoint before stopping and restore it on start.
+    /// Restore the latest checkpoint, whatever spec wrote it (needs `spec.checkpointing`).
+    LastState,
+    /// Take a savepoint before stopping and restore it on start. Not implemented yet.
     Savepoint,
 }
 

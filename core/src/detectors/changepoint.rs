@@ -34,7 +34,7 @@ pub struct ChangePointConfig {
 
 /// Normal-gamma posterior of one run: mean `mu`, pseudo-count `kappa`, shape `alpha`, rate
 /// `beta`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 struct Run {
     prob: f64,
     mu: f64,
@@ -78,7 +78,7 @@ impl Run {
 }
 
 /// Per-key state of the change-point detector.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct ChangePoint {
     /// Runs, shortest first (index = run length).
     runs: VecDeque<Run>,

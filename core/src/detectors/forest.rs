@@ -26,7 +26,7 @@ pub struct ForestConfig {
 }
 
 /// Per-key state: the forest, built on the first event.
-#[derive(Clone, Default)]
+#[derive(Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct RandomCutForest {
     forest: Option<Box<Forest>>,
 }

@@ -45,7 +45,7 @@ pub struct DetectorConfig {
     pub calibration: TailConfig,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 enum ModelState {
     Seasonal(Seasonal),
     RandomCutForest(RandomCutForest),
@@ -54,7 +54,7 @@ enum ModelState {
 
 /// Per-(rule, key) state of a detector: the model, built on the first event, and the
 /// calibration window.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct DetectorState {
     model: Option<ModelState>,
     tail: Tail,

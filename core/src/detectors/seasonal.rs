@@ -45,14 +45,14 @@ pub struct SeasonalConfig {
     pub min_events: usize,
 }
 
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
 struct Bin {
     slot: i64,
     mean: f32,
     n: u32,
 }
 
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
 struct ErrorScale {
     mae: f64,
     n: u64,
@@ -83,7 +83,7 @@ pub struct ForecastError {
 }
 
 /// Per-key state of the seasonal baseline.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Seasonal {
     bins: Vec<Bin>,
     recent: VecDeque<f64>,

@@ -27,7 +27,7 @@ pub struct TailConfig {
 }
 
 /// Per-key state: the window in arrival order and sorted.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Tail {
     fifo: VecDeque<f64>,
     sorted: Vec<f64>,

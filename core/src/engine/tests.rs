@@ -132,7 +132,7 @@ fn malformed_events_are_dead_lettered_with_reason() {
 }
 
 #[test]
-fn idle_partition_stops_holding_the_watermark_back() {
+fn each_partition_fires_on_its_own_watermark_and_an_idle_one_follows_the_others() {
     let mut e = engine_with(
         "{name: w, size: 10s, idleTimeout: 5s}",
         "",
@@ -142,47 +142,60 @@ fn idle_partition_stops_holding_the_watermark_back() {
         },
     );
     let mut out = Outputs::default();
-    let p = |t: i64, v: f64| format!(r#"{{"k":"a","t":{t},"v":{v}}}"#).into_bytes();
-    e.process(
-        &RawRecord {
-            partition: 0,
-            offset: 0,
-            key: None,
-            payload: &p(1_000, 1.0),
-        },
-        0,
-        &mut out,
-    );
-    e.process(
-        &RawRecord {
-            partition: 1,
-            offset: 0,
-            key: None,
-            payload: &p(500, 1.0),
-        },
-        0,
-        &mut out,
-    );
-    e.process(
-        &RawRecord {
-            partition: 0,
-            offset: 1,
-            key: None,
-            payload: &p(30_000, 1.0),
-        },
-        1_000,
-        &mut out,
-    );
-    assert!(
-        out.windows.is_empty(),
-        "partition 1 at 0.5s holds the watermark"
-    );
-    e.advance(7_000, &mut out); // partition 1 idle for 7s > 5s
+    let p = |t: i64| format!(r#"{{"k":"a","t":{t},"v":1}}"#).into_bytes();
+    let mut send = |e: &mut Engine, partition: i32, offset: i64, t: i64, now: i64| {
+        e.process(
+            &RawRecord {
+                partition,
+                offset,
+                key: None,
+                payload: &p(t),
+            },
+            now,
+            &mut out,
+        );
+    };
+    send(&mut e, 0, 0, 1_000, 0);
+    send(&mut e, 1, 0, 500, 0);
+    send(&mut e, 0, 1, 30_000, 1_000);
+    // Partition 0's [0, 10s) fires on its own watermark; partition 1 (at 0.5 s) does not hold it.
+    assert_eq!(e.partition_watermark(0, 0), Watermark::EventTime(30_000));
+    assert_eq!(e.partition_watermark(1, 0), Watermark::EventTime(500));
     assert_eq!(
-        out.windows.len(),
-        2,
-        "both keys' [0,10s) windows fire: {:?}",
-        out.windows
+        e.watermarks()[0].1,
+        Watermark::EventTime(500),
+        "the furthest behind"
+    );
+    let mut out2 = Outputs::default();
+    // Partition 1 idle for 7 s > 5 s: it follows the others and fires its window too.
+    e.advance(7_000, &mut out2);
+    assert_eq!(e.partition_watermark(1, 0), Watermark::EventTime(30_000));
+    assert_eq!(out2.windows.len(), 1, "{:?}", out2.windows);
+}
+
+/// The data loss of a takeover: a partition assigned after the others have read far ahead
+/// replays its backlog against its own watermark, so none of it is late.
+#[test]
+fn a_taken_over_partition_replays_its_backlog_without_late_events() {
+    let mut e = engine_with("{name: w, size: 10s}", HOT, EngineOptions::default());
+    let mut out = Outputs::default();
+    for i in 0..100 {
+        feed(&mut e, 0, i, "a", i * 1_000, 1.0, &mut out);
+    }
+    assert_eq!(e.partition_watermark(0, 0), Watermark::EventTime(99_000));
+    e.assign_partitions(&[1], 0);
+    for i in 0..100 {
+        feed(&mut e, 1, i, "b", i * 1_000, 20.0, &mut out);
+    }
+    assert!(
+        out.dead_letters.is_empty(),
+        "{:?}",
+        out.dead_letters.first()
+    );
+    assert_eq!(e.counters().late_dropped, 0);
+    assert!(
+        out.alerts.iter().any(|a| a.key == "b"),
+        "the backlog's windows fired"
     );
 }
 

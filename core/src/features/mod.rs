@@ -15,7 +15,7 @@ fn sketch_config() -> SketchConfig {
 
 /// Aggregate of the values of one field: count, sum, Welford mean and M2, extremes, the value
 /// with the greatest event time, and optionally a DDSketch for quantiles.
-#[derive(Clone)]
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 pub struct Agg {
     count: u64,
     sum: f64,

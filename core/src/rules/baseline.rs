@@ -169,9 +169,11 @@ pub struct BaselineStats {
 }
 
 /// Values observed at event times, kept for `span_ms`.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct History {
     entries: VecDeque<(i64, f64)>,
+    /// A cache, recomputed on demand.
+    #[serde(skip)]
     stats: Option<BaselineStats>,
 }
 

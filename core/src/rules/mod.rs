@@ -176,7 +176,7 @@ impl Evaluation {
 }
 
 /// Per-(rule, key) state.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct RuleState {
     /// Event time (window end) since which the condition has held.
     pub pending_since: Option<i64>,
@@ -201,6 +201,19 @@ pub struct RuleState {
 pub const MAX_PANES: usize = 4096;
 
 impl RuleState {
+    /// Whether it holds nothing (a rule that has not seen the key yet).
+    pub fn is_empty(&self) -> bool {
+        self.pending_since.is_none()
+            && self.firing_since.is_none()
+            && self.last_end.is_none()
+            && self.last_window_score.is_none()
+            && self.history.is_empty()
+            && self.detector.is_none()
+            && self.panes.is_empty()
+            && self.cooldown_until.is_none()
+            && self.model.is_none()
+    }
+
     /// Approximate bytes held.
     pub fn state_bytes(&self) -> usize {
         std::mem::size_of::<Self>()

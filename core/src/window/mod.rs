@@ -17,7 +17,18 @@ pub type KeyId = u32;
 
 /// A tier's watermark: the event time up to which every event has arrived (allowed lateness
 /// aside). Ordered `Initial < EventTime(_) < EndOfInput`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 pub enum Watermark {
     /// No event time yet: nothing is late, no window is due.
     #[default]
@@ -75,7 +86,7 @@ pub fn is_late(cfg: &TierConfig, watermark: Watermark, t: i64) -> bool {
 }
 
 /// Aggregates of one pane of one key: one [`Agg`] per field id.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Pane {
     /// Pane start (epoch ms).
     pub start: i64,
@@ -85,7 +96,7 @@ pub struct Pane {
 }
 
 /// The open panes of one key in one tier.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct KeyWindows {
     panes: VecDeque<Pane>,
     /// End of the last window of this key fired by a timer (timers fire in end order).
@@ -203,6 +214,35 @@ impl KeyWindows {
         }
     }
 
+    /// Moves each pane's aggregate of field id `i` to field id `map[i]`, dropping fields mapped
+    /// to `None` or beyond `map` (a restore into a pipeline whose field table changed).
+    pub fn remap_fields(&mut self, map: &[Option<u16>], with_sketch: bool) {
+        for pane in &mut self.panes {
+            let old = std::mem::take(&mut pane.aggs);
+            for (i, agg) in old.into_iter().enumerate() {
+                let Some(Some(to)) = map.get(i) else { continue };
+                let to = *to as usize;
+                if pane.aggs.len() <= to {
+                    pane.aggs.resize_with(to + 1, || Agg::new(with_sketch));
+                }
+                pane.aggs[to] = agg;
+            }
+        }
+    }
+
+    /// Ends of the windows still to fire: those after `last_fired_end` that hold a pane.
+    pub fn pending_ends(&self, cfg: &TierConfig) -> Vec<i64> {
+        let mut ends: Vec<i64> = self
+            .panes
+            .iter()
+            .flat_map(|p| window_starts(cfg, p.start).map(|s| s + cfg.size_ms))
+            .filter(|e| *e > self.last_fired_end)
+            .collect();
+        ends.sort_unstable();
+        ends.dedup();
+        ends
+    }
+
     /// Smallest Kafka offset still held in a pane.
     pub fn min_offset(&self) -> Option<i64> {
         self.panes.iter().map(|p| p.first_offset).min()
@@ -270,82 +310,6 @@ impl Timers {
     /// Whether no timer is pending.
     pub fn is_empty(&self) -> bool {
         self.by_end.is_empty()
-    }
-}
-
-/// Event-time progress of one partition.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct PartitionClock {
-    /// Kafka partition.
-    pub partition: i32,
-    /// Greatest event time seen; `None` before the partition's first event.
-    pub max_event_time: Option<i64>,
-    /// Processing time of the last event (ms).
-    pub last_active_ms: i64,
-}
-
-/// Per-partition event-time clocks combined into one input watermark: the minimum over active
-/// partitions; a partition idle for longer than the idle timeout does not hold it back. When
-/// every partition is idle the maximum is used, so the last windows of a stream that stopped
-/// still fire.
-#[derive(Debug, Default, Clone)]
-pub struct PartitionClocks {
-    clocks: Vec<PartitionClock>,
-}
-
-impl PartitionClocks {
-    /// Records an event of `partition` at event time `t`, processed at `now_ms`.
-    pub fn observe(&mut self, partition: i32, t: i64, now_ms: i64) {
-        match self.clocks.iter_mut().find(|c| c.partition == partition) {
-            Some(c) => {
-                c.max_event_time = Some(c.max_event_time.map_or(t, |m| m.max(t)));
-                c.last_active_ms = now_ms;
-            }
-            None => self.clocks.push(PartitionClock {
-                partition,
-                max_event_time: Some(t),
-                last_active_ms: now_ms,
-            }),
-        }
-    }
-
-    /// Registers a partition assigned at `now_ms` before its first event: until it delivers
-    /// one or turns idle it holds the watermark back, so that a partition read ahead of it
-    /// cannot make its backlog late.
-    pub fn assign(&mut self, partition: i32, now_ms: i64) {
-        if !self.clocks.iter().any(|c| c.partition == partition) {
-            self.clocks.push(PartitionClock {
-                partition,
-                max_event_time: None,
-                last_active_ms: now_ms,
-            });
-        }
-    }
-
-    /// Forgets a partition (revoked in a rebalance).
-    pub fn remove(&mut self, partition: i32) {
-        self.clocks.retain(|c| c.partition != partition);
-    }
-
-    /// Greatest event time that every active partition has reached; `None` before any event
-    /// and while an active partition has delivered none yet.
-    pub fn combined(&self, now_ms: i64, idle_timeout_ms: i64) -> Option<i64> {
-        let mut active = self
-            .clocks
-            .iter()
-            .filter(|c| now_ms.saturating_sub(c.last_active_ms) < idle_timeout_ms)
-            .map(|c| c.max_event_time)
-            .peekable();
-        if active.peek().is_some() {
-            // `None` (no event yet) sorts first: it holds the watermark back.
-            return active.min().flatten();
-        }
-        self.clocks.iter().filter_map(|c| c.max_event_time).max()
-    }
-
-    /// The clocks, for metrics.
-    pub fn clocks(&self) -> &[PartitionClock] {
-        &self.clocks
     }
 }
 

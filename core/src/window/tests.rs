@@ -61,21 +61,6 @@ fn lateness_boundaries() {
 }
 
 #[test]
-fn idle_partitions_do_not_hold_back_the_watermark() {
-    let mut c = PartitionClocks::default();
-    c.observe(0, 100_000, 0);
-    c.observe(1, 10_000, 0);
-    assert_eq!(c.combined(1_000, 30_000), Some(10_000));
-    c.observe(0, 120_000, 40_000);
-    // Partition 1 has been idle for 40 s > 30 s.
-    assert_eq!(c.combined(40_000, 30_000), Some(120_000));
-    // All idle: the maximum, so the stream's tail still fires.
-    assert_eq!(c.combined(100_000, 30_000), Some(120_000));
-    c.remove(0);
-    assert_eq!(c.combined(100_000, 30_000), Some(10_000));
-}
-
-#[test]
 fn purge_keeps_panes_until_last_window_plus_lateness() {
     let t = tier(30_000, 15_000, 0, 5_000);
     let mut k = KeyWindows::new();

@@ -52,7 +52,7 @@ pub const RESERVED_PROPERTIES: &[&str] = &[
 
 /// Engine partition ids reserve this many bits for the Kafka partition number; the topic's
 /// index in `spec.source.kafka.topics` goes above them.
-const PARTITION_BITS: u32 = 20;
+pub const PARTITION_BITS: u32 = 20;
 
 /// A source that cannot be configured.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -305,7 +305,9 @@ pub trait RebalanceHandler: Send + Sync + 'static {
     ) where
         Self: Sized;
     /// `partitions` were added to this member's assignment.
-    fn assign(&self, partitions: &[(String, i32)]);
+    fn assign(&self, consumer: &BaseConsumer<SourceContext<Self>>, partitions: &[(String, i32)])
+    where
+        Self: Sized;
 }
 
 /// The consumer context: rebalance callbacks, commit results, statistics (consumer lag) and
@@ -410,7 +412,7 @@ impl<H: RebalanceHandler> ConsumerContext for SourceContext<H> {
         }
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
             let parts = tpl_partitions(tpl);
             let mut a = self.assigned.lock();
@@ -422,7 +424,7 @@ impl<H: RebalanceHandler> ConsumerContext for SourceContext<H> {
             self.metrics.rebalance(a.len());
             tracing::info!(partitions = ?parts, total = a.len(), "Partitions assigned.");
             drop(a);
-            self.handler.assign(&parts);
+            self.handler.assign(consumer, &parts);
         }
     }
 

@@ -9,10 +9,12 @@
 //! bounded: librdkafka's fetch queue (`queued.max.messages.kbytes`), the producer queue (a full
 //! one blocks the loop) and the control channel.
 //!
-//! Offsets: every `commit_interval` the loop snapshots [`Engine::committable_offsets`] (which
-//! never passes an event held in an open window) and closes a delivery epoch; the snapshot is
-//! committed once every output of that epoch and before it is acknowledged by the broker.
-//! Delivery is therefore at least once, and alerts carry deterministic event ids.
+//! Offsets without `spec.checkpointing`: every `commit_interval` the loop snapshots
+//! [`Engine::committable_offsets`] (which never passes an event held in an open window) and
+//! closes a delivery epoch; the snapshot is committed once every output of that epoch and
+//! before it is acknowledged by the broker. With checkpointing, offsets are committed per
+//! completed checkpoint instead ([`checkpointing`]). Delivery is at least once either way, and
+//! alerts carry deterministic event ids.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,6 +39,8 @@ use vigil_core::engine::{Counters, Engine, EngineOptions, Outputs, RawRecord};
 
 use crate::driver::Driver;
 use vigil_core::rules::RuleError;
+
+mod checkpointing;
 
 /// Wall-clock time in epoch milliseconds.
 #[inline]
@@ -78,6 +82,9 @@ pub enum RunError {
     /// The model scorer could not be set up.
     #[error("failed to set up model scoring")]
     Scoring(#[source] ScoringError),
+    /// The checkpoint store could not be opened.
+    #[error("failed to open the checkpoint store")]
+    Checkpoints(#[source] crate::checkpoint::CheckpointError),
     /// The broker rejected output records for good; offsets after them were not committed, so a
     /// restart reprocesses them.
     #[error(
@@ -264,6 +271,8 @@ struct Core {
     last_record_ms: i64,
     model_server: Option<String>,
     scorer_config: ScorerConfig,
+    /// `spec.checkpointing`: the store and settings; `None` without.
+    checkpointing: Option<checkpointing::Checkpointing>,
 }
 
 impl RebalanceHandler for Shared {
@@ -273,15 +282,21 @@ impl RebalanceHandler for Shared {
             .iter()
             .filter_map(|(t, p)| c.ids.engine_partition(t, *p))
             .collect();
-        if !lost {
+        if c.checkpointing.is_some() {
+            // Lost (session timeout): the next owner restores the last checkpoint.
+            if !lost {
+                c.checkpoint_sync(consumer, Some(&ids), "revoke");
+            }
+        } else if !lost {
             let _ = c.flush_and_commit(consumer, CommitMode::Sync);
         }
         c.driver.engine.revoke_partitions(&ids);
         c.positions.retain(|(p, _)| !ids.contains(p));
     }
 
-    fn assign(&self, partitions: &[(String, i32)]) {
+    fn assign(&self, consumer: &GroupConsumer, partitions: &[(String, i32)]) {
         let mut c = self.lock();
+        c.restore_assigned(consumer, partitions);
         let ids: Vec<i32> = partitions
             .iter()
             .filter_map(|(t, p)| c.ids.engine_partition(t, *p))
@@ -535,6 +550,20 @@ pub fn spawn(cfg: RunnerConfig, metrics: Metrics) -> Result<RunnerHandle, RunErr
     )
     .map_err(RunError::Sink)?;
     metrics.engine_size(0, engine.rule_names().len());
+    let checkpointing = match &engine.config().checkpointing {
+        Some(c) => Some(checkpointing::Checkpointing {
+            store: crate::checkpoint::CheckpointStore::open(&c.location, &name)
+                .map_err(RunError::Checkpoints)?,
+            cfg: c.clone(),
+            member: checkpointing::member_id(settings.group_instance_id.as_deref()),
+            spec_fingerprint: vigil_core::engine::snapshot::spec_fingerprint(&cfg.pipeline.spec),
+            upgrade_mode: engine.config().upgrade_mode,
+            pipeline: name.clone(),
+            topics: settings.topics.clone(),
+            last_completed: Vec::new(),
+        }),
+        None => None,
+    };
     let shared = Arc::new(Shared {
         core: Mutex::new(Core {
             driver: Driver::new(engine, None),
@@ -554,6 +583,7 @@ pub fn spawn(cfg: RunnerConfig, metrics: Metrics) -> Result<RunnerHandle, RunErr
             last_record_ms: 0,
             model_server: cfg.model_server.clone(),
             scorer_config: cfg.scorer.clone(),
+            checkpointing,
         }),
     });
     shared
@@ -614,6 +644,12 @@ fn run_loop(
     let commit_ms = (commit_interval.as_millis() as i64).max(1);
     let mut next_tick = wall_clock_ms() + tick_ms;
     let mut next_commit = wall_clock_ms() + commit_ms;
+    let checkpoint_ms = shared
+        .lock()
+        .checkpointing
+        .as_ref()
+        .map_or(i64::MAX, |c| c.cfg.interval_ms);
+    let mut next_checkpoint = wall_clock_ms().saturating_add(checkpoint_ms);
     let mut drain: Option<Vec<(i32, i64)>> = None;
     let mut drained = false;
     let result = loop {
@@ -677,11 +713,19 @@ fn run_loop(
             drained = true;
             break Ok(());
         }
-        if now_ms >= next_commit {
-            next_commit = now_ms + commit_ms;
-            core.snapshot();
+        if core.checkpointing.is_some() {
+            if now_ms >= next_checkpoint {
+                next_checkpoint = now_ms + checkpoint_ms;
+                core.checkpoint_periodic();
+            }
+            core.poll_checkpoints(&consumer);
+        } else {
+            if now_ms >= next_commit {
+                next_commit = now_ms + commit_ms;
+                core.snapshot();
+            }
+            core.commit_acknowledged(&consumer);
         }
-        core.commit_acknowledged(&consumer);
         let failed = core.sinks.tracker().failed();
         if failed > 0 {
             break Err(RunError::Delivery(failed));
@@ -693,7 +737,16 @@ fn run_loop(
         let mut core = shared.lock();
         let now_ms = wall_clock_ms();
         core.tick(now_ms);
-        committed = core.flush_and_commit(&consumer, CommitMode::Sync);
+        committed = if core.checkpointing.is_none() {
+            core.flush_and_commit(&consumer, CommitMode::Sync)
+        } else if drained {
+            // End of input fired every window: that state is not checkpointed, and nothing is
+            // committed past the last checkpoint (see checkpointing).
+            let _ = core.sinks.flush(Duration::from_secs(30));
+            false
+        } else {
+            core.checkpoint_sync(&consumer, None, "shutdown")
+        };
         RunSummary {
             dead_letter_reasons: core.driver.engine.dead_letter_reasons().clone(),
             counters: core.driver.engine.counters(),

@@ -1,0 +1,379 @@
+//! Durable state in the run loop (`spec.checkpointing`): when a checkpoint is taken, what
+//! offsets are committed, and what is restored when partitions are assigned.
+//!
+//! - **Periodic checkpoint** (every `interval`): the outputs so far are flushed (so every alert
+//!   of the events before the snapshot is acknowledged), the engine's state of every owned
+//!   partition is encoded on the loop thread, and the bytes are written in the background.
+//!   Once the completion marker is written, the checkpoint's offsets are committed: committed
+//!   offsets never pass checkpointed state (at least once, like Flink's commit on checkpoint).
+//! - **Revocation** (a clean rebalance) and **shutdown**: the same, synchronously, for the
+//!   partitions handed over, before librdkafka gives them away; the next owner restores it
+//!   and replays nothing. A lost assignment (session timeout, `kill -9`) takes no checkpoint:
+//!   the next owner restores the last one and replays from its offsets.
+//! - **Assignment**: per partition, the newest complete checkpoint holding it is restored
+//!   (keys, windows, rule state, watermarks), unless the committed offset is already past it
+//!   (a checkpoint older than the committed position would leave a gap; the partition then
+//!   starts empty and a warning says why). Records below the checkpoint's offset are skipped.
+//!   `upgradeMode: Stateless` restores only checkpoints written under the same spec;
+//!   `LastState` any (a rule whose state no longer fits starts empty, logged per rule).
+//! - **Drain** (a bounded run's end of input fired every window): no checkpoint is written
+//!   and nothing is committed past the last one, so the end-of-input watermark never reaches a
+//!   checkpoint.
+
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{CommitMode, Consumer as _};
+use vigil_api::v1alpha1::UpgradeMode;
+use vigil_core::config::CheckpointConfig;
+use vigil_core::engine::snapshot::{FORMAT_VERSION, Snapshot};
+
+use super::{Core, GroupConsumer, wall_clock_ms};
+use crate::checkpoint::{
+    CheckpointMetadata, CheckpointStore, PartitionOffset, checkpoint_id, newest_for,
+};
+
+/// The checkpoint settings and store of a run.
+pub(super) struct Checkpointing {
+    pub store: CheckpointStore,
+    pub cfg: CheckpointConfig,
+    pub member: String,
+    pub spec_fingerprint: String,
+    pub upgrade_mode: UpgradeMode,
+    pub pipeline: String,
+    pub topics: Vec<String>,
+    /// Offsets of the last checkpoint this detector completed: a synchronous checkpoint of
+    /// partitions already at those offsets is not written again (shutdown, then the
+    /// revocation of leaving the group).
+    pub last_completed: Vec<(i32, i64)>,
+}
+
+/// A member id usable in object names: the group instance id, or one made of the host
+/// process, for detectors without static membership.
+pub(super) fn member_id(group_instance_id: Option<&str>) -> String {
+    let raw = group_instance_id.map_or_else(
+        || format!("p{}-{}", std::process::id(), wall_clock_ms()),
+        str::to_string,
+    );
+    raw.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+impl Core {
+    /// Encodes the state of the partitions `include` accepts after flushing the outputs.
+    /// `None` when the outputs could not be flushed (the checkpoint is skipped).
+    fn take_snapshot(
+        &mut self,
+        include: &dyn Fn(i32) -> bool,
+        trigger: &str,
+    ) -> Option<(Vec<u8>, CheckpointMetadata)> {
+        let cp = self.checkpointing.as_ref()?;
+        if self.sinks.tracker().failed() > 0 {
+            // State past an output the broker refused must never become restorable.
+            self.metrics.checkpoint(trigger, None);
+            return None;
+        }
+        if let Err(e) = self.sinks.flush(Duration::from_secs(30)) {
+            tracing::warn!(error = %e, trigger, "Outputs not acknowledged; checkpoint skipped (offsets stay at the last checkpoint).");
+            self.metrics.checkpoint(trigger, None);
+            return None;
+        }
+        let created_ms = wall_clock_ms();
+        let mut bytes = Vec::new();
+        let info = match self.driver.engine.write_snapshot(include, &mut bytes) {
+            Ok(i) => i,
+            Err(e) => {
+                tracing::error!(error = %e, trigger, "Snapshot could not be encoded; checkpoint skipped.");
+                self.metrics.checkpoint(trigger, None);
+                return None;
+            }
+        };
+        let partitions = info
+            .offsets
+            .iter()
+            .filter_map(|&(p, offset)| {
+                self.ids.kafka(p).map(|(t, kp)| PartitionOffset {
+                    topic: t.to_string(),
+                    partition: kp,
+                    offset,
+                })
+            })
+            .collect();
+        let metadata = CheckpointMetadata {
+            format_version: FORMAT_VERSION,
+            id: checkpoint_id(created_ms, &cp.member),
+            pipeline: cp.pipeline.clone(),
+            spec_fingerprint: cp.spec_fingerprint.clone(),
+            member: cp.member.clone(),
+            created_ms,
+            trigger: trigger.to_string(),
+            topics: cp.topics.clone(),
+            partitions,
+            keys: info.keys as u64,
+            bytes: bytes.len() as u64,
+        };
+        Some((bytes, metadata))
+    }
+
+    /// Starts a periodic checkpoint of every owned partition unless one is still being written.
+    pub(super) fn checkpoint_periodic(&mut self) {
+        if self
+            .checkpointing
+            .as_ref()
+            .is_none_or(|c| c.store.in_flight() > 0)
+        {
+            return;
+        }
+        if self.driver.engine.positions().is_empty() {
+            return; // nothing consumed yet
+        }
+        let Some((bytes, metadata)) = self.take_snapshot(&|_| true, "periodic") else {
+            return;
+        };
+        if let Some(cp) = self.checkpointing.as_mut() {
+            cp.store.start(bytes, metadata);
+        }
+    }
+
+    /// Handles finished background checkpoints: commits the offsets of completed ones and
+    /// applies retention.
+    pub(super) fn poll_checkpoints(&mut self, consumer: &GroupConsumer) {
+        loop {
+            let Some(done) = self
+                .checkpointing
+                .as_mut()
+                .and_then(|c| c.store.poll_completed())
+            else {
+                return;
+            };
+            let m = &done.metadata;
+            if let Some(e) = &done.error {
+                self.metrics.checkpoint(&m.trigger, None);
+                tracing::error!(error = %e, checkpoint = %m.id, "Checkpoint failed; offsets stay at the last complete checkpoint.");
+                continue;
+            }
+            self.metrics
+                .checkpoint(&m.trigger, Some((done.write_seconds, m.bytes)));
+            tracing::debug!(checkpoint = %m.id, keys = m.keys, bytes = m.bytes, seconds = done.write_seconds, "Checkpoint complete.");
+            // Commit only partitions still owned.
+            let offsets = self.owned_offsets(m);
+            self.commit(consumer, &offsets, CommitMode::Async);
+            if let Some(cp) = self.checkpointing.as_mut() {
+                cp.last_completed.clone_from(&offsets);
+            }
+            self.retention();
+        }
+    }
+
+    fn owned_offsets(&self, m: &CheckpointMetadata) -> Vec<(i32, i64)> {
+        let owned = self.driver.engine.positions();
+        m.partitions
+            .iter()
+            .filter_map(|o| {
+                self.ids
+                    .engine_partition(&o.topic, o.partition)
+                    .map(|p| (p, o.offset))
+            })
+            .filter(|(p, _)| owned.iter().any(|(q, _)| q == p))
+            .collect()
+    }
+
+    fn retention(&self) {
+        let Some(cp) = &self.checkpointing else {
+            return;
+        };
+        match cp.store.apply_retention(&cp.member, cp.cfg.retained) {
+            Ok(deleted) if !deleted.is_empty() => {
+                tracing::debug!(?deleted, "Old checkpoints deleted.");
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "Checkpoint retention failed; retried after the next checkpoint.")
+            }
+        }
+    }
+
+    /// Takes a checkpoint of `partitions` (all owned ones for `None`) and waits for it, then
+    /// commits its offsets synchronously. Whether it completed.
+    pub(super) fn checkpoint_sync(
+        &mut self,
+        consumer: &GroupConsumer,
+        partitions: Option<&[i32]>,
+        trigger: &str,
+    ) -> bool {
+        // Earlier background writes first, so their commits do not overtake this one.
+        if let Some(cp) = self.checkpointing.as_mut() {
+            let done = cp.store.wait_all();
+            for c in done {
+                self.metrics.checkpoint(
+                    &c.metadata.trigger,
+                    c.error
+                        .is_none()
+                        .then_some((c.write_seconds, c.metadata.bytes)),
+                );
+            }
+        }
+        let include = |p: i32| partitions.is_none_or(|ps| ps.contains(&p));
+        let positions: Vec<(i32, i64)> = self
+            .driver
+            .engine
+            .positions()
+            .into_iter()
+            .filter(|(p, _)| include(*p))
+            .collect();
+        if let Some(cp) = &self.checkpointing
+            && positions.iter().all(|x| cp.last_completed.contains(x))
+        {
+            return true; // the last checkpoint already holds this state's offsets
+        }
+        let Some((bytes, metadata)) = self.take_snapshot(&include, trigger) else {
+            return false;
+        };
+        if metadata.partitions.is_empty() {
+            return true;
+        }
+        let t0 = Instant::now();
+        let Some(cp) = self.checkpointing.as_ref() else {
+            return false;
+        };
+        match cp.store.write(bytes, &metadata) {
+            Ok(()) => {
+                self.metrics
+                    .checkpoint(trigger, Some((t0.elapsed().as_secs_f64(), metadata.bytes)));
+                tracing::info!(checkpoint = %metadata.id, trigger, keys = metadata.keys, bytes = metadata.bytes, "Checkpoint complete.");
+                let offsets = self.owned_offsets(&metadata);
+                if let Some(cp) = self.checkpointing.as_mut() {
+                    cp.last_completed.clone_from(&offsets);
+                }
+                let ok = self.commit(consumer, &offsets, CommitMode::Sync);
+                self.retention();
+                ok
+            }
+            Err(e) => {
+                self.metrics.checkpoint(trigger, None);
+                tracing::error!(error = %e, trigger, "Checkpoint failed; the next owner replays from the last complete checkpoint.");
+                false
+            }
+        }
+    }
+
+    /// Restores the newest eligible checkpoint of each assigned partition (see the module
+    /// header).
+    pub(super) fn restore_assigned(&mut self, consumer: &GroupConsumer, parts: &[(String, i32)]) {
+        let Some(cp) = &self.checkpointing else {
+            return;
+        };
+        let (complete, _) = match cp.store.list() {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "Checkpoints could not be listed; the assigned partitions start empty and replay from the committed offsets.");
+                return;
+            }
+        };
+        let eligible = |m: &CheckpointMetadata| {
+            m.pipeline == cp.pipeline
+                && (cp.upgrade_mode == UpgradeMode::LastState
+                    || m.spec_fingerprint == cp.spec_fingerprint)
+        };
+        let committed = committed_offsets(consumer, parts);
+        let picks: Vec<(CheckpointMetadata, Vec<(String, i32)>)> =
+            newest_for(&complete, parts, eligible)
+                .into_iter()
+                .map(|(m, ps)| (m.clone(), ps))
+                .collect();
+        for (meta, wanted) in picks {
+            // Partitions whose committed offset passed the checkpoint would leave a gap.
+            let wanted: Vec<(String, i32)> = wanted
+                .into_iter()
+                .filter(|(t, p)| {
+                    let at = meta
+                        .partitions
+                        .iter()
+                        .find(|o| o.topic == *t && o.partition == *p)
+                        .map_or(i64::MAX, |o| o.offset);
+                    match committed.iter().find(|(ct, cp_, _)| ct == t && cp_ == p) {
+                        Some((_, _, c)) if *c > at => {
+                            tracing::warn!(checkpoint = %meta.id, topic = %t, partition = p, checkpoint_offset = at, committed_offset = c,
+                                "The committed offset is past this checkpoint; the partition starts empty rather than restore state with a gap.");
+                            false
+                        }
+                        _ => true,
+                    }
+                })
+                .collect();
+            if wanted.is_empty() {
+                continue;
+            }
+            let t0 = Instant::now();
+            let bytes = match cp.store.read_state(&meta.id) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!(error = %e, checkpoint = %meta.id, "Checkpoint could not be read; its partitions start empty.");
+                    continue;
+                }
+            };
+            let snap = match Snapshot::decode(&bytes) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, checkpoint = %meta.id, "Checkpoint does not decode; its partitions start empty.");
+                    continue;
+                }
+            };
+            let ids = &self.ids;
+            let topics = &meta.topics;
+            // Snapshot engine partition -> (topic, partition) by the writer's topic list ->
+            // this run's engine partition.
+            let select = |p: i32| {
+                let idx = (p >> crate::source::PARTITION_BITS) as usize;
+                let kp = p & ((1 << crate::source::PARTITION_BITS) - 1);
+                let topic = topics.get(idx)?;
+                wanted
+                    .iter()
+                    .any(|(t, q)| t == topic && *q == kp)
+                    .then(|| ids.engine_partition(topic, kp))
+                    .flatten()
+            };
+            let report = self.driver.engine.restore(&snap, select, wall_clock_ms());
+            self.metrics.restored(report.keys);
+            tracing::info!(
+                checkpoint = %meta.id, partitions = ?wanted, keys = report.keys, offsets = ?report.offsets,
+                bytes = bytes.len(), seconds = t0.elapsed().as_secs_f64(),
+                "State restored from checkpoint; records below these offsets are skipped."
+            );
+            for (tier, why) in &report.tiers_reset {
+                tracing::warn!(window = %tier, reason = %why, "Window state not restored.");
+            }
+            for (rule, why) in &report.rules_reset {
+                tracing::warn!(rule = %rule, reason = %why, "Rule state not restored; the rule starts empty.");
+            }
+        }
+    }
+}
+
+/// Committed offsets of `parts` (topic, partition, offset); empty when they cannot be read.
+fn committed_offsets(consumer: &GroupConsumer, parts: &[(String, i32)]) -> Vec<(String, i32, i64)> {
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for (t, p) in parts {
+        tpl.add_partition(t, *p);
+    }
+    match consumer.committed_offsets(tpl, Duration::from_secs(10)) {
+        Ok(c) => c
+            .elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                rdkafka::Offset::Offset(o) => Some((e.topic().to_string(), e.partition(), o)),
+                _ => None,
+            })
+            .collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "Committed offsets could not be read; checkpoints are restored without the gap check.");
+            Vec::new()
+        }
+    }
+}
