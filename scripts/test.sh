@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Vigil's whole test suite, as CI runs it: static checks, unit/property/golden tests, and the
 # integration tests against real components that this script starts (an Apache Kafka broker,
-# ONNX Runtime, a Kubernetes control plane). First run on a fresh machine downloads and builds
+# an S3-compatible object store (SeaweedFS), ONNX Runtime, a Kubernetes control plane). First run on a fresh machine downloads and builds
 # those into ${VIGIL_CACHE:-~/.cache/vigil}; later runs reuse them.
 #
 #   scripts/test.sh            everything
@@ -35,6 +35,7 @@ fi
 cleanup() {
   step "stopping services"
   scripts/kafka.sh stop || true
+  scripts/seaweedfs.sh stop || true
 }
 trap cleanup EXIT
 
@@ -45,7 +46,11 @@ step "Kafka broker"
 scripts/kafka.sh start
 eval "$(scripts/kafka.sh env)"
 
-step "tests (unit, property, golden, real Kafka, ONNX Runtime + gRPC)"
+step "S3-compatible object store (SeaweedFS, for s3:// checkpoints)"
+scripts/seaweedfs.sh start
+eval "$(scripts/seaweedfs.sh env)"
+
+step "tests (unit, property, golden, real Kafka, S3, ONNX Runtime + gRPC)"
 cargo test --workspace --no-fail-fast
 
 step "the demo from a copy of the repository with no ../shared folder beside it"

@@ -10,6 +10,11 @@
 //!    (produce time) of the record that closes a window to the broker's acknowledgement of the
 //!    alert, so it leaves out the wait for the window to end.
 //!
+//! 5. State (`--state-keys N`, in memory, no broker): snapshot bytes per key of the bench
+//!    pipeline and of the recommended NAB rules, the time to encode a checkpoint of N keys and
+//!    to read, decode and restore it into a fresh engine, and what a checkpoint every 10 s
+//!    costs the engine (encode CPU-seconds / 10 s of a saturated engine thread).
+//!
 //! Uses the broker in `--bootstrap-servers`/`KAFKA_BOOTSTRAP`, else an embedded mock cluster.
 //! Ends with one `BENCH ...` line: `engine_eps_per_core` is events per CPU-second of the engine's
 //! thread (robust on a shared machine), `e2e_eps`/`raw_consume_eps` are wall-clock rates from
@@ -63,6 +68,10 @@ pub struct BenchArgs {
     /// Keep the bench topics (they are deleted at the end otherwise).
     #[arg(long)]
     pub keep_topics: bool,
+    /// Run only the state phase with this many keys (checkpoint size, encode and restore
+    /// time), e.g. 1000000.
+    #[arg(long)]
+    pub state_keys: Option<usize>,
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
@@ -449,7 +458,139 @@ fn latency_phase(
 ///
 /// # Errors
 /// A broker that cannot be reached or a phase that does not complete.
+/// Fills an engine with `keys` keys of the bench pipeline, `per_key` events each (one per
+/// second of event time per key, as the engine phase) on 4 partitions.
+fn filled_engine(keys: usize, per_key: usize) -> anyhow::Result<Engine> {
+    let m = manifests("bench", "bench", "alerts", false)?;
+    let rules = m.rules_for(&m.pipelines[0]);
+    let (mut e, _) = Engine::from_resources(&m.pipelines[0], &rules, &[], EngineOptions::default())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut out = Outputs::default();
+    for i in 0..keys * per_key {
+        let (_, ev) = event(i, keys, 1_700_000_000_000);
+        let now_ms = 1_700_000_000_000 + (i / keys) as i64 * 1000;
+        e.process(
+            &RawRecord {
+                partition: (i % keys % 4) as i32,
+                offset: (i / 4) as i64,
+                key: None,
+                payload: &ev,
+            },
+            now_ms,
+            &mut out,
+        );
+        out.clear();
+    }
+    Ok(e)
+}
+
+/// Snapshot bytes per key of the recommended NAB rules after one NAB series (one key).
+fn nab_bytes_per_key() -> anyhow::Result<(usize, usize)> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut m = Manifests::default();
+    m.add_file(&root.join("manifests/examples/nab/pipeline.yaml"))?;
+    m.add_file(&root.join("manifests/examples/nab/rules.yaml"))?;
+    let rules = m.rules_for(&m.pipelines[0]);
+    let (mut e, _) = Engine::from_resources(&m.pipelines[0], &rules, &[], EngineOptions::default())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let data = std::env::var_os("VIGIL_NAB_DATA")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root.join("data/nab"));
+    let (_, rows) = vigil_core::input::read_rows(
+        &data.join("data/realKnownCause/machine_temperature_system_failure.csv"),
+    )?;
+    let mut out = Outputs::default();
+    for (i, row) in rows.iter().enumerate() {
+        let now = vigil_core::decode::parse_event_time(&row.cells[0], Default::default())
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        e.process(
+            &RawRecord {
+                partition: 0,
+                offset: i as i64,
+                key: Some(b"machine-1"),
+                payload: &row.json,
+            },
+            now,
+            &mut out,
+        );
+        out.clear();
+    }
+    let mut buf = Vec::new();
+    e.write_snapshot(|_| true, &mut buf)?;
+    Ok((buf.len(), rows.len()))
+}
+
+/// Phase 5 (see the module header).
+fn state_phase(keys: usize) -> anyhow::Result<()> {
+    let (nab, rows) = nab_bytes_per_key()?;
+    println!(
+        "state: nab_recommended_rules snapshot_bytes_per_key={nab} (seasonal + random cut forest 50x256 + ensemble, after {rows} events)"
+    );
+    // The bench pipeline after 10 minutes and after 1 hour of events per key (the 1 h
+    // baselines full).
+    for (n, per_key) in [(10_000, 600), (10_000, 3_600)] {
+        let e = filled_engine(n, per_key)?;
+        let mut buf = Vec::new();
+        e.write_snapshot(|_| true, &mut buf)?;
+        println!(
+            "state: bench_pipeline keys={n} events_per_key={per_key} snapshot_bytes_per_key={} in_memory_bytes_per_key={}",
+            buf.len() / n,
+            e.state_bytes_per_key()
+        );
+    }
+    let t0 = Instant::now();
+    let e = filled_engine(keys, 120)?;
+    println!(
+        "state: filled {keys} keys x 120 events in {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+    let cpu0 = thread_cpu_seconds();
+    let t0 = Instant::now();
+    let mut buf = Vec::new();
+    e.write_snapshot(|_| true, &mut buf)?;
+    let (encode_s, encode_cpu) = (t0.elapsed().as_secs_f64(), thread_cpu_seconds() - cpu0);
+    let dir = std::env::temp_dir().join(format!("vigil-bench-state-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("state.bin");
+    let t0 = Instant::now();
+    std::fs::write(&path, &buf)?;
+    let write_s = t0.elapsed().as_secs_f64();
+    drop(e);
+    let t0 = Instant::now();
+    let bytes = std::fs::read(&path)?;
+    let snap = vigil_core::engine::snapshot::Snapshot::decode(&bytes)?;
+    let m = manifests("bench", "bench", "alerts", false)?;
+    let rules = m.rules_for(&m.pipelines[0]);
+    let (mut fresh, _) =
+        Engine::from_resources(&m.pipelines[0], &rules, &[], EngineOptions::default())
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let report = fresh.restore(&snap, Some, wall_clock_ms());
+    let restore_s = t0.elapsed().as_secs_f64();
+    let _ = std::fs::remove_dir_all(&dir);
+    println!(
+        "state: keys={} snapshot_bytes={} bytes_per_key={} encode_s={encode_s:.2} encode_cpu_s={encode_cpu:.2} file_write_s={write_s:.2} read_decode_restore_s={restore_s:.2}",
+        report.keys,
+        buf.len(),
+        buf.len() / keys.max(1)
+    );
+    // A checkpoint every 10 s of the engine phase's 10k keys: encode CPU over 10 s.
+    let e = filled_engine(10_000, 600)?;
+    let cpu0 = thread_cpu_seconds();
+    let mut buf = Vec::new();
+    e.write_snapshot(|_| true, &mut buf)?;
+    let cpu = thread_cpu_seconds() - cpu0;
+    println!(
+        "BENCH_STATE keys={keys} restore_s={restore_s:.2} encode_s={encode_s:.2} bench_bytes_per_key={} nab_bytes_per_key={nab} checkpoint_every_10s_cost_10k_keys={:.4}",
+        buf.len() / 10_000,
+        cpu / 10.0
+    );
+    Ok(())
+}
+
 pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
+    if let Some(keys) = a.state_keys {
+        return state_phase(keys);
+    }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
         "bench: cores={cores} events={} engine_events={} keys={} partitions={}",

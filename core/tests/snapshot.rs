@@ -288,7 +288,7 @@ fn foreign_and_future_bytes_are_refused_with_a_reason() {
     truncated.truncate(truncated.len() - 1);
     assert!(matches!(
         Snapshot::decode(&truncated),
-        Err(SnapshotError::Decode(_))
+        Err(SnapshotError::Decompress(_))
     ));
 }
 

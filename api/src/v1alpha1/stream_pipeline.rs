@@ -387,6 +387,16 @@ pub struct CheckpointSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub retained: Option<u32>,
+    /// For a `file://` location in Kubernetes: a PersistentVolumeClaim (ReadWriteMany, so
+    /// every detector of the pipeline sees the others' checkpoints) the operator mounts at the
+    /// location's path. Required there: a pod's own file system is lost with the pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_claim: Option<String>,
+    /// For an `s3://` location: a Secret in the pipeline's namespace whose keys the detectors
+    /// get as environment variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, and
+    /// optionally `AWS_REGION`, `AWS_ENDPOINT`, `AWS_ALLOW_HTTP`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret: Option<String>,
 }
 
 /// What detectors do with their state across an upgrade (the names of the Flink operator).

@@ -166,6 +166,41 @@ async fn every_example_applies_and_every_rule_is_accepted() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 
+    // The durable-state example: its detectors get the checkpoint store's credentials from the
+    // Secret, and the Secret was taken by the API server with the rest.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let sts = loop {
+        match ns
+            .api::<k8s_openapi::api::apps::v1::StatefulSet>()
+            .get_opt("service-latency-detector")
+            .await
+            .unwrap()
+        {
+            Some(s) => break s,
+            None => {
+                assert!(
+                    Instant::now() < deadline,
+                    "no StatefulSet for the durable-state example: {}",
+                    op.log_text()
+                );
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    };
+    let pod = sts.spec.unwrap().template.spec.unwrap();
+    let env_from = pod.containers[0].env_from.clone().unwrap_or_default();
+    assert_eq!(
+        env_from[0].secret_ref.as_ref().map(|s| s.name.as_str()),
+        Some("vigil-checkpoint-credentials")
+    );
+    assert!(
+        ns.api::<k8s_openapi::api::core::v1::Secret>()
+            .get_opt("vigil-checkpoint-credentials")
+            .await
+            .unwrap()
+            .is_some()
+    );
+
     // The rendered config of the recommended pipeline carries every rule that selects it, and
     // scores a series exactly as the example files do.
     let cm = crate::harness::wait_for(

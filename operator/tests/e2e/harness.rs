@@ -147,6 +147,7 @@ impl TestNamespace {
             "ConfigMap" => {
                 patch::<k8s_openapi::api::core::v1::ConfigMap>(self, &name, &pp, value).await
             }
+            "Secret" => patch::<k8s_openapi::api::core::v1::Secret>(self, &name, &pp, value).await,
             other => panic!("apply_value: unsupported kind {other}"),
         }
     }

@@ -15,9 +15,10 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec, StatefulSetUpdateStrategy};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
-    HTTPGetAction, ObjectFieldSelector, PodSpec, PodTemplateSpec, Probe, SecretKeySelector,
-    SecretVolumeSource, Service, ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
+    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvFromSource, EnvVar,
+    EnvVarSource, HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaimVolumeSource, PodSpec,
+    PodTemplateSpec, Probe, SecretEnvSource, SecretKeySelector, SecretVolumeSource, Service,
+    ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -256,6 +257,33 @@ fn detector_pod(
             });
         }
     }
+    let mut env_from = Vec::new();
+    if let Some(c) = &v.pipeline.spec.checkpointing {
+        if let (Some(claim), Some(path)) = (&c.volume_claim, c.location.strip_prefix("file://")) {
+            mounts.push(VolumeMount {
+                name: "checkpoints".into(),
+                mount_path: path.to_string(),
+                ..VolumeMount::default()
+            });
+            volumes.push(Volume {
+                name: "checkpoints".into(),
+                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                    claim_name: claim.clone(),
+                    ..PersistentVolumeClaimVolumeSource::default()
+                }),
+                ..Volume::default()
+            });
+        }
+        if let Some(secret) = &c.credentials_secret {
+            env_from.push(EnvFromSource {
+                secret_ref: Some(SecretEnvSource {
+                    name: secret.clone(),
+                    ..SecretEnvSource::default()
+                }),
+                ..EnvFromSource::default()
+            });
+        }
+    }
     PodSpec {
         service_account_name: Some(name.to_string()),
         automount_service_account_token: Some(false),
@@ -270,6 +298,7 @@ fn detector_pod(
             command: Some(vec![contract::BINARY.into()]),
             args: Some(DetectorArgs::in_pod().to_args()),
             env: Some(env),
+            env_from: (!env_from.is_empty()).then_some(env_from),
             ports: Some(vec![ContainerPort {
                 name: Some("metrics".into()),
                 container_port: DETECTOR_METRICS_PORT,
@@ -397,6 +426,61 @@ mod tests {
         let v = validate(&p, &d, None).unwrap();
         let c = build(&v, &OperatorConfig::test()).unwrap();
         (v, c)
+    }
+
+    #[test]
+    fn checkpoint_storage_is_mounted_or_passed_as_environment() {
+        let (_, d) = nab_fixture();
+        let render = |c: &str| {
+            let p = crate::controller::test_fixtures::parse_pipeline(move |s| {
+                s.replace(
+                    "  parallelism: 4\n",
+                    &format!("  parallelism: 4\n  checkpointing: {c}\n"),
+                )
+            });
+            let v = validate(&p, &d, None).unwrap();
+            let sts = build(&v, &OperatorConfig::test()).unwrap().stateful_set;
+            sts.spec.unwrap().template.spec.unwrap()
+        };
+        let pod = render("{location: 'file:///var/lib/vigil', volumeClaim: vigil-state}");
+        let c = &pod.containers[0];
+        let mount = c
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.name == "checkpoints")
+            .unwrap();
+        assert_eq!(mount.mount_path, "/var/lib/vigil");
+        let vol = pod
+            .volumes
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|v| v.name == "checkpoints")
+            .unwrap();
+        assert_eq!(
+            vol.persistent_volume_claim.as_ref().unwrap().claim_name,
+            "vigil-state"
+        );
+        assert!(c.env_from.is_none());
+        let pod = render("{location: 's3://bucket/vigil', credentialsSecret: s3-creds}");
+        let c = &pod.containers[0];
+        assert_eq!(
+            c.env_from.as_ref().unwrap()[0]
+                .secret_ref
+                .as_ref()
+                .unwrap()
+                .name,
+            "s3-creds"
+        );
+        assert!(
+            c.volume_mounts
+                .as_ref()
+                .unwrap()
+                .iter()
+                .all(|m| m.name != "checkpoints")
+        );
     }
 
     #[test]

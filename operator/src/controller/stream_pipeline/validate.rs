@@ -143,6 +143,27 @@ pub fn validate(
             ));
         }
     }
+    if let Some(c) = &spec.checkpointing {
+        let file = c.location.starts_with("file://");
+        if file && c.volume_claim.is_none() {
+            return Err(FieldError::new(
+                "spec.checkpointing.volumeClaim",
+                "required with a file:// location in Kubernetes: a ReadWriteMany PersistentVolumeClaim every detector mounts (a pod's own file system is lost with the pod)",
+            ));
+        }
+        if !file && c.volume_claim.is_some() {
+            return Err(FieldError::new(
+                "spec.checkpointing.volumeClaim",
+                "only applies to a file:// location",
+            ));
+        }
+        if file && c.credentials_secret.is_some() {
+            return Err(FieldError::new(
+                "spec.checkpointing.credentialsSecret",
+                "only applies to an s3:// location",
+            ));
+        }
+    }
     // The detector's own validation of the spec (paths, windows, features) and of the rules
     // that select it, compiled together as the detectors will.
     let verdicts = validate_rules_for_pipeline(pipeline, &deref.rules, &deref.models)?;
@@ -310,6 +331,64 @@ mod tests {
         assert!(e.message.contains("60000 ms for size 30000 ms"), "{e}");
         let p = parse_pipeline(|s| s.replace("name: nab\n", "name: 9nab\n"));
         assert_eq!(validate(&p, &d, None).unwrap_err().field, "metadata.name");
+    }
+
+    #[test]
+    fn checkpoint_storage_is_checked_for_kubernetes() {
+        let (_, d) = nab_fixture();
+        let with = |c: &str| {
+            parse_pipeline(move |s| {
+                s.replace(
+                    "  parallelism: 4\n",
+                    &format!("  parallelism: 4\n  checkpointing: {c}\n  upgradeMode: LastState\n"),
+                )
+            })
+        };
+        let ok = [
+            "{location: 'file:///state', volumeClaim: vigil-state}",
+            "{location: 's3://bucket/vigil', credentialsSecret: s3-creds}",
+            "{location: 's3://bucket/vigil'}",
+        ];
+        for c in ok {
+            validate(&with(c), &d, None).unwrap_or_else(|e| panic!("{c}: {e}"));
+        }
+        for (c, field) in [
+            (
+                "{location: 'file:///state'}",
+                "spec.checkpointing.volumeClaim",
+            ),
+            (
+                "{location: 's3://b/p', volumeClaim: x}",
+                "spec.checkpointing.volumeClaim",
+            ),
+            (
+                "{location: 'file:///s', volumeClaim: x, credentialsSecret: y}",
+                "spec.checkpointing.credentialsSecret",
+            ),
+            (
+                "{location: 'gs://b', credentialsSecret: y}",
+                "spec.checkpointing.location",
+            ),
+            (
+                "{location: 's3://b', interval: 10ms}",
+                "spec.checkpointing.interval",
+            ),
+        ] {
+            assert_eq!(
+                validate(&with(c), &d, None).unwrap_err().field,
+                field,
+                "{c}"
+            );
+        }
+        let p = parse_pipeline(|s| {
+            s.replace(
+                "  parallelism: 4\n",
+                "  parallelism: 4\n  upgradeMode: Savepoint\n",
+            )
+        });
+        let e = validate(&p, &d, None).unwrap_err();
+        assert_eq!(e.field, "spec.upgradeMode");
+        assert!(e.message.contains("not implemented yet"), "{e}");
     }
 
     #[test]
