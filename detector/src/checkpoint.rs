@@ -56,9 +56,9 @@ pub enum CheckpointError {
         #[source]
         source: serde_json::Error,
     },
-    /// The writer runtime is gone.
-    #[error("checkpoint writer stopped")]
-    WriterGone,
+    /// The snapshot could not be compressed.
+    #[error("snapshot: {0}")]
+    Snapshot(#[from] vigil_core::engine::snapshot::SnapshotError),
 }
 
 /// One partition of a checkpoint, with the offset its state resumes from.
@@ -155,6 +155,9 @@ impl CheckpointStore {
             reason,
         };
         let url = url::Url::parse(location).map_err(|e| bad(e.to_string()))?;
+        // HTTPS to S3 goes through rustls with ring, the provider kube uses too (one provider
+        // in the process; installing it again is a no-op).
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let mut local = None;
         if url.scheme() == "file" {
             let dir = url
@@ -204,16 +207,32 @@ impl CheckpointStore {
         self.rt.block_on(write(store, dir, bytes, meta))
     }
 
-    /// Starts writing a checkpoint in the background; its outcome comes from
-    /// [`Self::poll_completed`].
-    pub fn start(&mut self, bytes: Vec<u8>, metadata: CheckpointMetadata) {
+    /// Starts a checkpoint in the background: `prepare` makes the bytes (compression) on a
+    /// blocking thread, then they are written; the outcome, with `metadata.bytes` set, comes
+    /// from [`Self::poll_completed`].
+    pub fn start(
+        &mut self,
+        prepare: impl FnOnce() -> Result<Vec<u8>, CheckpointError> + Send + 'static,
+        mut metadata: CheckpointMetadata,
+    ) {
         let store = self.store.clone();
         let dir = self.dir(&metadata.id);
         let tx = self.done_tx.clone();
         self.in_flight += 1;
         self.rt.spawn(async move {
             let t0 = std::time::Instant::now();
-            let result = write(store, dir, bytes, metadata.clone()).await;
+            let result = match tokio::task::spawn_blocking(prepare).await {
+                Ok(Ok(bytes)) => {
+                    metadata.bytes = bytes.len() as u64;
+                    write(store, dir, bytes, metadata.clone()).await
+                }
+                Ok(Err(e)) => Err(e),
+                Err(join) => Err(CheckpointError::Snapshot(
+                    vigil_core::engine::snapshot::SnapshotError::Io(std::io::Error::other(
+                        join.to_string(),
+                    )),
+                )),
+            };
             let _ = tx.send(Completed {
                 metadata,
                 write_seconds: t0.elapsed().as_secs_f64(),
@@ -513,11 +532,14 @@ mod tests {
         let url = format!("file://{}", dir.path().display());
         let mut s = CheckpointStore::open(&url, "pipe").unwrap();
         for (i, ms) in [100, 200, 300].into_iter().enumerate() {
-            s.start(vec![i as u8; 10], meta(ms, "a", &[(0, ms)]));
+            s.start(move || Ok(vec![i as u8; 10]), meta(ms, "a", &[(0, ms)]));
         }
         let done = s.wait_all();
         assert_eq!(done.len(), 3);
-        assert!(done.iter().all(|c| c.error.is_none()));
+        assert!(
+            done.iter()
+                .all(|c| c.error.is_none() && c.metadata.bytes == 10)
+        );
         // An incomplete one (a crash between the two writes).
         std::fs::create_dir_all(
             dir.path()

@@ -85,10 +85,17 @@ fn checkpoints_round_trip_through_a_real_s3_server() {
     assert_eq!(info.offsets, vec![(0, 300)]);
     let n = bytes.len() as u64;
     // Two in the background, one blocking.
-    store.start(bytes.clone(), meta(100, "a", 100, n));
-    store.start(bytes.clone(), meta(200, "a", 200, n));
+    let b = bytes.clone();
+    store.start(move || Ok(b), meta(100, "a", 100, 0));
+    let b = bytes.clone();
+    store.start(move || Ok(b), meta(200, "a", 200, 0));
     let done = store.wait_all();
-    assert!(done.iter().all(|c| c.error.is_none()), "{:?}", done);
+    assert!(
+        done.iter()
+            .all(|c| c.error.is_none() && c.metadata.bytes == n),
+        "{:?}",
+        done
+    );
     store.write(bytes.clone(), &meta(300, "a", 300, n)).unwrap();
 
     let (complete, incomplete) = store.list().unwrap();

@@ -199,6 +199,35 @@ impl Snapshot<'_> {
     }
 }
 
+/// A snapshot encoded but not yet compressed (see [`Engine::encode_snapshot`]).
+#[derive(Debug)]
+pub struct Encoded(Vec<u8>);
+
+impl Encoded {
+    /// The snapshot's bytes: [`MAGIC`], [`FORMAT_VERSION`], the zstd frame of the body.
+    ///
+    /// # Errors
+    /// [`SnapshotError::Io`] from the compressor.
+    pub fn finish(self) -> Result<Vec<u8>, SnapshotError> {
+        let mut out = Vec::with_capacity(self.0.len() / 4 + 16);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        let mut z = zstd::stream::Encoder::new(out, ZSTD_LEVEL).map_err(SnapshotError::Io)?;
+        std::io::Write::write_all(&mut z, &self.0).map_err(SnapshotError::Io)?;
+        z.finish().map_err(SnapshotError::Io)
+    }
+
+    /// Bytes of the uncompressed body.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether the body is empty (never, for an encoded snapshot).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// What [`Engine::write_snapshot`] wrote.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SnapshotInfo {
@@ -244,7 +273,8 @@ impl Engine {
     }
 
     /// Writes a snapshot of the partitions for which `include` holds (every key, watermark
-    /// and offset of them) to `w`: [`MAGIC`], [`FORMAT_VERSION`], then the postcard encoding.
+    /// and offset of them) to `w`: [`MAGIC`], [`FORMAT_VERSION`], then the zstd-compressed
+    /// postcard encoding. The same as [`Self::encode_snapshot`] then [`Encoded::finish`].
     ///
     /// # Errors
     /// [`SnapshotError::Io`] when `w` fails.
@@ -253,6 +283,21 @@ impl Engine {
         include: impl Fn(i32) -> bool,
         mut w: impl std::io::Write,
     ) -> Result<SnapshotInfo, SnapshotError> {
+        let (encoded, info) = self.encode_snapshot(include)?;
+        w.write_all(&encoded.finish()?).map_err(SnapshotError::Io)?;
+        Ok(info)
+    }
+
+    /// Encodes a snapshot of the partitions for which `include` holds, uncompressed: the part
+    /// that needs the engine. [`Encoded::finish`] (compression, most of the CPU time) can run
+    /// on another thread while the engine goes on.
+    ///
+    /// # Errors
+    /// [`SnapshotError::Encode`].
+    pub fn encode_snapshot(
+        &self,
+        include: impl Fn(i32) -> bool,
+    ) -> Result<(Encoded, SnapshotInfo), SnapshotError> {
         let (tiers, rules) = self.parts();
         let partitions: Vec<PartitionProgress> = self
             .partitions
@@ -304,13 +349,8 @@ impl Engine {
             partitions,
             keys,
         };
-        w.write_all(MAGIC).map_err(SnapshotError::Io)?;
-        w.write_all(&FORMAT_VERSION.to_le_bytes())
-            .map_err(SnapshotError::Io)?;
-        let mut z = zstd::stream::Encoder::new(w, ZSTD_LEVEL).map_err(SnapshotError::Io)?;
-        postcard::to_io(&snap, &mut z).map_err(SnapshotError::Encode)?;
-        z.finish().map_err(SnapshotError::Io)?;
-        Ok(info)
+        let body = postcard::to_stdvec(&snap).map_err(SnapshotError::Encode)?;
+        Ok((Encoded(body), info))
     }
 
     /// Restores the partitions of `snap` that `select` maps to an engine partition (it returns

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{CommitMode, Consumer as _};
 use vigil_api::v1alpha1::UpgradeMode;
 use vigil_core::config::CheckpointConfig;
-use vigil_core::engine::snapshot::{FORMAT_VERSION, Snapshot};
+use vigil_core::engine::snapshot::{Encoded, FORMAT_VERSION, Snapshot};
 
 use super::{Core, GroupConsumer, wall_clock_ms};
 use crate::checkpoint::{
@@ -72,7 +72,7 @@ impl Core {
         &mut self,
         include: &dyn Fn(i32) -> bool,
         trigger: &str,
-    ) -> Option<(Vec<u8>, CheckpointMetadata)> {
+    ) -> Option<(Encoded, CheckpointMetadata)> {
         let cp = self.checkpointing.as_ref()?;
         if self.sinks.tracker().failed() > 0 {
             // State past an output the broker refused must never become restorable.
@@ -85,9 +85,8 @@ impl Core {
             return None;
         }
         let created_ms = wall_clock_ms();
-        let mut bytes = Vec::new();
-        let info = match self.driver.engine.write_snapshot(include, &mut bytes) {
-            Ok(i) => i,
+        let (encoded, info) = match self.driver.engine.encode_snapshot(include) {
+            Ok(x) => x,
             Err(e) => {
                 tracing::error!(error = %e, trigger, "Snapshot could not be encoded; checkpoint skipped.");
                 self.metrics.checkpoint(trigger, None);
@@ -116,9 +115,9 @@ impl Core {
             topics: cp.topics.clone(),
             partitions,
             keys: info.keys as u64,
-            bytes: bytes.len() as u64,
+            bytes: 0, // set once compressed
         };
-        Some((bytes, metadata))
+        Some((encoded, metadata))
     }
 
     /// Starts a periodic checkpoint of every owned partition unless one is still being written.
@@ -133,11 +132,13 @@ impl Core {
         if self.driver.engine.positions().is_empty() {
             return; // nothing consumed yet
         }
-        let Some((bytes, metadata)) = self.take_snapshot(&|_| true, "periodic") else {
+        let Some((encoded, metadata)) = self.take_snapshot(&|_| true, "periodic") else {
             return;
         };
         if let Some(cp) = self.checkpointing.as_mut() {
-            cp.store.start(bytes, metadata);
+            // Compression and the write run off the loop.
+            cp.store
+                .start(move || encoded.finish().map_err(Into::into), metadata);
         }
     }
 
@@ -232,9 +233,18 @@ impl Core {
         {
             return true; // the last checkpoint already holds this state's offsets
         }
-        let Some((bytes, metadata)) = self.take_snapshot(&include, trigger) else {
+        let Some((encoded, mut metadata)) = self.take_snapshot(&include, trigger) else {
             return false;
         };
+        let bytes = match encoded.finish() {
+            Ok(b) => b,
+            Err(e) => {
+                self.metrics.checkpoint(trigger, None);
+                tracing::error!(error = %e, trigger, "Snapshot could not be compressed; checkpoint skipped.");
+                return false;
+            }
+        };
+        metadata.bytes = bytes.len() as u64;
         if metadata.partitions.is_empty() {
             return true;
         }
