@@ -91,6 +91,11 @@ pub struct RunArgs {
 
 enum Event {
     Signal(&'static str),
+    /// `POST /savepoints/<name>`: the name and where the answer goes.
+    Savepoint(
+        String,
+        std::sync::mpsc::SyncSender<Result<vigil_detector::checkpoint::CheckpointMetadata, String>>,
+    ),
     FilesChanged(Instant),
     ReplayDone(anyhow::Result<ReplayReport>),
 }
@@ -164,8 +169,19 @@ pub fn run(a: &RunArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let metrics = Metrics::new();
+    let (events, rx) = std::sync::mpsc::sync_channel::<Event>(64);
     if let Some(addr) = a.detector.metrics_addr {
-        let (bound, serve) = rt.block_on(telemetry::serve(addr, metrics.clone()))?;
+        let tx = events.clone();
+        let trigger: telemetry::SavepointTrigger = std::sync::Arc::new(move |name: String| {
+            let (reply, answer) = std::sync::mpsc::sync_channel(1);
+            let _ = tx.try_send(Event::Savepoint(name, reply));
+            answer
+        });
+        let (bound, serve) = rt.block_on(telemetry::serve_with_savepoints(
+            addr,
+            metrics.clone(),
+            Some(trigger),
+        ))?;
         rt.spawn(async move {
             if let Err(e) = serve.await {
                 tracing::error!(error = %e, "Metrics endpoint failed.");
@@ -173,7 +189,6 @@ pub fn run(a: &RunArgs) -> anyhow::Result<()> {
         });
         tracing::info!(url = %format!("http://{bound}/metrics"), "Serving metrics.");
     }
-    let (events, rx) = std::sync::mpsc::sync_channel::<Event>(64);
     spawn_signal_handler(&rt, events.clone());
 
     let broker = resolve_broker(a.detector.bootstrap_servers.as_deref(), &loaded.pipeline)?;
@@ -275,6 +290,14 @@ pub fn run(a: &RunArgs) -> anyhow::Result<()> {
                 break;
             }
             Ok(Event::FilesChanged(at)) => sup.files_changed(at),
+            Ok(Event::Savepoint(name, reply)) => match sup.handle() {
+                Some(h) => {
+                    let _ = h.control().try_send(Control::Savepoint { name, reply });
+                }
+                None => {
+                    let _ = reply.try_send(Err("no pipeline is running".into()));
+                }
+            },
             Ok(Event::ReplayDone(Ok(r))) => {
                 tracing::info!(
                     records = r.delivered,

@@ -116,6 +116,18 @@ pub struct CheckpointConfig {
     pub location: String,
     /// Completed checkpoints kept per detector.
     pub retained: usize,
+    /// Savepoint to start from.
+    pub restore_from: Option<String>,
+}
+
+/// Whether `name` can name a savepoint: 1-63 of `[a-z0-9._-]`, starting alphanumeric (it
+/// becomes a folder of the object store and a URL path segment).
+pub fn valid_savepoint_name(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'))
 }
 
 impl CheckpointConfig {
@@ -151,10 +163,21 @@ impl CheckpointConfig {
                 "must be at least 1",
             ));
         }
+        if let Some(name) = &c.restore_from
+            && !valid_savepoint_name(name)
+        {
+            return Err(InvalidSpec::new(
+                "spec.checkpointing.restoreFrom",
+                format!(
+                    "`{name}` is not a savepoint name (1-63 of a-z, 0-9, '.', '_', '-', starting with a letter or digit)"
+                ),
+            ));
+        }
         Ok(Self {
             interval_ms,
             location: c.location.clone(),
             retained,
+            restore_from: c.restore_from.clone(),
         })
     }
 }
@@ -462,6 +485,11 @@ mod tests {
                 "  upgradeMode: LastState\n",
                 "spec.upgradeMode",
                 "needs spec.checkpointing",
+            ),
+            (
+                "  checkpointing: {location: 'file:///c', restoreFrom: 'Bad/Name'}\n",
+                "spec.checkpointing.restoreFrom",
+                "not a savepoint name",
             ),
             (
                 "  upgradeMode: Savepoint\n",

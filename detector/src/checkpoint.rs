@@ -10,6 +10,10 @@
 //! <location>/<pipeline>/checkpoints/<id>/_metadata.json  written last: its presence marks the
 //!                                                         checkpoint complete
 //! ```
+//! Savepoints (taken on request, never deleted by retention) use the same layout under
+//! `<location>/<pipeline>/savepoints/<name>/<id>/`: one part per detector, each holding the
+//! partitions its detector owned.
+//!
 //! `<id>` is `chk-<created epoch ms, 13 digits>-<member>`, so ids sort by time. Each detector
 //! (member) writes checkpoints of the partitions it owns; a partition is restored from the
 //! newest complete checkpoint that holds it, whoever wrote it. Retention keeps the newest
@@ -100,6 +104,9 @@ pub struct CheckpointMetadata {
     pub keys: u64,
     /// Bytes of `state.bin`.
     pub bytes: u64,
+    /// The savepoint this is a part of; absent for a checkpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub savepoint: Option<String>,
 }
 
 /// A completed (or failed) background write.
@@ -117,6 +124,7 @@ pub struct Completed {
 pub struct CheckpointStore {
     store: Arc<dyn ObjectStore>,
     root: Path,
+    savepoints: Path,
     rt: tokio::runtime::Runtime,
     done_tx: Sender<Completed>,
     done_rx: Receiver<Completed>,
@@ -177,9 +185,11 @@ impl CheckpointStore {
             .map_err(|e| bad(format!("runtime: {e}")))?;
         let (done_tx, done_rx) = std::sync::mpsc::channel();
         let root = prefix.clone().join(pipeline).join("checkpoints");
+        let savepoints = prefix.clone().join(pipeline).join("savepoints");
         Ok(Self {
             store: Arc::from(store),
             root,
+            savepoints,
             rt,
             done_tx,
             done_rx,
@@ -190,6 +200,43 @@ impl CheckpointStore {
 
     fn dir(&self, id: &str) -> Path {
         self.root.clone().join(id)
+    }
+
+    /// The folder of a checkpoint or savepoint part.
+    fn dir_of(&self, m: &CheckpointMetadata) -> Path {
+        match &m.savepoint {
+            Some(name) => self
+                .savepoints
+                .clone()
+                .join(name.as_str())
+                .join(m.id.as_str()),
+            None => self.dir(&m.id),
+        }
+    }
+
+    /// Writes a savepoint part (`metadata.savepoint` names the savepoint) and blocks until it
+    /// is complete.
+    ///
+    /// # Errors
+    /// [`CheckpointError`] from the store.
+    pub fn write_savepoint(
+        &self,
+        bytes: Vec<u8>,
+        metadata: &CheckpointMetadata,
+    ) -> Result<(), CheckpointError> {
+        let store = self.store.clone();
+        let dir = self.dir_of(metadata);
+        let meta = metadata.clone();
+        self.rt.block_on(write(store, dir, bytes, meta))
+    }
+
+    /// The complete parts of savepoint `name`, oldest first (empty when there is none).
+    ///
+    /// # Errors
+    /// [`CheckpointError`] when the store cannot be listed.
+    pub fn list_savepoint(&self, name: &str) -> Result<Vec<CheckpointMetadata>, CheckpointError> {
+        let dir = self.savepoints.clone().join(name);
+        Ok(self.rt.block_on(list(self.store.clone(), dir))?.0)
     }
 
     /// Writes a checkpoint and blocks until it is complete.
@@ -281,12 +328,12 @@ impl CheckpointStore {
             .block_on(list(self.store.clone(), self.root.clone()))
     }
 
-    /// Reads a checkpoint's snapshot bytes.
+    /// Reads the snapshot bytes of a checkpoint or savepoint part.
     ///
     /// # Errors
     /// [`CheckpointError`] from the store.
-    pub fn read_state(&self, id: &str) -> Result<Vec<u8>, CheckpointError> {
-        let path = self.dir(id).join(STATE_FILE);
+    pub fn read_state(&self, m: &CheckpointMetadata) -> Result<Vec<u8>, CheckpointError> {
+        let path = self.dir_of(m).join(STATE_FILE);
         let store = self.store.clone();
         self.rt
             .block_on(async move { Ok(store.get(&path).await?.bytes().await?.to_vec()) })
@@ -480,6 +527,7 @@ mod tests {
                 .collect(),
             keys: 1,
             bytes: 1,
+            savepoint: None,
         }
     }
 
@@ -558,10 +606,7 @@ mod tests {
         let (complete, incomplete) = s.list().unwrap();
         assert_eq!(complete.len(), 3);
         assert_eq!(incomplete, vec![checkpoint_id(50, "a")]);
-        assert_eq!(
-            s.read_state(&checkpoint_id(300, "a")).unwrap(),
-            vec![2u8; 10]
-        );
+        assert_eq!(s.read_state(&complete[2]).unwrap(), vec![2u8; 10]);
         let deleted = s.apply_retention("a", 1).unwrap();
         assert_eq!(deleted.len(), 3, "{deleted:?}");
         let (complete, incomplete) = s.list().unwrap();

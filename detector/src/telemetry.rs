@@ -578,6 +578,20 @@ pub enum TelemetryError {
     },
 }
 
+/// Asks the running pipeline for a savepoint part named by the argument; the receiver gets
+/// the part's metadata or why it failed.
+pub type SavepointTrigger = Arc<
+    dyn Fn(
+            String,
+        )
+            -> std::sync::mpsc::Receiver<Result<crate::checkpoint::CheckpointMetadata, String>>
+        + Send
+        + Sync,
+>;
+
+/// Longest wait of `POST /savepoints/<name>` for the run loop's answer.
+pub const SAVEPOINT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// Binds `addr` and returns the bound address and a future that serves `GET /metrics` (and
 /// `GET /healthz`) until dropped. Bind `127.0.0.1:0` to pick a free port.
 ///
@@ -593,14 +607,61 @@ pub async fn serve(
     ),
     TelemetryError,
 > {
+    serve_with_savepoints(addr, metrics, None).await
+}
+
+/// [`serve`], plus `POST /savepoints/<name>` when `savepoints` is given: it takes this
+/// detector's part of savepoint `<name>` and answers `200` with the part's
+/// `_metadata.json` (see [`crate::checkpoint::CheckpointMetadata`]), `500` with the reason it
+/// failed, or `503` when the run loop did not answer within [`SAVEPOINT_TIMEOUT`].
+///
+/// # Errors
+/// [`TelemetryError::Bind`] when the address cannot be bound.
+pub async fn serve_with_savepoints(
+    addr: SocketAddr,
+    metrics: Metrics,
+    savepoints: Option<SavepointTrigger>,
+) -> Result<
+    (
+        SocketAddr,
+        impl std::future::Future<Output = std::io::Result<()>>,
+    ),
+    TelemetryError,
+> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| TelemetryError::Bind { addr, source })?;
     let bound = listener
         .local_addr()
         .map_err(|source| TelemetryError::Bind { addr, source })?;
-    let app = vigil_telemetry::router(metrics);
+    let mut app = vigil_telemetry::router(metrics);
+    if let Some(trigger) = savepoints {
+        app = app.merge(
+            axum::Router::new()
+                .route("/savepoints/{name}", axum::routing::post(take_savepoint))
+                .with_state(trigger),
+        );
+    }
     Ok((bound, async move { axum::serve(listener, app).await }))
+}
+
+async fn take_savepoint(
+    axum::extract::State(trigger): axum::extract::State<SavepointTrigger>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> (axum::http::StatusCode, String) {
+    use axum::http::StatusCode;
+    let rx = trigger(name);
+    match tokio::task::spawn_blocking(move || rx.recv_timeout(SAVEPOINT_TIMEOUT)).await {
+        Ok(Ok(Ok(meta))) => (
+            StatusCode::OK,
+            serde_json::to_string_pretty(&meta).unwrap_or_default(),
+        ),
+        Ok(Ok(Err(reason))) => (StatusCode::INTERNAL_SERVER_ERROR, reason + "\n"),
+        _ => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no answer from the detector's run loop\n".into(),
+        ),
+    }
 }
 
 impl vigil_telemetry::Exposition for Metrics {
@@ -656,5 +717,71 @@ mod tests {
             text.contains("vigil_stage_latency_seconds_count{stage=\"kafka_to_processed\"} 1"),
             "{text}"
         );
+    }
+
+    /// `POST /savepoints/<name>` over real HTTP: the trigger's answer becomes the status and
+    /// body (the run loop's side is tested against Kafka in tests/kafka_checkpoint.rs).
+    #[test]
+    fn savepoint_endpoint_answers_with_the_part_or_the_reason() {
+        use std::io::{Read, Write};
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let trigger: SavepointTrigger = Arc::new(|name: String| {
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            let answer = if name == "ok" {
+                Ok(crate::checkpoint::CheckpointMetadata {
+                    format_version: 1,
+                    id: "chk-0000000000001-a".into(),
+                    pipeline: "p".into(),
+                    spec_fingerprint: "f".into(),
+                    member: "a".into(),
+                    created_ms: 1,
+                    trigger: "savepoint".into(),
+                    topics: vec!["t".into()],
+                    partitions: vec![],
+                    keys: 0,
+                    bytes: 10,
+                    savepoint: Some(name),
+                })
+            } else {
+                Err("savepoints need spec.checkpointing".to_string())
+            };
+            tx.send(answer).unwrap();
+            rx
+        });
+        let (addr, server) = rt
+            .block_on(serve_with_savepoints(
+                "127.0.0.1:0".parse().unwrap(),
+                Metrics::new(),
+                Some(trigger),
+            ))
+            .unwrap();
+        rt.spawn(server);
+        let post = |path: &str| {
+            let mut c = std::net::TcpStream::connect(addr).unwrap();
+            write!(
+                c,
+                "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            )
+            .unwrap();
+            let mut out = String::new();
+            c.read_to_string(&mut out).unwrap();
+            out
+        };
+        let ok = post("/savepoints/ok");
+        assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+        assert!(ok.contains("\"savepoint\": \"ok\""), "{ok}");
+        let failed = post("/savepoints/other");
+        assert!(failed.starts_with("HTTP/1.1 500"), "{failed}");
+        assert!(failed.contains("need spec.checkpointing"), "{failed}");
+        // Without a trigger there is no such route.
+        let (addr2, server2) = rt
+            .block_on(serve("127.0.0.1:0".parse().unwrap(), Metrics::new()))
+            .unwrap();
+        rt.spawn(server2);
+        let mut c = std::net::TcpStream::connect(addr2).unwrap();
+        write!(c, "POST /savepoints/ok HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
+        let mut out = String::new();
+        c.read_to_string(&mut out).unwrap();
+        assert!(out.starts_with("HTTP/1.1 404"), "{out}");
     }
 }

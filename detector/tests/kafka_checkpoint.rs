@@ -389,3 +389,107 @@ fn a_third_detector_joins_mid_stream_and_one_leaves_and_the_alerts_stay_those_of
     );
     assert!(read_all(&b, &dead).is_empty(), "nothing is dead-lettered");
 }
+
+/// `pipeline()` with `upgradeMode: Stateless`, an extra spec change (`maxFutureSkew`) and
+/// `restoreFrom: <savepoint>` when given.
+fn upgraded(yaml: &str, savepoint: Option<&str>) -> String {
+    let mut y = yaml.replace("  upgradeMode: LastState\n", "").replace(
+        "eventTime: {field: t}",
+        "eventTime: {field: t, maxFutureSkew: 10m}",
+    );
+    if let Some(name) = savepoint {
+        y = y.replace(
+            "checkpointing: {interval: 1s,",
+            &format!("checkpointing: {{interval: 1s, restoreFrom: {name},"),
+        );
+    }
+    y
+}
+
+#[test]
+fn a_savepoint_restores_into_a_changed_spec_after_the_old_detectors_ran_past_it() {
+    let b = bootstrap();
+    let (src, group, alerts_topic, dead) = (
+        unique("src"),
+        unique("savepoint"),
+        unique("alerts"),
+        unique("dead"),
+    );
+    create_topics(&b, &[(&src, 2), (&alerts_topic, 1), (&dead, 1)]);
+    let dir = tempfile::tempdir().unwrap();
+    let v1 = upgraded(
+        &pipeline(&src, &group, &alerts_topic, &dead, dir.path()),
+        None,
+    );
+    let start = |yaml: &str| {
+        let (p, rules) = manifests(yaml);
+        let mut cfg = RunnerConfig::new(p, rules, b.clone());
+        cfg.group_instance_id = Some("sp-0".into());
+        let m = Metrics::new();
+        runner::spawn(cfg, m.clone()).map(|h| (h, m))
+    };
+    // No such savepoint yet: the run refuses to start rather than start empty.
+    let e = start(&upgraded(&v1, Some("before-upgrade")))
+        .err()
+        .expect("a missing savepoint stops the start");
+    let text = format!("{e}: {}", std::error::Error::source(&e).unwrap());
+    assert!(text.contains("has no complete part"), "{text}");
+
+    let (old, _) = start(&v1).unwrap();
+    let mut total = produce_steps(&b, &src, 2, 0, STEPS / 3);
+    assert!(wait_until(Duration::from_secs(60), || total_committed(
+        &b, &group, &src, 2
+    ) == total as i64));
+    let (reply, answer) = std::sync::mpsc::sync_channel(1);
+    old.control()
+        .send(runner::Control::Savepoint {
+            name: "before-upgrade".into(),
+            reply,
+        })
+        .unwrap();
+    let part = answer
+        .recv_timeout(Duration::from_secs(60))
+        .unwrap()
+        .expect("savepoint part");
+    assert_eq!(part.savepoint.as_deref(), Some("before-upgrade"));
+    assert_eq!(
+        part.partitions.iter().map(|p| p.offset).sum::<i64>(),
+        total as i64,
+        "the part holds every partition at the savepoint: {part:?}"
+    );
+    // The old detectors go on past the savepoint before the upgrade.
+    total += produce_steps(&b, &src, 2, STEPS / 3, STEPS * 2 / 3);
+    assert!(wait_until(Duration::from_secs(60), || total_committed(
+        &b, &group, &src, 2
+    ) == total as i64));
+    old.stop();
+    old.join().unwrap();
+
+    // The changed spec starts from the savepoint: back to its offsets, its state restored.
+    let (new, m) = start(&upgraded(&v1, Some("before-upgrade"))).unwrap();
+    total += produce_steps(&b, &src, 2, STEPS * 2 / 3, STEPS);
+    assert!(
+        wait_until(Duration::from_secs(60), || total_committed(
+            &b, &group, &src, 2
+        ) == total as i64),
+        "the upgraded detector did not finish"
+    );
+    new.stop();
+    let summary = new.join().unwrap();
+    assert!(
+        m.encode()
+            .lines()
+            .any(|l| l.starts_with("vigil_restored_keys_total ") && !l.ends_with(" 0")),
+        "the savepoint was restored"
+    );
+    assert_eq!(summary.counters.late_dropped, 0);
+    assert!(
+        summary.counters.records >= (total - STEPS as usize * KEYS as usize / 3) as u64,
+        "the upgraded detector replayed from the savepoint's offsets ({} records)",
+        summary.counters.records
+    );
+    let want = reference(&b, &src, total);
+    let (got, _) = alerts(&b, &alerts_topic);
+    assert_eq!(got.len(), want.len(), "distinct alerts");
+    assert_eq!(got, want, "alert ids, values or scores differ");
+}

@@ -397,6 +397,12 @@ pub struct CheckpointSpec {
     /// optionally `AWS_REGION`, `AWS_ENDPOINT`, `AWS_ALLOW_HTTP`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret: Option<String>,
+    /// Name of a savepoint (taken with `POST /savepoints/<name>` on the detectors' metrics
+    /// port) to start from: each partition restores its part of it unless a newer checkpoint
+    /// the upgrade mode accepts exists. A savepoint that does not exist under `location` stops
+    /// the detectors with an error rather than start them empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_from: Option<String>,
 }
 
 /// What detectors do with their state across an upgrade (the names of the Flink operator).

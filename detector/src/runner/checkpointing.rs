@@ -11,11 +11,18 @@
 //!   and replays nothing. A lost assignment (session timeout, `kill -9`) takes no checkpoint:
 //!   the next owner restores the last one and replays from its offsets.
 //! - **Assignment**: per partition, the newest complete checkpoint holding it is restored
-//!   (keys, windows, rule state, watermarks), unless the committed offset is already past it
-//!   (a checkpoint older than the committed position would leave a gap; the partition then
-//!   starts empty and a warning says why). Records below the checkpoint's offset are skipped.
+//!   (keys, windows, rule state, watermarks). When the committed offset is already past it (a
+//!   savepoint the old detectors ran past), the consumer seeks back to the checkpoint's offset;
+//!   if it cannot, the partition starts empty rather than with a gap, and a warning says why.
+//!   Records below the checkpoint's offset are skipped.
 //!   `upgradeMode: Stateless` restores only checkpoints written under the same spec;
 //!   `LastState` any (a rule whose state no longer fits starts empty, logged per rule).
+//! - **Savepoint** (`Control::Savepoint`, `POST /savepoints/<name>` on the metrics port): a
+//!   synchronous checkpoint of every owned partition, never skipped, also written as this
+//!   detector's part of savepoint `<name>` (kept until deleted by hand). With
+//!   `spec.checkpointing.restoreFrom: <name>`, the savepoint's parts join the candidates on
+//!   assignment (a newer checkpoint the upgrade mode accepts still wins); a missing savepoint
+//!   stops the run at start.
 //! - **Drain** (a bounded run's end of input fired every window): no checkpoint is written
 //!   and nothing is committed past the last one, so the end-of-input watermark never reaches a
 //!   checkpoint.
@@ -45,6 +52,25 @@ pub(super) struct Checkpointing {
     /// partitions already at those offsets is not written again (shutdown, then the
     /// revocation of leaving the group).
     pub last_completed: Vec<(i32, i64)>,
+}
+
+/// Opens the store and checks that the savepoint to restore from exists.
+pub(super) fn open_store(
+    c: &CheckpointConfig,
+    pipeline: &str,
+) -> Result<CheckpointStore, crate::checkpoint::CheckpointError> {
+    let store = CheckpointStore::open(&c.location, pipeline)?;
+    if let Some(name) = &c.restore_from
+        && store.list_savepoint(name)?.is_empty()
+    {
+        return Err(crate::checkpoint::CheckpointError::Location {
+            location: c.location.clone(),
+            reason: format!(
+                "spec.checkpointing.restoreFrom: savepoint `{name}` has no complete part under {pipeline}/savepoints/{name}/"
+            ),
+        });
+    }
+    Ok(store)
 }
 
 /// A member id usable in object names: the group instance id, or one made of the host
@@ -116,6 +142,7 @@ impl Core {
             partitions,
             keys: info.keys as u64,
             bytes: 0, // set once compressed
+            savepoint: None,
         };
         Some((encoded, metadata))
     }
@@ -273,22 +300,86 @@ impl Core {
         }
     }
 
+    /// Takes savepoint `name` (see the module header); the metadata of this detector's part.
+    pub(super) fn savepoint(
+        &mut self,
+        consumer: &GroupConsumer,
+        name: &str,
+    ) -> Result<CheckpointMetadata, String> {
+        if self.checkpointing.is_none() {
+            return Err(
+                "savepoints need spec.checkpointing (the location they are written to)".into(),
+            );
+        }
+        if !vigil_core::config::valid_savepoint_name(name) {
+            return Err(format!(
+                "`{name}` is not a savepoint name (1-63 of a-z, 0-9, '.', '_', '-', starting with a letter or digit)"
+            ));
+        }
+        if let Some(cp) = self.checkpointing.as_mut() {
+            for c in cp.store.wait_all() {
+                self.metrics.checkpoint(
+                    &c.metadata.trigger,
+                    c.error
+                        .is_none()
+                        .then_some((c.write_seconds, c.metadata.bytes)),
+                );
+            }
+        }
+        let (encoded, mut metadata) = self
+            .take_snapshot(&|_| true, "savepoint")
+            .ok_or("outputs not acknowledged or snapshot failed; see the detector log")?;
+        let bytes = encoded.finish().map_err(|e| e.to_string())?;
+        metadata.bytes = bytes.len() as u64;
+        let t0 = Instant::now();
+        let cp = self.checkpointing.as_ref().ok_or("no checkpoint store")?;
+        // First as a checkpoint (so offsets can be committed at it), then as the savepoint part.
+        cp.store.write(bytes.clone(), &metadata).map_err(|e| {
+            self.metrics.checkpoint("savepoint", None);
+            format!("{e:#}")
+        })?;
+        let mut part = metadata.clone();
+        part.savepoint = Some(name.to_string());
+        cp.store.write_savepoint(bytes, &part).map_err(|e| {
+            self.metrics.checkpoint("savepoint", None);
+            format!("{e:#}")
+        })?;
+        self.metrics
+            .checkpoint("savepoint", Some((t0.elapsed().as_secs_f64(), part.bytes)));
+        let offsets = self.owned_offsets(&metadata);
+        self.commit(consumer, &offsets, CommitMode::Sync);
+        if let Some(cp) = self.checkpointing.as_mut() {
+            cp.last_completed.clone_from(&offsets);
+        }
+        tracing::info!(savepoint = %name, part = %part.id, keys = part.keys, bytes = part.bytes, partitions = ?part.partitions, "Savepoint part complete.");
+        Ok(part)
+    }
+
     /// Restores the newest eligible checkpoint of each assigned partition (see the module
     /// header).
     pub(super) fn restore_assigned(&mut self, consumer: &GroupConsumer, parts: &[(String, i32)]) {
         let Some(cp) = &self.checkpointing else {
             return;
         };
-        let (complete, _) = match cp.store.list() {
+        let (mut complete, _) = match cp.store.list() {
             Ok(l) => l,
             Err(e) => {
                 tracing::error!(error = %e, "Checkpoints could not be listed; the assigned partitions start empty and replay from the committed offsets.");
                 return;
             }
         };
+        if let Some(name) = &cp.cfg.restore_from {
+            match cp.store.list_savepoint(name) {
+                Ok(parts) => complete.extend(parts),
+                Err(e) => {
+                    tracing::error!(error = %e, savepoint = %name, "Savepoint could not be listed; restoring from checkpoints only.");
+                }
+            }
+        }
         let eligible = |m: &CheckpointMetadata| {
             m.pipeline == cp.pipeline
-                && (cp.upgrade_mode == UpgradeMode::LastState
+                && (m.savepoint.is_some()
+                    || cp.upgrade_mode == UpgradeMode::LastState
                     || m.spec_fingerprint == cp.spec_fingerprint)
         };
         let committed = committed_offsets(consumer, parts);
@@ -298,7 +389,9 @@ impl Core {
                 .map(|(m, ps)| (m.clone(), ps))
                 .collect();
         for (meta, wanted) in picks {
-            // Partitions whose committed offset passed the checkpoint would leave a gap.
+            // A committed offset past the checkpoint (a savepoint the old detectors ran past):
+            // consumption moves back to the checkpoint's offset, or, if that fails, the
+            // partition starts empty rather than restore state with a gap.
             let wanted: Vec<(String, i32)> = wanted
                 .into_iter()
                 .filter(|(t, p)| {
@@ -309,9 +402,18 @@ impl Core {
                         .map_or(i64::MAX, |o| o.offset);
                     match committed.iter().find(|(ct, cp_, _)| ct == t && cp_ == p) {
                         Some((_, _, c)) if *c > at => {
-                            tracing::warn!(checkpoint = %meta.id, topic = %t, partition = p, checkpoint_offset = at, committed_offset = c,
-                                "The committed offset is past this checkpoint; the partition starts empty rather than restore state with a gap.");
-                            false
+                            match consumer.seek(t, *p, rdkafka::Offset::Offset(at), Duration::from_secs(10)) {
+                                Ok(()) => {
+                                    tracing::info!(checkpoint = %meta.id, topic = %t, partition = p, from = c, to = at,
+                                        "The committed offset is past this checkpoint; consumption moves back to it.");
+                                    true
+                                }
+                                Err(e) => {
+                                    tracing::warn!(error = %e, checkpoint = %meta.id, topic = %t, partition = p, checkpoint_offset = at, committed_offset = c,
+                                        "The committed offset is past this checkpoint and the consumer could not seek back; the partition starts empty rather than restore state with a gap.");
+                                    false
+                                }
+                            }
                         }
                         _ => true,
                     }
@@ -321,7 +423,7 @@ impl Core {
                 continue;
             }
             let t0 = Instant::now();
-            let bytes = match cp.store.read_state(&meta.id) {
+            let bytes = match cp.store.read_state(&meta) {
                 Ok(b) => b,
                 Err(e) => {
                     tracing::error!(error = %e, checkpoint = %meta.id, "Checkpoint could not be read; its partitions start empty.");
@@ -352,7 +454,7 @@ impl Core {
             let report = self.driver.engine.restore(&snap, select, wall_clock_ms());
             self.metrics.restored(report.keys);
             tracing::info!(
-                checkpoint = %meta.id, partitions = ?wanted, keys = report.keys, offsets = ?report.offsets,
+                checkpoint = %meta.id, savepoint = ?meta.savepoint, partitions = ?wanted, keys = report.keys, offsets = ?report.offsets,
                 bytes = bytes.len(), seconds = t0.elapsed().as_secs_f64(),
                 "State restored from checkpoint; records below these offsets are skipped."
             );

@@ -109,6 +109,14 @@ pub enum Control {
         /// When the change was detected.
         changed_at: Instant,
     },
+    /// Take a savepoint named `name` of every partition this detector owns (see
+    /// [`checkpointing`]) and answer with its part's metadata or why it failed.
+    Savepoint {
+        /// Savepoint name ([`vigil_core::config::valid_savepoint_name`]).
+        name: String,
+        /// Where the outcome goes.
+        reply: SyncSender<Result<crate::checkpoint::CheckpointMetadata, String>>,
+    },
     /// The input is bounded: once every record before these `(topic, partition, next offset)`
     /// positions is processed, fire every open window (end of input), deliver, commit and stop.
     DrainAndStop {
@@ -552,8 +560,7 @@ pub fn spawn(cfg: RunnerConfig, metrics: Metrics) -> Result<RunnerHandle, RunErr
     metrics.engine_size(0, engine.rule_names().len());
     let checkpointing = match &engine.config().checkpointing {
         Some(c) => Some(checkpointing::Checkpointing {
-            store: crate::checkpoint::CheckpointStore::open(&c.location, &name)
-                .map_err(RunError::Checkpoints)?,
+            store: checkpointing::open_store(c, &name).map_err(RunError::Checkpoints)?,
             cfg: c.clone(),
             member: checkpointing::member_id(settings.group_instance_id.as_deref()),
             spec_fingerprint: vigil_core::engine::snapshot::spec_fingerprint(&cfg.pipeline.spec),
@@ -691,6 +698,10 @@ fn run_loop(
                         took_ms = changed_at.elapsed().as_secs_f64() * 1e3,
                         "Rules replaced without restart (time from the file change to the rules taking effect)."
                     );
+                }
+                Ok(Control::Savepoint { name, reply }) => {
+                    let r = core.savepoint(&consumer, &name);
+                    let _ = reply.try_send(r);
                 }
                 Ok(Control::DrainAndStop { end_offsets }) => {
                     let ends = end_offsets
