@@ -3,7 +3,7 @@
 
 use kube::CustomResourceExt;
 
-use crate::v1alpha1::{AnomalyModel, DetectionRule, StreamPipeline};
+use crate::v1alpha1::{AnomalyModel, DetectionRule, Savepoint, StreamPipeline};
 
 /// `(file name, YAML)` of each CRD.
 ///
@@ -14,6 +14,7 @@ pub fn render() -> Result<Vec<(&'static str, String)>, serde_norway::Error> {
         ("streampipelines.yaml", StreamPipeline::crd()),
         ("detectionrules.yaml", DetectionRule::crd()),
         ("anomalymodels.yaml", AnomalyModel::crd()),
+        ("savepoints.yaml", Savepoint::crd()),
     ]
     .into_iter()
     .map(|(file, crd)| {

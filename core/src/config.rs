@@ -210,17 +210,11 @@ impl PipelineConfig {
             .transpose()?;
         match spec.upgrade_mode {
             UpgradeMode::Stateless => {}
-            UpgradeMode::LastState if checkpointing.is_some() => {}
-            UpgradeMode::LastState => {
+            UpgradeMode::LastState | UpgradeMode::Savepoint if checkpointing.is_some() => {}
+            mode @ (UpgradeMode::LastState | UpgradeMode::Savepoint) => {
                 return Err(InvalidSpec::new(
                     "spec.upgradeMode",
-                    "LastState restores the latest checkpoint and needs spec.checkpointing",
-                ));
-            }
-            UpgradeMode::Savepoint => {
-                return Err(InvalidSpec::new(
-                    "spec.upgradeMode",
-                    "Savepoint is not implemented yet (the operator takes no savepoints); use LastState with spec.checkpointing",
+                    format!("{mode:?} restores checkpointed state and needs spec.checkpointing"),
                 ));
             }
         }
@@ -487,14 +481,14 @@ mod tests {
                 "needs spec.checkpointing",
             ),
             (
+                "  upgradeMode: Savepoint\n",
+                "spec.upgradeMode",
+                "needs spec.checkpointing",
+            ),
+            (
                 "  checkpointing: {location: 'file:///c', restoreFrom: 'Bad/Name'}\n",
                 "spec.checkpointing.restoreFrom",
                 "not a savepoint name",
-            ),
-            (
-                "  upgradeMode: Savepoint\n",
-                "spec.upgradeMode",
-                "not implemented yet",
             ),
         ] {
             let e = pipeline(yaml).unwrap_err();

@@ -125,6 +125,8 @@ fn shutdown_signal(
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // One rustls provider for the whole process (kube's and the savepoint requests' clients).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,kube_lease_manager=warn,rdkafka=warn"));
     if args.log_json {

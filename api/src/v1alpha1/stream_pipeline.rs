@@ -90,7 +90,7 @@ pub struct StreamPipelineSpec {
     /// checkpoints are restored only by detectors of the same spec (crash, rebalance,
     /// reschedule). `LastState`: new detectors restore the latest checkpoint (needs
     /// `checkpointing`); state a changed rule or tier can no longer use is reset, per rule, and
-    /// logged. `Savepoint` is not implemented yet and is rejected with a condition.
+    /// logged. `Savepoint`: `LastState` from a savepoint the operator takes before the roll.
     #[serde(default)]
     pub upgrade_mode: UpgradeMode,
 }
@@ -416,7 +416,11 @@ pub enum UpgradeMode {
     Stateless,
     /// Restore the latest checkpoint, whatever spec wrote it (needs `spec.checkpointing`).
     LastState,
-    /// Take a savepoint before stopping and restore it on start. Not implemented yet.
+    /// Before rolling the detectors for a spec change, the operator takes a savepoint (a
+    /// `Savepoint` named `<pipeline>-<hash of the new config>`), waits until every detector
+    /// wrote its part, then rolls them with `restoreFrom` set to it. A savepoint that fails
+    /// stops the upgrade: nothing is rolled, condition `Ready=False` reason `SavepointFailed`
+    /// says why; fix the cause and delete the Savepoint to retry. Needs `spec.checkpointing`.
     Savepoint,
 }
 

@@ -6,6 +6,7 @@
 //! - [`detection_rule`]: a rule's `Accepted` condition and the pipelines that use it (rules
 //!   have no children: they are rendered into pipelines' ConfigMaps).
 //! - [`anomaly_model`]: a model's server (ConfigMap, Deployment, Service).
+//! - [`savepoint`]: a Savepoint taken from a pipeline's detectors (no children).
 //!
 //! The controllers share their caches (reflector stores): the pipeline controller reads rules
 //! and models, the rule controller reads pipelines and models. Watches map a changed rule or
@@ -14,6 +15,7 @@
 pub mod anomaly_model;
 pub mod detection_rule;
 pub mod pod;
+pub mod savepoint;
 pub mod stream_pipeline;
 #[cfg(test)]
 pub(crate) mod test_fixtures;
@@ -36,7 +38,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
 use tokio::sync::watch;
 use vigil_api::conditions;
-use vigil_api::v1alpha1::{AnomalyModel, DetectionRule, StreamPipeline};
+use vigil_api::v1alpha1::{AnomalyModel, DetectionRule, Savepoint, StreamPipeline};
 
 use crate::apply::ApplyError;
 use crate::config::OperatorConfig;
@@ -104,6 +106,22 @@ pub enum Error {
     /// A cache the reconcile reads was never filled (its watcher is gone).
     #[error("the {0} cache is not available")]
     CacheUnavailable(&'static str),
+    /// A pipeline's detector pods could not be listed.
+    #[error("failed to list detector pods")]
+    ListPods {
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// A Savepoint could not be created or read.
+    #[error("failed to create or read Savepoint {name}")]
+    Savepoint {
+        /// Savepoint name.
+        name: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
 }
 
 impl Error {
@@ -116,6 +134,8 @@ impl Error {
             Error::RenderPipeline(_) | Error::RenderModel(_) => "render",
             Error::ReadArtifact { .. } => "read_artifact",
             Error::CacheUnavailable(_) => "cache_unavailable",
+            Error::ListPods { .. } => "list_pods",
+            Error::Savepoint { .. } => "savepoint",
         }
     }
 }
@@ -256,7 +276,9 @@ pub async fn run(
     let pipeline_controller = Controller::new(api::<StreamPipeline>(&client, ns), all.clone())
         .with_config(controller_config.clone());
     let model_controller = Controller::new(api::<AnomalyModel>(&client, ns), all.clone())
-        .with_config(controller_config);
+        .with_config(controller_config.clone());
+    let savepoint_controller =
+        Controller::new(api::<Savepoint>(&client, ns), all.clone()).with_config(controller_config);
     // The caches reconcilers read are reflectors of their own, not the controllers' stores:
     // `Store::wait_until_ready` wakes a single waiter (kube-runtime 5) and each controller
     // already waits on its own store, so a second waiter can hang forever. These reflectors
@@ -309,6 +331,7 @@ pub async fn run(
         .owns(api::<Service>(&client, ns), children.clone())
         .owns(api::<ServiceAccount>(&client, ns), children.clone())
         .owns(api::<PodDisruptionBudget>(&client, ns), children.clone())
+        .owns(api::<Savepoint>(&client, ns), children.clone())
         .watches(api::<DetectionRule>(&client, ns), all.clone(), {
             let pipelines = pipelines.clone();
             move |rule| stream_pipeline::pipelines_for_rule(&rule, &pipelines.state())
@@ -348,6 +371,11 @@ pub async fn run(
         )
         .for_each(|r| async move { log_result("DetectionRule", r) });
 
+    let savepoint_controller = savepoint_controller
+        .graceful_shutdown_on(shutdown.clone())
+        .run(savepoint::reconcile, savepoint::error_policy, ctx.clone())
+        .for_each(|r| async move { log_result("Savepoint", r) });
+
     let model_controller = model_controller
         .owns(api::<Deployment>(&client, ns), children.clone())
         .owns(api::<Service>(&client, ns), children.clone())
@@ -360,7 +388,12 @@ pub async fn run(
         )
         .for_each(|r| async move { log_result("AnomalyModel", r) });
 
-    tokio::join!(pipeline_controller, rule_controller, model_controller);
+    tokio::join!(
+        pipeline_controller,
+        rule_controller,
+        model_controller,
+        savepoint_controller
+    );
     for cache in caches {
         cache.abort();
     }

@@ -28,6 +28,11 @@ async fn crds_are_served_with_names_columns_and_subresources() {
             "am",
             vec!["Revision", "Serving", "Ready", "Age"],
         ),
+        (
+            "savepoints",
+            "svp",
+            vec!["Pipeline", "Phase", "Bytes", "Age"],
+        ),
     ] {
         let crd = crds.get(&format!("{plural}.vigil.dev")).await.unwrap();
         let established = crd

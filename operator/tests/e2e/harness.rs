@@ -148,6 +148,7 @@ impl TestNamespace {
                 patch::<k8s_openapi::api::core::v1::ConfigMap>(self, &name, &pp, value).await
             }
             "Secret" => patch::<k8s_openapi::api::core::v1::Secret>(self, &name, &pp, value).await,
+            "Savepoint" => patch::<vigil_api::v1alpha1::Savepoint>(self, &name, &pp, value).await,
             other => panic!("apply_value: unsupported kind {other}"),
         }
     }

@@ -85,15 +85,50 @@ pub fn build(
     v: &ValidatedPipeline,
     config: &OperatorConfig,
 ) -> Result<DetectorChildren, RenderError> {
+    build_restoring(v, config, None)
+}
+
+/// Pod-template annotation: [`config_hash`] of `pipeline.yaml` as the spec renders it, before
+/// `restoreFrom` is set for an upgrade (what tells an upgrade from a re-apply).
+pub const SPEC_HASH_ANNOTATION: &str = "vigil.dev/spec-hash";
+/// Pod-template annotation: the savepoint the detectors were rolled to restore from.
+pub const RESTORE_FROM_ANNOTATION: &str = "vigil.dev/restore-from";
+
+/// [`config_hash`] of the spec's `pipeline.yaml` (see [`SPEC_HASH_ANNOTATION`]).
+///
+/// # Errors
+/// [`RenderError`] as [`build`].
+pub fn spec_hash(v: &ValidatedPipeline) -> Result<String, RenderError> {
+    Ok(config_hash(&render_pipeline(v)?))
+}
+
+/// [`build`], with `spec.checkpointing.restoreFrom` set to `restore_from` in the rendered
+/// `pipeline.yaml` (an `upgradeMode: Savepoint` roll).
+///
+/// # Errors
+/// [`RenderError`] as [`build`].
+pub fn build_restoring(
+    v: &ValidatedPipeline,
+    config: &OperatorConfig,
+    restore_from: Option<&str>,
+) -> Result<DetectorChildren, RenderError> {
     let owner = owner_reference(&v.pipeline);
     let labels = detector_labels(&v.name);
     let name = detector_name(&v.name);
     let config_name = detector_config_name(&v.name);
     let meta = |n: &str| child_meta(n.to_string(), &v.namespace, labels.clone(), owner.clone());
 
-    let pipeline_yaml = render_pipeline(v)?;
+    let spec_hash = spec_hash(v)?;
+    let pipeline_yaml = render_pipeline_restoring(v, restore_from)?;
     let rules_yaml = render_rules(&v.rules, &v.models)?;
     let config_hash = config_hash(&pipeline_yaml);
+    let mut template_annotations = BTreeMap::from([
+        (CONFIG_HASH_ANNOTATION.to_string(), config_hash),
+        (SPEC_HASH_ANNOTATION.to_string(), spec_hash),
+    ]);
+    if let Some(name) = restore_from {
+        template_annotations.insert(RESTORE_FROM_ANNOTATION.to_string(), name.to_string());
+    }
 
     let config_map = ConfigMap {
         metadata: meta(&config_name),
@@ -153,10 +188,7 @@ pub fn build(
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(labels.clone()),
-                    annotations: Some(BTreeMap::from([(
-                        CONFIG_HASH_ANNOTATION.to_string(),
-                        config_hash,
-                    )])),
+                    annotations: Some(template_annotations),
                     ..ObjectMeta::default()
                 }),
                 spec: Some(detector_pod(v, config, &name, &config_name)),
@@ -371,8 +403,20 @@ fn rendered_meta(meta: &ObjectMeta) -> ObjectMeta {
 /// `pipeline.yaml`: the pipeline with metadata name/namespace/labels only and
 /// `bootstrapServers` filled in.
 pub fn render_pipeline(v: &ValidatedPipeline) -> Result<String, RenderError> {
+    render_pipeline_restoring(v, None)
+}
+
+/// [`render_pipeline`] with `spec.checkpointing.restoreFrom` set to `restore_from` (when the
+/// pipeline has checkpointing).
+pub fn render_pipeline_restoring(
+    v: &ValidatedPipeline,
+    restore_from: Option<&str>,
+) -> Result<String, RenderError> {
     let mut spec = v.pipeline.spec.clone();
     spec.source.kafka.bootstrap_servers = Some(v.bootstrap_servers.clone());
+    if let (Some(name), Some(c)) = (restore_from, spec.checkpointing.as_mut()) {
+        c.restore_from = Some(name.to_string());
+    }
     let mut rendered = StreamPipeline::new(&v.name, spec);
     rendered.metadata = rendered_meta(&v.pipeline.metadata);
     serde_norway::to_string(&rendered).map_err(|source| RenderError {

@@ -4,6 +4,7 @@
 pub mod build;
 pub mod dereference;
 pub mod status;
+pub mod upgrade;
 pub mod validate;
 
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
-use vigil_api::v1alpha1::{AnomalyModel, DetectionRule, StreamPipeline};
+use vigil_api::v1alpha1::{AnomalyModel, DetectionRule, Savepoint, SavepointSpec, StreamPipeline};
 
 use self::build::DetectorChildren;
 use self::status::Outcome;
@@ -57,7 +58,41 @@ pub async fn reconcile(pipeline: Arc<StreamPipeline>, ctx: Arc<Context>) -> Resu
             (s, Action::await_change())
         }
         Ok(validated) => {
-            let children = build::build(&validated, &ctx.config)?;
+            let gate = savepoint_gate(&pipeline, &validated, &ctx).await?;
+            if let upgrade::Gate::Hold { savepoint, failed } = &gate {
+                let live = live_stateful_set(&pipeline, &ctx)
+                    .await?
+                    .unwrap_or_default();
+                let mut s = status::status(
+                    &pipeline,
+                    &Outcome::Applied {
+                        validated: &validated,
+                        stateful_set: &live,
+                    },
+                    now.clone(),
+                );
+                status::hold_for_savepoint(
+                    &mut s,
+                    savepoint,
+                    failed.as_deref(),
+                    pipeline.metadata.generation,
+                    now,
+                );
+                let old = pipeline.status.as_ref();
+                if status::changed(old, &s) {
+                    apply_status(&ctx.client, pipeline.as_ref(), &s).await?;
+                    let old_conditions = old.map(|s| s.conditions.as_slice()).unwrap_or_default();
+                    ctx.publish_transitions(pipeline.as_ref(), old_conditions, &s.conditions)
+                        .await;
+                }
+                // The Savepoint is owned by the pipeline: its changes requeue it too.
+                return Ok(Action::requeue(SAVEPOINT_POLL));
+            }
+            let restore_from = match &gate {
+                upgrade::Gate::Apply(r) => r.as_deref(),
+                upgrade::Gate::Hold { .. } => None,
+            };
+            let children = build::build_restoring(&validated, &ctx.config, restore_from)?;
             let started = Instant::now();
             // `selector` is written only after the children were applied once.
             let existing = pipeline
@@ -89,6 +124,82 @@ pub async fn reconcile(pipeline: Arc<StreamPipeline>, ctx: Arc<Context>) -> Resu
             .await;
     }
     Ok(action)
+}
+
+/// How often a pipeline held for a savepoint looks at it again (its changes also requeue it).
+const SAVEPOINT_POLL: Duration = Duration::from_secs(5);
+
+async fn live_stateful_set(
+    pipeline: &StreamPipeline,
+    ctx: &Context,
+) -> Result<Option<k8s_openapi::api::apps::v1::StatefulSet>, Error> {
+    let ns = pipeline.namespace().unwrap_or_default();
+    let name = crate::labels::detector_name(&pipeline.name_any());
+    kube::Api::<k8s_openapi::api::apps::v1::StatefulSet>::namespaced(ctx.client.clone(), &ns)
+        .get_opt(&name)
+        .await
+        .map_err(|source| Error::Savepoint {
+            name: name.clone(),
+            source,
+        })
+}
+
+/// The [`upgrade::Gate`] of a pipeline with checkpointing (others always apply), creating the
+/// Savepoint the gate waits for when it does not exist yet.
+async fn savepoint_gate(
+    pipeline: &Arc<StreamPipeline>,
+    validated: &validate::ValidatedPipeline,
+    ctx: &Context,
+) -> Result<upgrade::Gate, Error> {
+    if pipeline.spec.checkpointing.is_none() {
+        return Ok(upgrade::Gate::Apply(None));
+    }
+    let ns = pipeline.namespace().unwrap_or_default();
+    let spec_hash = build::spec_hash(validated)?;
+    let live = live_stateful_set(pipeline, ctx).await?;
+    let name = upgrade::savepoint_name(&pipeline.name_any(), &spec_hash);
+    let api = kube::Api::<Savepoint>::namespaced(ctx.client.clone(), &ns);
+    let err = |source| Error::Savepoint {
+        name: name.clone(),
+        source,
+    };
+    let existing = api.get_opt(&name).await.map_err(err)?;
+    let gate = upgrade::decide(
+        pipeline.spec.upgrade_mode,
+        &pipeline.name_any(),
+        &spec_hash,
+        live.as_ref(),
+        existing.as_ref(),
+    );
+    if let upgrade::Gate::Hold { savepoint, .. } = &gate
+        && existing.is_none()
+    {
+        let mut sp = Savepoint::new(
+            savepoint,
+            SavepointSpec {
+                pipeline: pipeline.name_any(),
+            },
+        );
+        sp.metadata.namespace = Some(ns.clone());
+        sp.metadata.owner_references = Some(vec![build::owner_reference(pipeline)]);
+        sp.metadata.labels = Some(std::collections::BTreeMap::from([
+            (
+                crate::labels::PIPELINE_LABEL.to_string(),
+                pipeline.name_any(),
+            ),
+            (
+                "app.kubernetes.io/managed-by".to_string(),
+                crate::labels::FIELD_MANAGER.to_string(),
+            ),
+        ]));
+        tracing::info!(pipeline = %pipeline.name_any(), savepoint = %savepoint, "Spec changed with upgradeMode Savepoint: taking a savepoint before rolling the detectors.");
+        match api.create(&kube::api::PostParams::default(), &sp).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 409 => {} // created meanwhile
+            Err(source) => return Err(err(source)),
+        }
+    }
+    Ok(gate)
 }
 
 /// Applies the children. The first time, in two rounds: what others refer to first

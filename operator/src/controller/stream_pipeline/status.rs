@@ -42,6 +42,11 @@ pub enum Reason {
     WithinPartitions,
     /// ReplicasClamped: partitions unknown.
     PartitionsUnknown,
+    /// Progressing: `upgradeMode: Savepoint`; the detectors are held until their savepoint is
+    /// complete.
+    SavepointInProgress,
+    /// Ready: the savepoint before an upgrade failed; nothing was rolled.
+    SavepointFailed,
 }
 
 impl Reason {
@@ -60,6 +65,8 @@ impl Reason {
             Reason::PartitionLimit => "PartitionLimit",
             Reason::WithinPartitions => "WithinPartitions",
             Reason::PartitionsUnknown => "PartitionsUnknown",
+            Reason::SavepointInProgress => "SavepointInProgress",
+            Reason::SavepointFailed => "SavepointFailed",
         }
     }
 }
@@ -98,6 +105,52 @@ fn rollout(sts: &StatefulSet, desired: i32) -> Rollout {
         ready,
         current: status.replicas,
         complete: observed && status.replicas == desired && updated == desired && same_revision,
+    }
+}
+
+/// Overrides `s` for a pipeline whose detectors are held for savepoint `savepoint` before an
+/// upgrade: `Progressing=True` (`SavepointInProgress`) while it is taken, `Ready=False`
+/// (`SavepointFailed`) with the reason when it failed.
+pub fn hold_for_savepoint(
+    s: &mut StreamPipelineStatus,
+    savepoint: &str,
+    failed: Option<&str>,
+    generation: Option<i64>,
+    now: Time,
+) {
+    match failed {
+        None => set_condition(
+            &mut s.conditions,
+            conditions::PROGRESSING,
+            true,
+            Reason::SavepointInProgress.as_str(),
+            format!("taking savepoint {savepoint} before rolling the detectors to the new spec"),
+            generation,
+            now,
+        ),
+        Some(why) => {
+            let message = format!(
+                "savepoint {savepoint} failed: {why}; no detector was rolled (delete Savepoint {savepoint} to try again)"
+            );
+            set_condition(
+                &mut s.conditions,
+                conditions::READY,
+                false,
+                Reason::SavepointFailed.as_str(),
+                message.clone(),
+                generation,
+                now.clone(),
+            );
+            set_condition(
+                &mut s.conditions,
+                conditions::PROGRESSING,
+                false,
+                Reason::SavepointFailed.as_str(),
+                message,
+                generation,
+                now,
+            );
+        }
     }
 }
 

@@ -388,7 +388,7 @@ mod tests {
         });
         let e = validate(&p, &d, None).unwrap_err();
         assert_eq!(e.field, "spec.upgradeMode");
-        assert!(e.message.contains("not implemented yet"), "{e}");
+        assert!(e.message.contains("needs spec.checkpointing"), "{e}");
     }
 
     #[test]
