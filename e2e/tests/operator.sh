@@ -21,6 +21,7 @@ RELEASE_NS=vigil-system
 log() { printf '[operator-e2e %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
 started_kafka=0
+started_s3=0
 cleanup() {
 	local rc=$?
 	if ((rc != 0)); then
@@ -29,6 +30,7 @@ cleanup() {
 	if [[ "${VIGIL_E2E_KEEP:-0}" != 1 ]]; then
 		e2e/cluster.sh down >&2 || true
 		((started_kafka)) && scripts/kafka.sh stop >&2 || true
+		((started_s3)) && scripts/seaweedfs.sh stop >&2 || true
 	fi
 	exit "$rc"
 }
@@ -55,6 +57,13 @@ fi
 KAFKA_BOOTSTRAP="$(scripts/kafka.sh start | tail -n1)"
 export KAFKA_BOOTSTRAP
 log "Kafka at $KAFKA_BOOTSTRAP"
+# The savepoint test's detectors checkpoint to a real S3-compatible store.
+if ! scripts/seaweedfs.sh status >/dev/null 2>&1; then
+	started_s3=1
+fi
+scripts/seaweedfs.sh start >/dev/null
+eval "$(scripts/seaweedfs.sh env)"
+log "S3 at $VIGIL_S3_ENDPOINT"
 
 log "packaging checks: chart CRDs and install manifest in sync, helm lint"
 manifests/install/generate.sh --check

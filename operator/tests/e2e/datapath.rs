@@ -51,7 +51,7 @@ fn nab_csv() -> PathBuf {
 }
 
 /// A detector container run as a local process.
-struct LocalDetector {
+pub struct LocalDetector {
     pod: String,
     child: Option<Child>,
     log: PathBuf,
@@ -91,7 +91,14 @@ fn atomic_write(dir: &Path, data: &BTreeMap<String, String>) {
 impl LocalDetector {
     /// Runs the first container of `pod` the way kubelet would, with mounted ConfigMaps as
     /// files under a temporary directory.
-    async fn start(ns: &TestNamespace, pod: &Pod) -> Self {
+    pub async fn start(ns: &TestNamespace, pod: &Pod) -> Self {
+        Self::start_at(ns, pod, None).await
+    }
+
+    /// [`Self::start`]; with `pod_ip`, the container's `0.0.0.0:<port>` listen addresses bind
+    /// `<pod_ip>:<port>` (a loopback address, one per "pod"), so a client that reaches pods by
+    /// IP (the operator's savepoint requests) reaches this process.
+    pub async fn start_at(ns: &TestNamespace, pod: &Pod, pod_ip: Option<&str>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let pod_name = pod.metadata.name.clone().unwrap();
         let spec = pod.spec.as_ref().unwrap();
@@ -121,8 +128,20 @@ impl LocalDetector {
             mounts.push((m.mount_path.clone(), local));
             volumes.push((source.name.clone(), dir.path().join(&m.name)));
         }
-        // Environment: values and the downward API.
+        // Environment: Secrets given whole (envFrom), then values and the downward API.
         let mut env = BTreeMap::new();
+        for from in container.env_from.iter().flatten() {
+            if let Some(secret) = &from.secret_ref {
+                let s = ns
+                    .api::<k8s_openapi::api::core::v1::Secret>()
+                    .get(&secret.name)
+                    .await
+                    .unwrap();
+                for (k, v) in s.data.unwrap_or_default() {
+                    env.insert(k, String::from_utf8(v.0).unwrap());
+                }
+            }
+        }
         for e in container.env.iter().flatten() {
             let value = match (&e.value, &e.value_from) {
                 (Some(v), _) => v.clone(),
@@ -152,9 +171,13 @@ impl LocalDetector {
                         a = format!("{}{rest}", local.display());
                     }
                 }
-                // Many "pods" share this host: give each its own metrics port.
-                if a.starts_with("0.0.0.0:") {
-                    a = metrics.clone();
+                // Many "pods" share this host: give each its own metrics port, or its own
+                // loopback IP.
+                if let Some(port) = a.strip_prefix("0.0.0.0:") {
+                    a = match pod_ip {
+                        Some(ip) => format!("{ip}:{port}"),
+                        None => metrics.clone(),
+                    };
                 }
                 a
             })
@@ -196,12 +219,12 @@ impl LocalDetector {
         self.child.as_mut().unwrap().try_wait().unwrap().is_none()
     }
 
-    fn log_text(&self) -> String {
+    pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// SIGTERM, then the exit status within 30 s.
-    async fn terminate(mut self) -> std::process::ExitStatus {
+    pub async fn terminate(mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().unwrap();
         Command::new("kill")
             .arg("-TERM")

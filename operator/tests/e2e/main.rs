@@ -13,3 +13,4 @@ mod leader;
 mod models;
 mod pipelines;
 mod rules;
+mod savepoints;
