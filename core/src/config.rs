@@ -105,7 +105,16 @@ pub struct PipelineConfig {
     pub checkpointing: Option<CheckpointConfig>,
     /// What a detector restores when the spec changed.
     pub upgrade_mode: UpgradeMode,
+    /// `spec.keyState.idleTimeout` (ms of event time).
+    pub key_idle_timeout_ms: i64,
+    /// `spec.keyState.maxKeys`.
+    pub max_keys: usize,
 }
+
+/// Default `spec.keyState.idleTimeout`: 7 days.
+pub const DEFAULT_KEY_IDLE_TIMEOUT_MS: i64 = 7 * 24 * 3_600_000;
+/// Default `spec.keyState.maxKeys`.
+pub const DEFAULT_MAX_KEYS: usize = 1_000_000;
 
 /// Validated `spec.checkpointing`.
 #[derive(Debug, Clone, PartialEq)]
@@ -217,6 +226,23 @@ impl PipelineConfig {
                     format!("{mode:?} restores checkpointed state and needs spec.checkpointing"),
                 ));
             }
+        }
+        let ks = spec.key_state.clone().unwrap_or_default();
+        let key_idle_timeout_ms = ks
+            .idle_timeout
+            .map_or(DEFAULT_KEY_IDLE_TIMEOUT_MS, |d| duration_ms(&d));
+        if key_idle_timeout_ms <= 0 {
+            return Err(InvalidSpec::new(
+                "spec.keyState.idleTimeout",
+                "must be positive",
+            ));
+        }
+        let max_keys = ks.max_keys.map_or(DEFAULT_MAX_KEYS, |m| m as usize);
+        if max_keys == 0 {
+            return Err(InvalidSpec::new(
+                "spec.keyState.maxKeys",
+                "must be at least 1",
+            ));
         }
         let event_time = parse_path("spec.format.eventTime.field", &f.event_time.field)?;
         let max_future_skew_ms = f.event_time.max_future_skew_ms();
@@ -335,6 +361,8 @@ impl PipelineConfig {
             features,
             checkpointing,
             upgrade_mode: spec.upgrade_mode,
+            key_idle_timeout_ms,
+            max_keys,
         })
     }
 

@@ -55,6 +55,11 @@ pub enum DeadLetterReason {
         /// The bound.
         max_skew_ms: i64,
     },
+    /// Its key is new and the detector already holds `spec.keyState.maxKeys` keys.
+    Keys {
+        /// The bound.
+        max_keys: usize,
+    },
     /// It arrived after every window it belongs to closed for good.
     Late {
         /// Event time of the event.
@@ -70,6 +75,7 @@ impl DeadLetterReason {
         match self {
             DeadLetterReason::Decode(_) => "decode",
             DeadLetterReason::Future { .. } => "future",
+            DeadLetterReason::Keys { .. } => "keys",
             DeadLetterReason::Late { .. } => "late",
         }
     }
@@ -83,6 +89,9 @@ impl DeadLetterReason {
             DeadLetterReason::Decode(e) => format!("decode: {e}"),
             DeadLetterReason::Future { max_skew_ms, .. } => format!(
                 "future: event time more than maxFutureSkew {max_skew_ms} ms ahead of processing time"
+            ),
+            DeadLetterReason::Keys { max_keys } => format!(
+                "keys: a new key while the detector holds spec.keyState.maxKeys = {max_keys} keys"
             ),
             DeadLetterReason::Late { .. } => {
                 "late: behind the watermark by more than every window's allowed lateness".into()
@@ -103,6 +112,10 @@ impl std::fmt::Display for DeadLetterReason {
                 f,
                 "future: event time {event_time_ms} ms is {} ms ahead of processing time {processing_time_ms} ms, more than maxFutureSkew {max_skew_ms} ms",
                 event_time_ms.saturating_sub(*processing_time_ms)
+            ),
+            DeadLetterReason::Keys { max_keys } => write!(
+                f,
+                "keys: a new key while the detector holds spec.keyState.maxKeys = {max_keys} keys"
             ),
             DeadLetterReason::Late {
                 event_time_ms,
@@ -271,6 +284,10 @@ pub struct Counters {
     /// Records skipped because restored state already holds them (re-read after a restore from
     /// a checkpoint newer than the committed offset).
     pub replay_skipped: u64,
+    /// Keys dropped after `spec.keyState.idleTimeout` without events.
+    pub keys_expired: u64,
+    /// Events of new keys dead-lettered because `spec.keyState.maxKeys` keys were held.
+    pub keys_refused: u64,
 }
 
 struct LoadedRule {
@@ -495,6 +512,17 @@ impl Engine {
             self.values = values;
             return None;
         }
+        if self.keys.get(rec.partition, &event.key).is_none()
+            && self.keys.len() >= self.cfg.max_keys
+        {
+            self.counters.keys_refused += 1;
+            let reason = DeadLetterReason::Keys {
+                max_keys: self.cfg.max_keys,
+            };
+            self.dead_letter(rec, reason, out);
+            self.values = values;
+            return None;
+        }
         let part = self
             .partitions
             .get_mut(&rec.partition)
@@ -502,6 +530,21 @@ impl Engine {
         part.max_event_time = Some(part.max_event_time.map_or(t, |m| m.max(t)));
         part.last_active_ms = now_ms;
         let key_id = self.key_id(rec.partition, &event.key);
+        {
+            let ks = self.keys.get_mut(key_id).expect("live key");
+            ks.last_event = ks.last_event.max(t);
+            ks.expired = false;
+            if ks.expire_at.is_none() {
+                let at = t.saturating_add(self.cfg.key_idle_timeout_ms);
+                ks.expire_at = Some(at);
+                ks.timers += 1;
+                let part = self
+                    .partitions
+                    .get_mut(&rec.partition)
+                    .expect("created above");
+                part.tiers[0].timers.register(at, key_id, TimerKind::Expire);
+            }
+        }
         let mut applied = false;
         // Fired windows a late event updates; fired after the loop (rare, so no allocation
         // on the common path).
@@ -531,6 +574,7 @@ impl Engine {
                         part.tiers[tier]
                             .timers
                             .register(end, key_id, TimerKind::Fire);
+                        ks.timers += 1;
                     }
                 } else if end + tc.allowed_lateness_ms > wm {
                     late_updates.push((tier, start));
@@ -610,8 +654,14 @@ impl Engine {
                 let Some(ks) = self.keys.get_mut(key_id) else {
                     continue;
                 };
+                ks.timers = ks.timers.saturating_sub(1);
                 if kind == TimerKind::Cleanup {
                     ks.windows[tier].purge(&tc, wm);
+                    self.drop_if_expired(key_id);
+                    continue;
+                }
+                if kind == TimerKind::Expire {
+                    self.expire(partition, key_id, at);
                     continue;
                 }
                 if ks.windows[tier].last_fired_end >= at {
@@ -631,8 +681,10 @@ impl Engine {
                             key_id,
                             TimerKind::Cleanup,
                         );
+                        ks.timers += 1;
                     }
                 }
+                self.drop_if_expired(key_id);
             }
         }
     }
@@ -644,7 +696,45 @@ impl Engine {
             partition,
             windows: (0..tiers).map(|_| KeyWindows::new()).collect(),
             rules: (0..rules).map(|_| RuleState::default()).collect(),
+            last_event: i64::MIN,
+            timers: 0,
+            expire_at: None,
+            expired: false,
         })
+    }
+
+    /// The expiry timer of `key_id` (registered on the first tier) came due at `at`: when
+    /// the key had events since, the timer moves to `idleTimeout` after the last one;
+    /// otherwise the key is dropped once nothing of it is pending (no pane, no other timer;
+    /// see [`Self::drop_if_expired`]).
+    fn expire(&mut self, partition: i32, key_id: KeyId, at: i64) {
+        let ttl = self.cfg.key_idle_timeout_ms;
+        let Some(ks) = self.keys.get_mut(key_id) else {
+            return;
+        };
+        ks.expire_at = None;
+        let due = ks.last_event.saturating_add(ttl);
+        if due > at {
+            ks.expire_at = Some(due);
+            ks.timers += 1;
+            if let Some(p) = self.partitions.get_mut(&partition) {
+                p.tiers[0].timers.register(due, key_id, TimerKind::Expire);
+            }
+            return;
+        }
+        ks.expired = true;
+        self.drop_if_expired(key_id);
+    }
+
+    /// Drops `key_id` if it is expired and nothing of it is pending any more.
+    fn drop_if_expired(&mut self, key_id: KeyId) {
+        let Some(ks) = self.keys.get_mut(key_id) else {
+            return;
+        };
+        if ks.expired && ks.timers == 0 && ks.windows.iter().all(|w| w.pane_count() == 0) {
+            self.keys.remove(key_id);
+            self.counters.keys_expired += 1;
+        }
     }
 
     fn dead_letter(&mut self, rec: &RawRecord<'_>, reason: DeadLetterReason, out: &mut Outputs) {

@@ -107,6 +107,8 @@ pub struct Metrics {
     client_errors: Family<ClientErrorLabels, Counter>,
     outputs_rejected: Family<RejectedLabels, Counter>,
     checkpoints: Family<CheckpointLabels, Counter>,
+    keys_expired: Counter,
+    keys_refused: Counter,
     checkpoint_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     checkpoint_bytes: Gauge,
     restored_keys: Counter,
@@ -200,6 +202,8 @@ impl Metrics {
             client_errors: Family::default(),
             outputs_rejected: Family::default(),
             checkpoints: Family::default(),
+            keys_expired: Counter::default(),
+            keys_refused: Counter::default(),
             checkpoint_seconds: Gauge::default(),
             checkpoint_bytes: Gauge::default(),
             restored_keys: Counter::default(),
@@ -293,6 +297,16 @@ impl Metrics {
             m.assigned_partitions.clone(),
         );
         r.register("keys", "Live keys with window state", m.keys.clone());
+        r.register(
+            "keys_expired",
+            "Keys dropped after spec.keyState.idleTimeout of event time without events",
+            m.keys_expired.clone(),
+        );
+        r.register(
+            "keys_refused",
+            "Events of new keys dead-lettered because spec.keyState.maxKeys keys were held",
+            m.keys_refused.clone(),
+        );
         r.register(
             "rules_loaded",
             "Detection rules running",
@@ -416,6 +430,10 @@ impl Metrics {
             .inc_by(d(prev.late_dropped, now.late_dropped));
         self.windows_fired
             .inc_by(d(prev.windows_fired, now.windows_fired));
+        self.keys_expired
+            .inc_by(d(prev.keys_expired, now.keys_expired));
+        self.keys_refused
+            .inc_by(d(prev.keys_refused, now.keys_refused));
         self.alerts
             .get_or_create(&StatusLabels { status: "firing" })
             .inc_by(d(prev.alerts_firing, now.alerts_firing));

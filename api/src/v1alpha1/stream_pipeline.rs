@@ -93,6 +93,28 @@ pub struct StreamPipelineSpec {
     /// logged. `Savepoint`: `LastState` from a savepoint the operator takes before the roll.
     #[serde(default)]
     pub upgrade_mode: UpgradeMode,
+    /// Bounds on per-key state: idle keys expire and the number of keys is capped. Applies
+    /// with its defaults when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_state: Option<KeyStateSpec>,
+}
+
+/// Bounds on the state kept per entity key.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KeyStateSpec {
+    /// Event time a key may go without events before its state is dropped: window panes,
+    /// rule state (baselines, detector models, `for` timers) and alert lifecycle (a firing
+    /// alert is dropped without a `resolved`). Measured against the partition's watermark, so
+    /// a replay expires the same keys. A key is dropped only once its windows have fired and
+    /// their allowed lateness has passed. Default `7d`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<Duration>,
+    /// Most keys a detector holds at once; an event of a new key beyond it goes to the
+    /// dead-letter topic with reason `keys` (known keys go on). Default 1,000,000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_keys: Option<u64>,
 }
 
 fn default_parallelism() -> i32 {

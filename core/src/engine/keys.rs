@@ -18,6 +18,15 @@ pub(super) struct KeyState {
     pub windows: Vec<KeyWindows>,
     /// Per-rule state, indexed like the engine's rules.
     pub rules: Vec<RuleState>,
+    /// Greatest event time of the key's events (for idle expiry).
+    pub last_event: i64,
+    /// Timers registered for the key and not yet popped (it is only dropped at zero, so no
+    /// timer outlives its key and hits a reused id).
+    pub timers: u32,
+    /// When its expiry timer is due, if one is registered.
+    pub expire_at: Option<i64>,
+    /// Idle for `spec.keyState.idleTimeout`: dropped once nothing of it is pending.
+    pub expired: bool,
 }
 
 type KeyMap = HashMap<Box<str>, KeyId, foldhash::fast::RandomState>;
@@ -28,6 +37,7 @@ pub(super) struct KeyTable {
     keys: HashMap<i32, KeyMap>,
     states: Vec<Option<KeyState>>,
     free: Vec<KeyId>,
+    live: usize,
 }
 
 impl KeyTable {
@@ -37,6 +47,7 @@ impl KeyTable {
             return id;
         }
         let state = make();
+        self.live += 1;
         let id = match self.free.pop() {
             Some(id) => {
                 self.states[id as usize] = Some(state);
@@ -52,6 +63,23 @@ impl KeyTable {
             .or_default()
             .insert(key.into(), id);
         id
+    }
+
+    /// The id of `key` in `partition`, if it is live.
+    pub fn get(&self, partition: i32, key: &str) -> Option<KeyId> {
+        self.keys.get(&partition).and_then(|m| m.get(key)).copied()
+    }
+
+    /// Drops key `id`.
+    pub fn remove(&mut self, id: KeyId) {
+        let Some(state) = self.states.get_mut(id as usize).and_then(Option::take) else {
+            return;
+        };
+        if let Some(m) = self.keys.get_mut(&state.partition) {
+            m.remove(&state.name);
+        }
+        self.free.push(id);
+        self.live -= 1;
     }
 
     /// The live state of `id`.
@@ -71,14 +99,16 @@ impl KeyTable {
 
     /// Number of live keys.
     pub fn len(&self) -> usize {
-        self.iter().count()
+        self.live
     }
 
     /// Drops every key of `partition`.
     pub fn remove_partition(&mut self, partition: i32) {
         if let Some(keys) = self.keys.remove(&partition) {
             for (_, id) in keys {
-                self.states[id as usize] = None;
+                if self.states[id as usize].take().is_some() {
+                    self.live -= 1;
+                }
                 self.free.push(id);
             }
         }

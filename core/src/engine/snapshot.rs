@@ -456,17 +456,33 @@ impl Engine {
                 partition: target,
                 windows: Vec::new(),
                 rules: Vec::new(),
+                last_event: i64::MIN,
+                timers: 0,
+                expire_at: None,
+                expired: false,
             });
             let ks = self.keys.get_mut(id).expect("just created");
             ks.windows = windows;
             ks.rules = rule_states;
+            // Snapshots keep no per-key event time: idleness counts from the partition's.
+            let part_time = snap
+                .partitions
+                .iter()
+                .find(|p| p.partition == k.partition)
+                .and_then(|p| p.max_event_time)
+                .unwrap_or(i64::MIN);
+            ks.last_event = part_time;
+            ks.timers = 0;
+            ks.expire_at = None;
             // Timers: every window still to fire, and the cleanup of fired ones within
             // allowed lateness.
             let part = self.partitions.get_mut(&target).expect("checked above");
+            let mut registered = 0;
             for (tier, tc) in self.cfg.tiers.iter().enumerate() {
                 let w = &ks.windows[tier];
                 for end in w.pending_ends(tc) {
                     part.tiers[tier].timers.register(end, id, TimerKind::Fire);
+                    registered += 1;
                 }
                 if tc.allowed_lateness_ms > 0 && w.pane_count() > 0 && w.last_fired_end > i64::MIN {
                     part.tiers[tier].timers.register(
@@ -474,8 +490,16 @@ impl Engine {
                         id,
                         TimerKind::Cleanup,
                     );
+                    registered += 1;
                 }
             }
+            if part_time > i64::MIN {
+                let at = part_time.saturating_add(self.cfg.key_idle_timeout_ms);
+                part.tiers[0].timers.register(at, id, TimerKind::Expire);
+                ks.expire_at = Some(at);
+                registered += 1;
+            }
+            ks.timers = registered;
             report.keys += 1;
         }
         report

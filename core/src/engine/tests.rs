@@ -344,3 +344,63 @@ fn a_far_future_event_does_not_poison_the_watermark() {
     assert_eq!(e.counters().late_dropped, 0);
     assert_eq!(e.dead_letter_reasons().top(1)[0].1, 2);
 }
+
+#[test]
+fn idle_keys_expire_after_the_idle_timeout_and_active_ones_stay() {
+    let mut m = Manifests::default();
+    m.add_str(
+        "p",
+        "apiVersion: vigil.dev/v1alpha1\nkind: StreamPipeline\nmetadata: {name: p}\nspec:\n  source: {kafka: {topics: [t], consumerGroup: g}}\n  format: {keyField: k, eventTime: {field: t}, wide: {fields: [{name: v}]}}\n  windows: [{name: w, size: 1s, maxOutOfOrderness: 0s, allowedLateness: 2s}]\n  sinks: {alerts: {topic: a}}\n  keyState: {idleTimeout: 10s, maxKeys: 3}\n",
+    )
+    .unwrap();
+    m.add_str("r", HOT).unwrap();
+    let refs: Vec<&DetectionRule> = m.rules.iter().collect();
+    let (mut e, _) =
+        Engine::from_resources(&m.pipelines[0], &refs, &[], EngineOptions::default()).unwrap();
+    let mut out = Outputs::default();
+    let mut offset = 0;
+    let mut send = |e: &mut Engine, key: &str, t: i64, out: &mut Outputs| {
+        offset += 1;
+        feed(e, 0, offset, key, t, 1.0, out);
+    };
+    for t in (0..3_000).step_by(500) {
+        send(&mut e, "a", t, &mut out);
+        send(&mut e, "b", t, &mut out);
+    }
+    assert_eq!(e.key_count(), 2);
+    // Only `a` goes on: `b` expires once 10 s of event time passed and its panes are gone.
+    for t in (3_000..12_000).step_by(500) {
+        send(&mut e, "a", t, &mut out);
+    }
+    assert_eq!(
+        e.key_count(),
+        2,
+        "b is idle for less than 10 s plus its last window"
+    );
+    for t in (12_000..20_000).step_by(500) {
+        send(&mut e, "a", t, &mut out);
+    }
+    assert_eq!(e.key_count(), 1);
+    assert_eq!(e.counters().keys_expired, 1);
+    // A returning key starts fresh; a fourth key beyond maxKeys = 3 is dead-lettered.
+    send(&mut e, "b", 20_000, &mut out);
+    send(&mut e, "c", 20_000, &mut out);
+    assert_eq!(e.key_count(), 3);
+    assert!(out.dead_letters.is_empty());
+    send(&mut e, "d", 20_000, &mut out);
+    assert_eq!(e.key_count(), 3);
+    assert_eq!(e.counters().keys_refused, 1);
+    assert_eq!(out.dead_letters.len(), 1);
+    assert_eq!(out.dead_letters[0].reason.kind(), "keys");
+    assert!(
+        out.dead_letters[0]
+            .reason
+            .to_string()
+            .contains("maxKeys = 3"),
+        "{}",
+        out.dead_letters[0].reason
+    );
+    // Known keys go on.
+    send(&mut e, "a", 20_500, &mut out);
+    assert_eq!(out.dead_letters.len(), 1);
+}

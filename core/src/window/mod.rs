@@ -277,6 +277,9 @@ pub enum TimerKind {
     Fire,
     /// Drop panes whose allowed lateness has run out.
     Cleanup,
+    /// Check whether the key has been idle for `spec.keyState.idleTimeout` (its state is
+    /// dropped then).
+    Expire,
 }
 
 /// Event-time timers of one tier: which keys have a window ending (or a lateness expiring) at
