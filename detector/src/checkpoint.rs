@@ -405,24 +405,36 @@ pub fn newest_for<'a>(
     picked
 }
 
-/// Ids retention deletes among `member`'s checkpoints: complete ones beyond the newest
-/// `retained` that are not the newest for any partition, and incomplete ones older than the
-/// member's newest complete one.
+/// Ids retention deletes: `member`'s complete checkpoints beyond its newest `retained`, any
+/// member's complete checkpoints superseded on every partition they hold by a newer one of the
+/// same spec (a restarted detector without a static id is a new member: its predecessors'
+/// checkpoints go this way), and `member`'s incomplete ones older than its newest complete
+/// one. The newest checkpoint of each partition per spec fingerprint is never deleted
+/// (`Stateless` detectors of an older spec still find theirs).
 pub fn doomed(
     complete: &[CheckpointMetadata],
     incomplete: &[String],
     member: &str,
     retained: usize,
 ) -> Vec<String> {
-    let mut newest_for_some: Vec<&str> = Vec::new();
-    let mut all: Vec<(String, i32)> = complete
+    let mut specs: Vec<&str> = complete
         .iter()
-        .flat_map(|c| c.partitions.iter().map(|o| (o.topic.clone(), o.partition)))
+        .map(|c| c.spec_fingerprint.as_str())
         .collect();
-    all.sort();
-    all.dedup();
-    for (c, _) in newest_for(complete, &all, |_| true) {
-        newest_for_some.push(&c.id);
+    specs.sort_unstable();
+    specs.dedup();
+    let mut kept: Vec<&str> = Vec::new();
+    for spec in specs {
+        let mut parts: Vec<(String, i32)> = complete
+            .iter()
+            .filter(|c| c.spec_fingerprint == spec)
+            .flat_map(|c| c.partitions.iter().map(|o| (o.topic.clone(), o.partition)))
+            .collect();
+        parts.sort();
+        parts.dedup();
+        for (c, _) in newest_for(complete, &parts, |c| c.spec_fingerprint == spec) {
+            kept.push(&c.id);
+        }
     }
     let mut mine: Vec<&CheckpointMetadata> =
         complete.iter().filter(|c| c.member == member).collect();
@@ -430,9 +442,15 @@ pub fn doomed(
     let mut out: Vec<String> = mine
         .iter()
         .skip(retained)
-        .filter(|c| !newest_for_some.contains(&c.id.as_str()))
+        .filter(|c| !kept.contains(&c.id.as_str()))
         .map(|c| c.id.clone())
         .collect();
+    out.extend(
+        complete
+            .iter()
+            .filter(|c| c.member != member && !kept.contains(&c.id.as_str()))
+            .map(|c| c.id.clone()),
+    );
     if let Some(newest) = mine.first() {
         let suffix = format!("-{member}");
         out.extend(
@@ -572,6 +590,21 @@ mod tests {
         let d = doomed(&all, &incomplete, "a", 2);
         assert_eq!(d, vec![checkpoint_id(200, "a"), checkpoint_id(150, "a")]);
         assert!(doomed(&all, &incomplete, "b", 1).contains(&checkpoint_id(50, "b")));
+        // Another member's checkpoints superseded on every partition (a restarted detector
+        // without a static id) go too; its only copy of partition 1 stays.
+        let d = doomed(&all, &[], "b", 3);
+        assert_eq!(
+            d,
+            vec![checkpoint_id(200, "a"), checkpoint_id(300, "a")],
+            "a's 100 holds partition 1 alone, 400 is the newest of partition 0"
+        );
+        // The newest of each partition per spec is kept: a Stateless detector of the old
+        // spec still finds its own.
+        let mut other_spec = meta(500, "c", &[(0, 60)]);
+        other_spec.spec_fingerprint = "g".into();
+        let mut all2 = all.clone();
+        all2.push(other_spec);
+        assert!(!doomed(&all2, &[], "c", 1).contains(&checkpoint_id(400, "a")));
     }
 
     #[test]
