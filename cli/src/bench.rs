@@ -563,13 +563,13 @@ fn state_phase(keys: usize) -> anyhow::Result<()> {
     drop(e);
     let t0 = Instant::now();
     let bytes = std::fs::read(&path)?;
-    let snap = vigil_core::engine::snapshot::Snapshot::decode(&bytes)?;
+    let mut snap = vigil_core::engine::snapshot::Snapshot::decode(&bytes)?;
     let m = manifests("bench", "bench", "alerts", false)?;
     let rules = m.rules_for(&m.pipelines[0]);
     let (mut fresh, _) =
         Engine::from_resources(&m.pipelines[0], &rules, &[], EngineOptions::default())
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let report = fresh.restore(&snap, Some, wall_clock_ms());
+    let report = fresh.restore(&mut snap, Some, wall_clock_ms());
     let restore_s = t0.elapsed().as_secs_f64();
     let _ = std::fs::remove_dir_all(&dir);
     println!(

@@ -147,9 +147,9 @@ fn a_restored_engine_continues_exactly_like_an_uninterrupted_one() {
     for &cut in &cuts {
         feed(&mut e, &rows, from, cut, 1, &mut pieces);
         let bytes = snapshot_bytes(&e);
-        let snap = Snapshot::decode(&bytes).unwrap();
+        let mut snap = Snapshot::decode(&bytes).unwrap();
         let mut fresh = engine(&m, &rules);
-        let report = fresh.restore(&snap, Some, 0);
+        let report = fresh.restore(&mut snap, Some, 0);
         assert_eq!(report.keys, 1);
         assert_eq!(report.offsets, vec![(0, cut as i64)]);
         assert!(report.rules_reset.is_empty() && report.tiers_reset.is_empty());
@@ -192,12 +192,12 @@ fn restore_is_key_addressed_and_picks_partitions() {
     let mut pieces = Produced::default();
     feed(&mut e, &rows, 0, n / 2, 4, &mut pieces);
     let bytes = snapshot_bytes(&e);
-    let snap = Snapshot::decode(&bytes).unwrap();
+    let mut snap = Snapshot::decode(&bytes).unwrap();
     assert_eq!(snap.keys.len(), 4);
     let mut a = engine(&m, &rules);
     let mut b = engine(&m, &rules);
-    assert_eq!(a.restore(&snap, |p| (p < 2).then_some(p), 0).keys, 2);
-    assert_eq!(b.restore(&snap, |p| (p >= 2).then_some(p), 0).keys, 2);
+    assert_eq!(a.restore(&mut snap, |p| (p < 2).then_some(p), 0).keys, 2);
+    assert_eq!(b.restore(&mut snap, |p| (p >= 2).then_some(p), 0).keys, 2);
     let mut out_a = Produced::default();
     let mut out_b = Produced::default();
     let mut out = Outputs::default();
@@ -246,7 +246,7 @@ fn a_changed_rule_restarts_empty_and_is_reported_the_others_keep_their_state() {
     let rows = rows();
     let mut e = engine(&m, &rules);
     feed(&mut e, &rows, 0, 2_000, 1, &mut Produced::default());
-    let snap = Snapshot::decode(&snapshot_bytes(&e)).unwrap();
+    let mut snap = Snapshot::decode(&snapshot_bytes(&e)).unwrap();
     // Change one rule's state shape (its baseline history) and one rule's severity only.
     let mut changed: Vec<DetectionRule> = rules.iter().map(|r| (*r).clone()).collect();
     let drop = changed
@@ -261,7 +261,7 @@ fn a_changed_rule_restarts_empty_and_is_reported_the_others_keep_their_state() {
     forest.spec.severity = vigil_api::v1alpha1::Severity::Info;
     let refs: Vec<&DetectionRule> = changed.iter().collect();
     let mut fresh = engine(&m, &refs);
-    let report = fresh.restore(&snap, Some, 0);
+    let report = fresh.restore(&mut snap, Some, 0);
     assert_eq!(report.keys, 1);
     assert_eq!(
         report
@@ -310,9 +310,9 @@ fn a_committed_version_1_snapshot_restores() {
     }
     let bytes = std::fs::read(&fixture).expect("fixture (UPDATE_SNAPSHOT_FIXTURE=1 creates it)");
     assert_eq!(&bytes[8..12], &1u32.to_le_bytes(), "a version-1 fixture");
-    let snap = Snapshot::decode(&bytes).unwrap();
+    let mut snap = Snapshot::decode(&bytes).unwrap();
     let mut restored = engine(&m, &rules);
-    let report = restored.restore(&snap, Some, 0);
+    let report = restored.restore(&mut snap, Some, 0);
     assert_eq!(report.offsets, vec![(0, cut as i64)]);
     let mut got = Produced::default();
     feed(&mut restored, &rows, cut, 6_000, 1, &mut got);

@@ -107,9 +107,9 @@ fn checkpoints_round_trip_through_a_real_s3_server() {
     assert!(incomplete.is_empty());
     let read = store.read_state(&complete[2]).unwrap();
     assert_eq!(read, bytes);
-    let snap = Snapshot::decode(&read).unwrap();
+    let mut snap = Snapshot::decode(&read).unwrap();
     let mut fresh = engine();
-    let report = fresh.restore(&snap, Some, 0);
+    let report = fresh.restore(&mut snap, Some, 0);
     assert_eq!(report.keys, 3);
     assert_eq!(report.offsets, vec![(0, 300)]);
 

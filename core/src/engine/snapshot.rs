@@ -360,9 +360,11 @@ impl Engine {
     /// that resumes from an older committed offset does not count them twice. Existing state
     /// of a restored key is replaced. Timers are rebuilt from the panes. `now_ms` starts the
     /// restored partitions' idleness clock.
+    /// The restored keys' state is moved out of `snap` (it is left with those entries empty;
+    /// restoring other partitions from it still works).
     pub fn restore(
         &mut self,
-        snap: &Snapshot<'_>,
+        snap: &mut Snapshot<'_>,
         select: impl Fn(i32) -> Option<i32>,
         now_ms: i64,
     ) -> RestoreReport {
@@ -426,28 +428,44 @@ impl Engine {
             report.offsets.push((target, p.next_offset));
         }
         let n_rules = self.rules.len();
-        for k in &snap.keys {
+        let identity_fields = field_map
+            .iter()
+            .enumerate()
+            .all(|(i, m)| *m == Some(i as u16));
+        let partition_times: Vec<(i32, Option<i64>)> = snap
+            .partitions
+            .iter()
+            .map(|p| (p.partition, p.max_event_time))
+            .collect();
+        for k in &mut snap.keys {
             let Some(target) = select(k.partition) else {
                 continue;
             };
             if !self.partitions.contains_key(&target) {
                 continue; // a key whose partition was not in the snapshot's list
             }
+            let mut saved: Vec<Option<KeyWindows>> = std::mem::take(&mut k.windows)
+                .into_owned()
+                .into_iter()
+                .map(Some)
+                .collect();
             let mut windows: Vec<KeyWindows> = tier_map
                 .iter()
                 .map(|m| {
-                    m.and_then(|j| k.windows.get(j).cloned())
+                    m.and_then(|j| saved.get_mut(j).and_then(Option::take))
                         .unwrap_or_else(KeyWindows::new)
                 })
                 .collect();
-            for w in &mut windows {
-                w.remap_fields(&field_map, self.with_sketch);
+            if !identity_fields {
+                for w in &mut windows {
+                    w.remap_fields(&field_map, self.with_sketch);
+                }
             }
             let mut rule_states: Vec<RuleState> =
                 (0..n_rules).map(|_| RuleState::default()).collect();
-            for (j, r) in &k.rules {
-                if let Some(Some(i)) = rule_map.get(*j as usize) {
-                    rule_states[*i] = r.clone().into_owned();
+            for (j, r) in std::mem::take(&mut k.rules) {
+                if let Some(Some(i)) = rule_map.get(j as usize) {
+                    rule_states[*i] = r.into_owned();
                 }
             }
             let name: Box<str> = k.key.as_ref().into();
@@ -465,11 +483,10 @@ impl Engine {
             ks.windows = windows;
             ks.rules = rule_states;
             // Snapshots keep no per-key event time: idleness counts from the partition's.
-            let part_time = snap
-                .partitions
+            let part_time = partition_times
                 .iter()
-                .find(|p| p.partition == k.partition)
-                .and_then(|p| p.max_event_time)
+                .find(|p| p.0 == k.partition)
+                .and_then(|p| p.1)
                 .unwrap_or(i64::MIN);
             ks.last_event = part_time;
             ks.timers = 0;

@@ -430,7 +430,7 @@ impl Core {
                     continue;
                 }
             };
-            let snap = match Snapshot::decode(&bytes) {
+            let mut snap = match Snapshot::decode(&bytes) {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::error!(error = %e, checkpoint = %meta.id, "Checkpoint does not decode; its partitions start empty.");
@@ -451,7 +451,10 @@ impl Core {
                     .then(|| ids.engine_partition(topic, kp))
                     .flatten()
             };
-            let report = self.driver.engine.restore(&snap, select, wall_clock_ms());
+            let report = self
+                .driver
+                .engine
+                .restore(&mut snap, select, wall_clock_ms());
             self.metrics.restored(report.keys);
             tracing::info!(
                 checkpoint = %meta.id, savepoint = ?meta.savepoint, partitions = ?wanted, keys = report.keys, offsets = ?report.offsets,
