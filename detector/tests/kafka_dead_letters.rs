@@ -143,3 +143,76 @@ fn without_a_dead_letter_sink_bad_events_are_counted_and_processing_goes_on() {
             .contains("vigil_dead_letters_total{reason=\"decode\"} 2")
     );
 }
+
+/// A dead-letter topic that takes less than `maxPayloadBytes` (its `max.message.bytes` is
+/// 100 kB): the copy of a 300 kB bad record, and of one with a 300 kB key as well, is cut to
+/// fit the topic instead of being refused by the broker, and says how long the original was.
+#[test]
+fn dead_letter_copies_are_cut_to_what_the_topic_takes() {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let b = bootstrap();
+    let (src, alerts, dead, group) = (
+        unique("src"),
+        unique("alerts"),
+        unique("dead"),
+        unique("group"),
+    );
+    create_topics(&b, &[(&src, 1), (&alerts, 1)]);
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &b)
+        .create()
+        .unwrap();
+    let small =
+        NewTopic::new(&dead, 1, TopicReplication::Fixed(1)).set("max.message.bytes", "100000");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(admin.create_topics([&small], &AdminOptions::new()))
+        .unwrap()
+        .into_iter()
+        .for_each(|r| {
+            r.unwrap();
+        });
+    let limits = admin::max_message_bytes(&b, &[dead.as_str()], Duration::from_secs(10)).unwrap();
+    assert_eq!(
+        limits,
+        vec![(dead.clone(), 100_000)],
+        "the topic reports its limit"
+    );
+    let (p, rules) = manifests(&pipeline(&src, &group, &alerts, Some(&dead)));
+    let metrics = Metrics::new();
+    let h = runner::spawn(RunnerConfig::new(p, rules, b.clone()), metrics.clone()).unwrap();
+    let big_value = vec![b'x'; 300_000];
+    let big_key = "K".repeat(300_000);
+    produce(
+        &b,
+        &src,
+        &[
+            (Some("a"), big_value.clone()),
+            (Some(big_key.as_str()), big_value),
+        ],
+    );
+    drain(&h, &b, &src);
+    let summary = h.join().unwrap();
+    assert_eq!(summary.dead_letters, 2);
+    let got = read(&b, &dead, 2, Duration::from_secs(20));
+    assert_eq!(got.len(), 2, "both dead letters reached the 100 kB topic");
+    for m in &got {
+        let size = m.payload().map_or(0, <[u8]>::len) + m.key().map_or(0, <[u8]>::len);
+        assert!(size < 100_000, "{size} bytes");
+        assert_eq!(header(m, "vigil.truncated").as_deref(), Some("300000"));
+    }
+    assert_eq!(
+        header(&got[1], "vigil.key.truncated").as_deref(),
+        Some("300000")
+    );
+    assert!(
+        !metrics
+            .encode()
+            .lines()
+            .any(|l| l.starts_with("vigil_outputs_rejected_total{") && !l.ends_with(" 0")),
+        "no output was refused by the broker"
+    );
+}

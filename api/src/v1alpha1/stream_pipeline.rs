@@ -370,10 +370,13 @@ pub struct SinksSpec {
 pub struct DeadLetterSink {
     /// Topic name.
     pub topic: String,
-    /// Most bytes of the original value (and of the original key) copied into a dead-letter
-    /// record; a longer one is cut and the record says so in the `vigil.truncated` header
-    /// (original length). Default 900000, under Kafka's default `max.message.bytes`
-    /// (1048588) with room for the headers; keep it below the topic's limit.
+    /// Most bytes of the original key and value together copied into a dead-letter record
+    /// (the key gets at most a quarter); a longer one is cut and the record says so in the
+    /// `vigil.truncated` / `vigil.key.truncated` headers (original length). Default 900000,
+    /// under Kafka's default `max.message.bytes` (1048588) with room for the headers. When
+    /// the dead-letter topic's `max.message.bytes` (read at start) is smaller, the bound is
+    /// lowered to it less 16 KiB, and the producer's batches stay under the smallest sink
+    /// topic limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1024))]
     pub max_payload_bytes: Option<u32>,

@@ -232,7 +232,9 @@ pub struct SinkTopics {
     pub kpis: Option<String>,
     /// Dead-letter topic, if any.
     pub dead_letters: Option<String>,
-    /// Most bytes of an original value or key copied into a dead-letter record.
+    /// Most bytes of the original key and value together copied into a dead-letter record
+    /// (the key gets at most a quarter): `spec.sinks.deadLetter.maxPayloadBytes`, lowered to
+    /// the topic's `max.message.bytes` less [`DEAD_LETTER_OVERHEAD`] when that is smaller.
     pub dead_letter_max_payload: usize,
 }
 
@@ -249,6 +251,23 @@ impl From<&SinksSpec> for SinkTopics {
                 .unwrap_or(vigil_api::v1alpha1::DEFAULT_DEAD_LETTER_MAX_PAYLOAD_BYTES)
                 as usize,
         }
+    }
+}
+
+/// Room left in a dead-letter record for headers and framing, bytes.
+pub const DEAD_LETTER_OVERHEAD: usize = 16 * 1024;
+
+impl SinkTopics {
+    /// Lowers the dead-letter bound to what the topic takes (`max.message.bytes` per topic, as
+    /// the broker reports it). Returns the new bound when it was lowered.
+    pub fn fit_topic_limits(&mut self, limits: &[(String, usize)]) -> Option<usize> {
+        let topic = self.dead_letters.as_deref()?;
+        let limit = limits.iter().find(|(t, _)| t == topic)?.1;
+        let fits = limit.saturating_sub(DEAD_LETTER_OVERHEAD).max(1024);
+        (fits < self.dead_letter_max_payload).then(|| {
+            self.dead_letter_max_payload = fits;
+            fits
+        })
     }
 }
 
@@ -442,13 +461,17 @@ impl Sinks {
                 key: "vigil.source.offset",
                 value: Some(offset.as_str()),
             });
-        if d.payload.len() > max {
+        // Key and value share the bound: the key gets at most a quarter of it, the value the
+        // rest, so the record fits even when both are huge.
+        let key = d.key.as_deref().map(|k| cut(k, max / 4));
+        let max_payload = max - key.map_or(0, <[u8]>::len);
+        if d.payload.len() > max_payload {
             headers = headers.insert(Header {
                 key: "vigil.truncated",
                 value: Some(d.payload.len().to_string().as_str()),
             });
         }
-        if let Some(k) = d.key.as_deref().filter(|k| k.len() > max) {
+        if let Some(k) = d.key.as_deref().filter(|k| k.len() > max / 4) {
             headers = headers.insert(Header {
                 key: "vigil.key.truncated",
                 value: Some(k.len().to_string().as_str()),
@@ -456,8 +479,8 @@ impl Sinks {
         }
         self.send(
             &topic,
-            d.key.as_deref().map(|k| cut(k, max)),
-            cut(&d.payload, max),
+            key,
+            cut(&d.payload, max_payload),
             headers,
             now_ms,
             SinkKind::DeadLetters,

@@ -99,6 +99,43 @@ pub fn ensure_topics(bootstrap: &str, topics: &[(&str, i32)]) -> Result<(), Admi
     Ok(())
 }
 
+/// `max.message.bytes` of each topic that exists and reports it (the broker's limit on one
+/// record batch of the topic).
+///
+/// # Errors
+/// [`AdminError`] when the request fails as a whole.
+pub fn max_message_bytes(
+    bootstrap: &str,
+    topics: &[&str],
+    timeout: Duration,
+) -> Result<Vec<(String, usize)>, AdminError> {
+    let admin = admin(bootstrap)?;
+    let specs: Vec<rdkafka::admin::ResourceSpecifier<'_>> = topics
+        .iter()
+        .map(|t| rdkafka::admin::ResourceSpecifier::Topic(t))
+        .collect();
+    let opts = AdminOptions::new().request_timeout(Some(timeout));
+    let results =
+        block_on(admin.describe_configs(&specs, &opts))?.map_err(|source| AdminError::Request {
+            operation: "describe configs",
+            source,
+        })?;
+    Ok(topics
+        .iter()
+        .zip(results)
+        .filter_map(|(t, r)| {
+            let limit = r
+                .ok()?
+                .get("max.message.bytes")?
+                .value
+                .as_deref()?
+                .parse()
+                .ok()?;
+            Some((t.to_string(), limit))
+        })
+        .collect())
+}
+
 /// Deletes topics (missing ones are ignored).
 ///
 /// # Errors
