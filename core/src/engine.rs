@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use vigil_api::v1alpha1::{AnomalyModel, DetectionRule, DetectionRuleSpec, Feature};
 
 mod alerts;
+mod expiry;
 mod keys;
 mod partitions;
 mod rules;
@@ -512,8 +513,9 @@ impl Engine {
             self.values = values;
             return None;
         }
-        if self.keys.get(rec.partition, &event.key).is_none()
-            && self.keys.len() >= self.cfg.max_keys
+        // The key lookup only at the cap: the common path looks the key up once (key_id).
+        if self.keys.len() >= self.cfg.max_keys
+            && self.keys.get(rec.partition, &event.key).is_none()
         {
             self.counters.keys_refused += 1;
             let reason = DeadLetterReason::Keys {
@@ -701,40 +703,6 @@ impl Engine {
             expire_at: None,
             expired: false,
         })
-    }
-
-    /// The expiry timer of `key_id` (registered on the first tier) came due at `at`: when
-    /// the key had events since, the timer moves to `idleTimeout` after the last one;
-    /// otherwise the key is dropped once nothing of it is pending (no pane, no other timer;
-    /// see [`Self::drop_if_expired`]).
-    fn expire(&mut self, partition: i32, key_id: KeyId, at: i64) {
-        let ttl = self.cfg.key_idle_timeout_ms;
-        let Some(ks) = self.keys.get_mut(key_id) else {
-            return;
-        };
-        ks.expire_at = None;
-        let due = ks.last_event.saturating_add(ttl);
-        if due > at {
-            ks.expire_at = Some(due);
-            ks.timers += 1;
-            if let Some(p) = self.partitions.get_mut(&partition) {
-                p.tiers[0].timers.register(due, key_id, TimerKind::Expire);
-            }
-            return;
-        }
-        ks.expired = true;
-        self.drop_if_expired(key_id);
-    }
-
-    /// Drops `key_id` if it is expired and nothing of it is pending any more.
-    fn drop_if_expired(&mut self, key_id: KeyId) {
-        let Some(ks) = self.keys.get_mut(key_id) else {
-            return;
-        };
-        if ks.expired && ks.timers == 0 && ks.windows.iter().all(|w| w.pane_count() == 0) {
-            self.keys.remove(key_id);
-            self.counters.keys_expired += 1;
-        }
     }
 
     fn dead_letter(&mut self, rec: &RawRecord<'_>, reason: DeadLetterReason, out: &mut Outputs) {

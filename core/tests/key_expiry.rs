@@ -27,10 +27,8 @@ fn half_a_million_idle_keys_expire_and_memory_stays_bounded() {
     let mut offset = 0i64;
     let mut wave = |e: &mut Engine, first: usize, t0: i64| {
         const N: usize = 500_000;
-        for i in first..first + N {
-            // 500k keys over 50 s of event time, then a heartbeat key for 3 minutes.
-            let t = t0 + (i - first) as i64 / 10_000 * 1_000;
-            let p = format!(r#"{{"k":"key-{i}","t":{t},"v":{}}}"#, i % 7);
+        let mut send = |e: &mut Engine, key: &str, t: i64, v: usize| {
+            let p = format!(r#"{{"k":"{key}","t":{t},"v":{v}}}"#);
             offset += 1;
             e.process(
                 &RawRecord {
@@ -43,23 +41,15 @@ fn half_a_million_idle_keys_expire_and_memory_stays_bounded() {
                 &mut out,
             );
             out.clear();
+        };
+        // 500k keys over 50 s of event time, then a heartbeat key for 3 minutes.
+        for i in first..first + N {
+            let t = t0 + (i - first) as i64 / 10_000 * 1_000;
+            send(e, &format!("key-{i}"), t, i % 7);
         }
         let peak = e.key_count();
         for s in 0..180 {
-            let t = t0 + 50_000 + s * 1_000;
-            let p = format!(r#"{{"k":"heartbeat","t":{t},"v":1}}"#);
-            offset += 1;
-            e.process(
-                &RawRecord {
-                    partition: 0,
-                    offset,
-                    key: None,
-                    payload: p.as_bytes(),
-                },
-                t,
-                &mut out,
-            );
-            out.clear();
+            send(e, "heartbeat", t0 + 50_000 + s * 1_000, 1);
         }
         peak
     };

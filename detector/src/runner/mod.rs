@@ -540,48 +540,12 @@ pub fn spawn(cfg: RunnerConfig, metrics: Metrics) -> Result<RunnerHandle, RunErr
     // retries forever in silence.
     crate::source::admin::check_reachable(&settings.consumer_config(), cfg.connect_timeout)?;
     let mut topics = SinkTopics::from(&spec.sinks);
-    // Outputs follow the sink topics' limits: the dead-letter copy is cut to fit its topic,
-    // and the producer's own size check is the largest topic limit.
-    let names: Vec<&str> = [
-        Some(topics.alerts.as_str()),
-        topics.kpis.as_deref(),
-        topics.dead_letters.as_deref(),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
     let mut producer_config = settings.producer_config();
-    match crate::source::admin::max_message_bytes(
+    topics.fit_broker_limits(
         &cfg.bootstrap_servers,
-        &names,
+        &mut producer_config,
         cfg.connect_timeout,
-    ) {
-        Ok(limits) => {
-            if let Some(bound) = topics.fit_topic_limits(&limits) {
-                tracing::info!(
-                    bound,
-                    "The dead-letter topic's max.message.bytes is below spec.sinks.deadLetter.maxPayloadBytes; dead-letter copies are cut to fit it."
-                );
-            }
-            // The topic limit applies to a whole record batch: batches stay under the
-            // smallest one, single records under the largest.
-            if let Some(max) = limits.iter().map(|(_, l)| *l).max() {
-                producer_config.set(
-                    "message.max.bytes",
-                    max.clamp(1000, 1_000_000_000).to_string(),
-                );
-            }
-            if let Some(min) = limits.iter().map(|(_, l)| *l).min() {
-                producer_config.set(
-                    "batch.size",
-                    min.saturating_sub(1024).clamp(1000, 1_000_000).to_string(),
-                );
-            }
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "Sink topic limits could not be read; the producer keeps its defaults.")
-        }
-    }
+    );
     let opts = EngineOptions {
         emit_windows: topics.kpis.is_some(),
         ..Default::default()

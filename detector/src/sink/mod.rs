@@ -258,6 +258,52 @@ impl From<&SinksSpec> for SinkTopics {
 pub const DEAD_LETTER_OVERHEAD: usize = 16 * 1024;
 
 impl SinkTopics {
+    /// Makes the outputs follow the sink topics' `max.message.bytes`, read from the brokers:
+    /// the dead-letter bound ([`Self::fit_topic_limits`]), and the producer's batches under the
+    /// smallest limit (it applies to a whole record batch) and single records under the
+    /// largest. When the limits cannot be read, nothing changes and a warning says so.
+    pub fn fit_broker_limits(
+        &mut self,
+        bootstrap: &str,
+        producer: &mut rdkafka::ClientConfig,
+        timeout: std::time::Duration,
+    ) {
+        let names: Vec<&str> = [
+            Some(self.alerts.as_str()),
+            self.kpis.as_deref(),
+            self.dead_letters.as_deref(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let limits = match crate::source::admin::max_message_bytes(bootstrap, &names, timeout) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "Sink topic limits could not be read; the producer keeps its defaults.");
+                return;
+            }
+        };
+        if let Some(bound) = self.fit_topic_limits(&limits) {
+            tracing::info!(
+                bound,
+                "The dead-letter topic's max.message.bytes is below spec.sinks.deadLetter.maxPayloadBytes; dead-letter copies are cut to fit it."
+            );
+        }
+        let sizes = limits.iter().map(|(_, l)| *l);
+        if let Some(max) = sizes.clone().max() {
+            producer.set(
+                "message.max.bytes",
+                max.clamp(1000, 1_000_000_000).to_string(),
+            );
+        }
+        if let Some(min) = sizes.min() {
+            producer.set(
+                "batch.size",
+                min.saturating_sub(1024).clamp(1000, 1_000_000).to_string(),
+            );
+        }
+    }
+
     /// Lowers the dead-letter bound to what the topic takes (`max.message.bytes` per topic, as
     /// the broker reports it). Returns the new bound when it was lowered.
     pub fn fit_topic_limits(&mut self, limits: &[(String, usize)]) -> Option<usize> {

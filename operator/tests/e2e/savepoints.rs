@@ -68,15 +68,8 @@ spec:
 }
 
 fn template_annotation(sts: &StatefulSet, key: &str) -> Option<String> {
-    sts.spec
-        .as_ref()?
-        .template
-        .metadata
-        .as_ref()?
-        .annotations
-        .as_ref()?
-        .get(key)
-        .cloned()
+    vigil_operator::controller::stream_pipeline::upgrade::template_annotation(sts, key)
+        .map(str::to_string)
 }
 
 /// The detector pod with the StatefulSet's current template, given `ip` as its pod IP.

@@ -40,7 +40,8 @@ pub fn savepoint_name(pipeline: &str, spec_hash: &str) -> String {
     format!("{}-{hash}", base.trim_end_matches(['-', '.']))
 }
 
-fn template_annotation<'a>(sts: &'a StatefulSet, key: &str) -> Option<&'a str> {
+/// An annotation of a StatefulSet's pod template.
+pub fn template_annotation<'a>(sts: &'a StatefulSet, key: &str) -> Option<&'a str> {
     sts.spec
         .as_ref()?
         .template
