@@ -88,14 +88,62 @@ where
         + DeserializeOwned,
     S: Serialize,
 {
+    patch_status(client, obj, status, None).await
+}
+
+/// Applies the status of `obj` only if the object is still at `obj`'s resourceVersion (the
+/// API server's optimistic concurrency: a server-side apply naming a resourceVersion is
+/// refused with 409 Conflict when the stored object is newer). For state transitions that
+/// must not be taken twice from a stale cache; see [`is_conflict`].
+///
+/// # Errors
+/// [`ApplyError::PatchStatus`] with the API server's error.
+pub async fn apply_status_if_unchanged<K, S>(
+    client: &Client,
+    obj: &K,
+    status: &S,
+) -> Result<(), ApplyError>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + Debug
+        + DeserializeOwned,
+    S: Serialize,
+{
+    patch_status(client, obj, status, obj.resource_version()).await
+}
+
+/// Whether a failed write was refused because the object changed since it was read.
+#[must_use]
+pub fn is_conflict(e: &ApplyError) -> bool {
+    let (ApplyError::Apply { source, .. } | ApplyError::PatchStatus { source, .. }) = e;
+    matches!(source, kube::Error::Api(s) if s.code == 409)
+}
+
+async fn patch_status<K, S>(
+    client: &Client,
+    obj: &K,
+    status: &S,
+    resource_version: Option<String>,
+) -> Result<(), ApplyError>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + Debug
+        + DeserializeOwned,
+    S: Serialize,
+{
     let namespace = obj.namespace().unwrap_or_default();
     let name = obj.name_any();
     let api: Api<K> = Api::namespaced(client.clone(), &namespace);
-    let body = serde_json::json!({
+    let mut body = serde_json::json!({
         "apiVersion": K::api_version(&()),
         "kind": K::kind(&()),
         "status": status,
     });
+    if let Some(rv) = resource_version {
+        body["metadata"] = serde_json::json!({ "resourceVersion": rv });
+    }
     api.patch_status(&name, &params(), &Patch::Apply(body))
         .await
         .map(|_| ())

@@ -13,7 +13,9 @@
 //! validate (pure: the pipeline has checkpointing, the name can name a savepoint, pods have
 //! IPs) -> take (the requests, concurrently) -> status (pure: Completed with the parts, or
 //! Failed naming the pod and its reason). A savepoint is taken once: Completed and Failed are
-//! final; create another to retry.
+//! final; create another to retry. The move to InProgress is conditional on the object's
+//! resourceVersion, so a reconcile from a stale cache cannot take a finished savepoint again;
+//! an InProgress left by an operator that died mid-way is taken again.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,7 +30,7 @@ use vigil_api::v1alpha1::{
 };
 
 use super::{Context, Error, requeue_on_error};
-use crate::apply::apply_status;
+use crate::apply::{apply_status, apply_status_if_unchanged, is_conflict};
 use crate::config::DETECTOR_METRICS_PORT;
 use crate::labels::detector_selector;
 
@@ -219,7 +221,11 @@ pub async fn reconcile(sp: Arc<Savepoint>, ctx: Arc<Context>) -> Result<Action, 
         return Ok(Action::await_change());
     }
     let pipeline = pipeline.expect("validated");
-    apply_status(
+    // Claim: InProgress only if nobody wrote the status since this copy was read. The copy
+    // comes from the watch cache, which can lag this controller's own last write (the
+    // Completed status of the run just finished); taking the savepoint again from that stale
+    // InProgress would reopen a finished savepoint. A conflict waits for the cache.
+    let claimed = apply_status_if_unchanged(
         &ctx.client,
         sp.as_ref(),
         &SavepointStatus {
@@ -228,7 +234,14 @@ pub async fn reconcile(sp: Arc<Savepoint>, ctx: Arc<Context>) -> Result<Action, 
             ..SavepointStatus::default()
         },
     )
-    .await?;
+    .await;
+    match claimed {
+        Err(e) if is_conflict(&e) => {
+            tracing::debug!(savepoint = %name, "Savepoint changed since it was read; waiting for the cache.");
+            return Ok(Action::requeue(Duration::from_secs(1)));
+        }
+        other => other?,
+    }
     // Take: every detector at once; each answers when its part is written.
     let http = reqwest::Client::builder()
         .connect_timeout(CONNECT_TIMEOUT)

@@ -219,6 +219,13 @@ async fn an_upgrade_waits_for_its_savepoint_and_a_failed_one_rolls_nothing() {
         status.parts[0].keys == 4 && status.size_bytes.unwrap_or(0) > 0,
         "{status:?}"
     );
+    let log = detector.log_text();
+    assert_eq!(
+        log.matches("Savepoint part complete").count(),
+        1,
+        "the savepoint was taken once\n{log}\n{}",
+        op.log_text()
+    );
     assert_eq!(
         template_annotation(&rolled, "vigil.dev/restore-from").as_deref(),
         Some(name.as_str())
@@ -278,5 +285,37 @@ async fn an_upgrade_waits_for_its_savepoint_and_a_failed_one_rolls_nothing() {
         template_annotation(&after, "vigil.dev/config-hash"),
         Some(new_config),
         "a failed savepoint rolled the detectors"
+    );
+}
+
+/// The savepoint controller's claim (`InProgress`) is a write conditional on the
+/// resourceVersion it read: from a stale copy (its cache lagging its own `Completed`) the
+/// API server refuses it, so a finished savepoint is never taken again.
+#[tokio::test]
+#[ignore = "needs the e2e cluster: run e2e/tests/operator.sh"]
+async fn a_status_write_from_a_stale_copy_is_refused() {
+    use vigil_api::v1alpha1::SavepointStatus;
+    use vigil_operator::apply::{apply_status_if_unchanged, is_conflict};
+    let client = admin().await;
+    let ns = TestNamespace::create(&client, "e2e-stale").await;
+    ns.apply_yaml("apiVersion: vigil.dev/v1alpha1\nkind: Savepoint\nmetadata: {name: sp}\nspec: {pipeline: absent}\n")
+        .await;
+    let api = ns.api::<Savepoint>();
+    let read = api.get("sp").await.unwrap();
+    let status = |phase| SavepointStatus {
+        phase: Some(phase),
+        ..SavepointStatus::default()
+    };
+    apply_status_if_unchanged(&client, &read, &status(SavepointPhase::Completed))
+        .await
+        .expect("the copy is current: the write is taken");
+    let e = apply_status_if_unchanged(&client, &read, &status(SavepointPhase::InProgress))
+        .await
+        .expect_err("the copy is stale: the write is refused");
+    assert!(is_conflict(&e), "{e:?}");
+    let now = api.get("sp").await.unwrap();
+    assert_eq!(
+        now.status.and_then(|s| s.phase),
+        Some(SavepointPhase::Completed)
     );
 }
