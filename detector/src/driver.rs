@@ -4,26 +4,64 @@
 //! reach the alert lifecycle is written once.
 //!
 //! Outputs go into the caller's [`Outputs`], which the caller drains (to Kafka, a file, a
-//! test's list). Model rule windows that closed in a step are scored before the step returns
-//! (bounded by the scorer's deadline and retries, see [`crate::scoring::scorer`]); windows
-//! that could not be scored are counted in the returned [`ScoreReport`] and dropped.
+//! test's list). Two ways to score model rule windows:
+//! - **inline** ([`Driver::scorer`]; `vigil score`, tests): the windows that closed in a step
+//!   are scored before the step returns (bounded by the scorer's deadline and retries, see
+//!   [`crate::scoring::scorer`]); windows that could not be scored are counted in the returned
+//!   [`ScoreReport`] and dropped;
+//! - **in the background** ([`Driver::worker`]; the Kafka runner): a step hands the windows to
+//!   the [`ScoringWorker`] and returns at once; [`Driver::apply_scored`] applies the scores that
+//!   came back (the runner calls it at every tick), so a slow model server delays model rules
+//!   only.
+
+use std::time::Duration;
 
 use vigil_core::engine::{Engine, Outputs, RawRecord};
 
-use crate::scoring::{ModelScorer, ScoreReport};
+use crate::scoring::{ModelScorer, ScoreReport, ScoringWorker};
 
 /// The engine and its model scorer.
 pub struct Driver {
     /// The pure engine.
     pub engine: Engine,
-    /// Scores model rule windows; `None` until a pipeline has model rules.
+    /// Scores model rule windows inline; `None` until a pipeline has model rules.
     pub scorer: Option<ModelScorer>,
+    /// Scores model rule windows in the background; used instead of `scorer` when set.
+    pub worker: Option<ScoringWorker>,
 }
 
 impl Driver {
-    /// A driver over `engine`.
+    /// A driver over `engine`, scoring inline with `scorer`.
     pub fn new(engine: Engine, scorer: Option<ModelScorer>) -> Self {
-        Self { engine, scorer }
+        Self {
+            engine,
+            scorer,
+            worker: None,
+        }
+    }
+
+    /// Applies the scores the background worker returned since the last call to the alert
+    /// lifecycle; the number of windows applied.
+    pub fn apply_scored(&mut self, now_ms: i64, out: &mut Outputs) -> usize {
+        match &self.worker {
+            Some(w) => {
+                let scored = w.take_scored();
+                self.engine.apply_model_scores(&scored, now_ms, out)
+            }
+            None => 0,
+        }
+    }
+
+    /// Waits up to `timeout` for the background worker's windows, then applies their scores
+    /// (end of input, shutdown).
+    pub fn settle(&mut self, timeout: Duration, now_ms: i64, out: &mut Outputs) -> usize {
+        match &self.worker {
+            Some(w) => {
+                let scored = w.settle(timeout);
+                self.engine.apply_model_scores(&scored, now_ms, out)
+            }
+            None => 0,
+        }
     }
 
     /// Processes one record, then scores the model windows it closed. Returns the record's
@@ -51,13 +89,18 @@ impl Driver {
         self.score(now_ms, out)
     }
 
-    /// Scores `out.model_inputs` and applies the scores to the alert lifecycle. Without a
-    /// scorer the inputs are dropped (no model rule is routed).
+    /// Scores `out.model_inputs` and applies the scores to the alert lifecycle, or hands them
+    /// to the background worker. Without either the inputs are dropped (no model rule is
+    /// routed).
     pub fn score(&mut self, now_ms: i64, out: &mut Outputs) -> Option<ScoreReport> {
         if out.model_inputs.is_empty() {
             return None;
         }
         let inputs = std::mem::take(&mut out.model_inputs);
+        if let Some(w) = &self.worker {
+            w.submit(inputs);
+            return None;
+        }
         let scorer = self.scorer.as_mut()?;
         let report = scorer.score(inputs);
         self.engine.apply_model_scores(&report.scored, now_ms, out);

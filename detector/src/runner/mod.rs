@@ -15,6 +15,10 @@
 //! before it is acknowledged by the broker. With checkpointing, offsets are committed per
 //! completed checkpoint instead ([`checkpointing`]). Delivery is at least once either way, and
 //! alerts carry deterministic event ids.
+//!
+//! Model scoring never runs on this thread: closed model windows go to the scoring worker
+//! ([`crate::scoring::worker`]) and their scores are applied at the next tick, so a slow or
+//! hung model server delays model rules only.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,7 +32,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::BorrowedMessage;
 use vigil_api::v1alpha1::{AnomalyModel, DetectionRule, StreamPipeline};
 
-use crate::scoring::{ModelScorer, ScorerConfig, ScoringError};
+use crate::scoring::{ScorerConfig, ScoringError, ScoringWorker};
 use crate::sink::{LatencyProbe, Origin, SinkError, SinkTopics, Sinks};
 use crate::source::{
     Assignment, PartitionIds, RebalanceHandler, SourceContext, SourceError, SourceSettings,
@@ -41,6 +45,10 @@ use crate::driver::Driver;
 use vigil_core::rules::RuleError;
 
 mod checkpointing;
+
+/// Longest wait for model windows still being scored when the detector stops (within
+/// Kubernetes' default 30 s termination grace period, with room for the checkpoint).
+const SETTLE_MAX: Duration = Duration::from_secs(10);
 
 /// Wall-clock time in epoch milliseconds.
 #[inline]
@@ -416,21 +424,34 @@ impl Core {
         out.clear();
     }
 
-    /// Routes the AnomalyModels to their model servers, creating the scorer on first use.
+    /// Routes the AnomalyModels to their model servers, starting the scoring worker on first
+    /// use (scoring never runs on this loop, see [`crate::scoring::worker`]).
     fn set_models(&mut self, models: &[&AnomalyModel]) -> Result<(), ScoringError> {
-        if self.driver.scorer.is_none() && !models.is_empty() {
-            self.driver.scorer = Some(ModelScorer::new(
+        if self.driver.worker.is_none() && !models.is_empty() {
+            self.driver.worker = Some(ScoringWorker::start(
                 self.scorer_config.clone(),
                 self.metrics.scoring().clone(),
             )?);
         }
-        match self.driver.scorer.as_mut() {
-            Some(s) => s.route_models(models, self.model_server.as_deref()),
+        match self.driver.worker.as_ref() {
+            Some(w) => w.route_models(models, self.model_server.as_deref()),
             None => Ok(()),
         }
     }
 
+    /// Waits a bounded time for model windows still being scored and applies their scores
+    /// (end of input, shutdown): one attempt's budget twice, at most [`SETTLE_MAX`].
+    fn settle_scoring(&mut self, now_ms: i64) {
+        let c = &self.scorer_config;
+        let retries = u32::try_from(c.retries).unwrap_or(u32::MAX);
+        let attempts = c.deadline.saturating_mul(retries.saturating_add(1))
+            + c.backoff_max.saturating_mul(retries);
+        let budget = attempts.saturating_mul(2).min(SETTLE_MAX);
+        self.driver.settle(budget, now_ms, &mut self.out);
+    }
+
     fn tick(&mut self, now_ms: i64) {
+        self.driver.apply_scored(now_ms, &mut self.out);
         self.driver.advance(now_ms, &mut self.out);
         if !(self.out.alerts.is_empty()
             && self.out.windows.is_empty()
@@ -725,6 +746,7 @@ fn run_loop(
             tracing::info!("Input drained; firing every open window (end of input).");
             let c = &mut *core;
             c.driver.flush(now_ms, &mut c.out);
+            c.settle_scoring(now_ms);
             c.emit(now_ms, None);
             core.tick(now_ms);
             drained = true;
@@ -753,6 +775,9 @@ fn run_loop(
     let summary = {
         let mut core = shared.lock();
         let now_ms = wall_clock_ms();
+        if !drained {
+            core.settle_scoring(now_ms);
+        }
         core.tick(now_ms);
         committed = if core.checkpointing.is_none() {
             core.flush_and_commit(&consumer, CommitMode::Sync)

@@ -4,7 +4,8 @@
 //! | name | type | meaning |
 //! |---|---|---|
 //! | `vigil_model_scoring_degraded` | gauge | 1 while windows of the model cannot be scored (circuit open, or the last batch failed after retries), else 0 |
-//! | `vigil_model_scoring_windows_total{outcome}` | counter | key windows handed to scoring: `scored`, `failed` (after retries), `skipped` (circuit open), `unrouted` (no model server for the model) |
+//! | `vigil_model_scoring_windows_total{outcome}` | counter | key windows by outcome of a scoring attempt: `scored`, `failed` (after retries), `skipped` (circuit open), `unrouted` (no model server for the model), `dropped` (given up: the backlog bound was reached, the server rejected the request, or the detector stopped first). In the detector a `failed` or `skipped` window waits in the backlog and is tried again, so one window can count more than once before `scored` or `dropped` |
+//! | `vigil_model_scoring_backlog_windows` | gauge | key windows waiting to be scored (queued, in flight, or waiting for the model server to recover) |
 //! | `vigil_model_scoring_errors_total{kind}` | counter | failed inference attempts: `transient` (unreachable, overloaded), `timeout` (deadline), `request` (rejected request, not retried) |
 //! | `vigil_model_scoring_circuit_opened_total` | counter | times the circuit breaker opened |
 //! | `vigil_model_scoring_batch_duration_seconds` | histogram | wall time of one scored batch, retries included |
@@ -58,6 +59,7 @@ fn rows_histogram() -> Histogram {
 #[derive(Clone, Debug)]
 pub struct ScoringMetrics {
     degraded: Family<ModelLabels, Gauge>,
+    backlog: Gauge,
     windows: Family<ModelOutcomeLabels, Counter>,
     errors: Family<ModelErrorLabels, Counter>,
     circuit_opened: Family<ModelLabels, Counter>,
@@ -69,6 +71,7 @@ impl Default for ScoringMetrics {
     fn default() -> Self {
         Self {
             degraded: Family::default(),
+            backlog: Gauge::default(),
             windows: Family::default(),
             errors: Family::default(),
             circuit_opened: Family::default(),
@@ -90,8 +93,13 @@ impl ScoringMetrics {
         );
         r.register(
             "windows",
-            "Key windows handed to model scoring, by outcome (scored, failed, skipped, unrouted)",
+            "Key windows by outcome of a scoring attempt (scored, failed, skipped, unrouted, dropped)",
             self.windows.clone(),
+        );
+        r.register(
+            "backlog_windows",
+            "Key windows waiting to be scored (queued, in flight, or waiting for the model server)",
+            self.backlog.clone(),
         );
         r.register(
             "errors",
@@ -132,6 +140,16 @@ impl ScoringMetrics {
     /// Whether `model` is marked degraded.
     pub fn is_degraded(&self, model: &str) -> bool {
         self.degraded.get_or_create(&Self::labels(model)).get() != 0
+    }
+
+    /// Sets the number of key windows waiting to be scored.
+    pub fn set_backlog(&self, windows: usize) {
+        self.backlog.set(i64::try_from(windows).unwrap_or(i64::MAX));
+    }
+
+    /// Key windows waiting to be scored.
+    pub fn backlog(&self) -> usize {
+        usize::try_from(self.backlog.get()).unwrap_or(0)
     }
 
     /// `n` key windows of `model` with `outcome`.

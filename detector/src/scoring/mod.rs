@@ -10,8 +10,9 @@
 //! 2. The caller hands those inputs to a [`ModelScorer`] ([`scorer`]), which batches them per
 //!    model across keys, calls the model server with a deadline, retries transient failures
 //!    with exponential backoff and stops calling a failing server through a circuit breaker.
-//!    It never blocks longer than its retry budget; inputs it cannot score are counted and
-//!    dropped ([`ScoringMetrics`]), so rule-based detection and offset commits go on.
+//!    In the detector the scorer runs on its own thread ([`worker`]): the run loop never waits
+//!    for a model server, and windows not scored during an outage wait in a bounded backlog
+//!    and are scored when the server recovers ([`ScoringMetrics`] counts every outcome).
 //! 3. The raw scores go back to [`vigil_core::engine::Engine::apply_model_scores`], which maps them
 //!    to [0, 1] and a match ([`ModelContract::map_score`]) and runs the alert lifecycle.
 //!
@@ -20,8 +21,10 @@
 
 pub mod metrics;
 pub mod scorer;
+pub mod worker;
 
 pub use metrics::ScoringMetrics;
 pub use scorer::{Inference, ModelScorer, ScoreReport, ScorerConfig, ScoringError};
 pub use vigil_api::contract::MODEL_SERVER_ANNOTATION;
 pub use vigil_core::model::{ModelContract, ModelInput, ModelState, WindowVector};
+pub use worker::ScoringWorker;

@@ -15,12 +15,14 @@
 //!
 //! So one call to [`ModelScorer::score`] blocks at most about
 //! `(retries + 1) * deadline + backoff` per model while the server fails, and not at all while
-//! the circuit is open. Inputs that cannot be scored are dropped and counted
-//! ([`ScoringMetrics`]); the model is marked degraded and a log line says so.
+//! the circuit is open. Inputs that cannot be scored are counted ([`ScoringMetrics`]) and
+//! handed back ([`ScoreReport::retry`]) unless the server rejected them; the model is marked
+//! degraded and a log line says so.
 //!
 //! The scorer runs its gRPC clients on its own single-threaded Tokio runtime and blocks the
-//! calling thread; call it from a plain thread (the run loop, `vigil score`), not from inside an
-//! async runtime.
+//! calling thread; call it from a plain thread (the scoring worker, `vigil score`), not from
+//! inside an async runtime. The detector never calls it from its run loop: it goes through
+//! [`crate::scoring::worker::ScoringWorker`].
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -87,6 +89,12 @@ pub struct ScorerConfig {
     /// Most rows per request; larger batches are split. Default 1,024 (the reference models'
     /// `max_batch_size`).
     pub max_batch_rows: usize,
+    /// Most key windows the detector's scoring worker holds while the model server is slow
+    /// or down (queued, in flight, waiting for re-scoring); beyond it the oldest are dropped
+    /// and counted. Default 100,000: five minutes of 20,000 keys on a 1-minute tier; a window
+    /// costs about its row (`lookback * features * 4` bytes) plus its raw features and key,
+    /// about 0.3 kB for the reference Isolation Forest, so about 30 MB at the bound.
+    pub max_backlog: usize,
 }
 
 impl Default for ScorerConfig {
@@ -100,6 +108,7 @@ impl Default for ScorerConfig {
             breaker_open_min: Duration::from_secs(1),
             breaker_open_max: Duration::from_secs(30),
             max_batch_rows: 1024,
+            max_backlog: 100_000,
         }
     }
 }
@@ -161,7 +170,7 @@ pub struct BatchStat {
 pub struct ScoreReport {
     /// Inputs with their raw model scores (grouped by model, in input order within a model).
     pub scored: Vec<(ModelInput, f32)>,
-    /// Inputs dropped because their batch failed after retries.
+    /// Inputs whose batch failed after retries.
     pub failed: usize,
     /// Inputs skipped without a call because the model's circuit was open.
     pub skipped: usize,
@@ -169,6 +178,11 @@ pub struct ScoreReport {
     pub unrouted: usize,
     /// Requests sent.
     pub batches: Vec<BatchStat>,
+    /// The inputs that were not scored but may be later: skipped (circuit open) or failed
+    /// with a transient error or timeout (not rejected, not unrouted), in input order.
+    /// [`crate::scoring::worker::ScoringWorker`] keeps them for re-scoring; a one-shot caller
+    /// drops them.
+    pub retry: Vec<ModelInput>,
 }
 
 /// Open periods of the circuit: `min`, doubling up to `max` (failsafe's own exponential
@@ -265,6 +279,41 @@ pub fn endpoint_uri(endpoint: &str) -> String {
     }
 }
 
+/// `(model, endpoint URI)` of every model [`ModelScorer::route_models`] routes.
+fn wanted_routes(models: &[&AnomalyModel], server: Option<&str>) -> Vec<(String, String)> {
+    let mut wanted = Vec::new();
+    for m in models {
+        let Some(name) = m.metadata.name.clone() else {
+            continue;
+        };
+        let annotated = m
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(MODEL_SERVER_ANNOTATION))
+            .map(String::as_str);
+        if let Some(endpoint) = server.or(annotated).filter(|e| !e.is_empty()) {
+            wanted.push((name, endpoint_uri(endpoint)));
+        }
+    }
+    wanted
+}
+
+/// Checks what [`ModelScorer::route_models`] would check, without routing (pure).
+///
+/// # Errors
+/// [`ScoringError::Endpoint`] for an endpoint that is not a valid URI.
+pub fn check_routes(models: &[&AnomalyModel], server: Option<&str>) -> Result<(), ScoringError> {
+    for (model, uri) in wanted_routes(models, server) {
+        Endpoint::from_shared(uri.clone()).map_err(|source| ScoringError::Endpoint {
+            model,
+            uri,
+            source,
+        })?;
+    }
+    Ok(())
+}
+
 impl ModelScorer {
     /// A scorer with no routes yet, reporting into `metrics`.
     ///
@@ -291,6 +340,11 @@ impl ModelScorer {
         &self.metrics
     }
 
+    /// Its settings.
+    pub fn config(&self) -> &ScorerConfig {
+        &self.cfg
+    }
+
     /// Routes every model to a model server: `server` (a flag, or an in-process server) when
     /// given, else the model's [`MODEL_SERVER_ANNOTATION`]. Models with neither stay unrouted
     /// (their inputs are counted and dropped). Routes that do not change keep their circuit
@@ -303,21 +357,7 @@ impl ModelScorer {
         models: &[&AnomalyModel],
         server: Option<&str>,
     ) -> Result<(), ScoringError> {
-        let mut wanted: Vec<(String, String)> = Vec::new();
-        for m in models {
-            let Some(name) = m.metadata.name.clone() else {
-                continue;
-            };
-            let annotated = m
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(MODEL_SERVER_ANNOTATION))
-                .map(String::as_str);
-            if let Some(endpoint) = server.or(annotated).filter(|e| !e.is_empty()) {
-                wanted.push((name, endpoint_uri(endpoint)));
-            }
-        }
+        let wanted = wanted_routes(models, server);
         self.routes.retain(|model, route| {
             wanted
                 .iter()
@@ -442,6 +482,7 @@ impl ModelScorer {
         if !route.circuit.is_call_permitted() {
             self.metrics.windows(model, "skipped", batch.len());
             report.skipped += batch.len();
+            report.retry.extend(batch);
             return;
         }
         let row_len = batch[0].values.len();
@@ -483,8 +524,13 @@ impl ModelScorer {
                 if n <= 10 || n.is_power_of_two() {
                     tracing::warn!(
                         model = %model, endpoint = %route.endpoint, windows = batch.len(), error = %error_chain(&e), failed_batches = n,
-                        "Model scoring failed after retries; these windows are not scored (rule-based detection continues)."
+                        "Model scoring failed after retries (rule-based detection continues)."
                     );
+                }
+                if e.is_retryable() {
+                    report.retry.extend(batch);
+                } else {
+                    self.metrics.windows(model, "dropped", batch.len());
                 }
             }
         }
