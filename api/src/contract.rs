@@ -139,7 +139,30 @@ pub mod model_server {
         pub const GRPC_ADDR: &str = "VIGIL_MODEL_GRPC_ADDR";
         /// `--metrics-addr`.
         pub const METRICS_ADDR: &str = "VIGIL_MODEL_METRICS_ADDR";
+        /// `--tls-cert`.
+        pub const TLS_CERT: &str = "VIGIL_MODEL_TLS_CERT";
+        /// `--tls-key`.
+        pub const TLS_KEY: &str = "VIGIL_MODEL_TLS_KEY";
+        /// `--tls-client-ca`.
+        pub const TLS_CLIENT_CA: &str = "VIGIL_MODEL_TLS_CLIENT_CA";
     }
+
+    /// Where the operator mounts `spec.tls.secretName` in the model server pod.
+    pub const TLS_DIR: &str = "/etc/vigil/model-tls";
+    /// Annotation on the AnomalyModels the operator renders for detectors: a directory with
+    /// `ca.crt` (verifies the model server) and, for mutual TLS, `tls.crt` + `tls.key` (the
+    /// detector's client certificate). Set together with an `https://` model server address.
+    pub const CLIENT_TLS_ANNOTATION: &str = "vigil.dev/model-server-tls";
+    /// Where the operator mounts the client TLS Secret of AnomalyModel `model` in detector pods.
+    pub fn client_tls_dir(model: &str) -> String {
+        format!("/etc/vigil/model-client-tls/{model}")
+    }
+    /// Secret keys (the `kubernetes.io/tls` layout plus `ca.crt`, as cert-manager writes).
+    pub const TLS_CERT_KEY: &str = "tls.crt";
+    /// See [`TLS_CERT_KEY`].
+    pub const TLS_KEY_KEY: &str = "tls.key";
+    /// See [`TLS_CERT_KEY`].
+    pub const TLS_CA_KEY: &str = "ca.crt";
 
     /// Where the model server reads models and listens.
     #[derive(Clone, Debug, PartialEq, Eq)]
@@ -159,6 +182,16 @@ pub mod model_server {
         /// nobody who reaches the port may swap models.
         #[cfg_attr(feature = "clap", arg(long))]
         pub disable_repository_api: bool,
+        /// Serve gRPC over TLS with this PEM certificate chain (needs --tls-key).
+        #[cfg_attr(feature = "clap", arg(long, env = env::TLS_CERT, requires = "tls_key"))]
+        pub tls_cert: Option<PathBuf>,
+        /// PEM private key of --tls-cert.
+        #[cfg_attr(feature = "clap", arg(long, env = env::TLS_KEY, requires = "tls_cert"))]
+        pub tls_key: Option<PathBuf>,
+        /// Mutual TLS: require a client certificate issued by this PEM CA bundle (needs
+        /// --tls-cert).
+        #[cfg_attr(feature = "clap", arg(long, env = env::TLS_CLIENT_CA, requires = "tls_cert"))]
+        pub tls_client_ca: Option<PathBuf>,
     }
 
     impl ModelServerArgs {
@@ -170,6 +203,21 @@ pub mod model_server {
                 grpc_addr: SocketAddr::from(([0, 0, 0, 0], GRPC_PORT)),
                 metrics_addr: SocketAddr::from(([0, 0, 0, 0], METRICS_PORT)),
                 disable_repository_api: true,
+                tls_cert: None,
+                tls_key: None,
+                tls_client_ca: None,
+            }
+        }
+
+        /// [`Self::in_pod`] serving TLS from the Secret mounted at [`TLS_DIR`]; with
+        /// `client_auth`, clients must present a certificate of the Secret's `ca.crt`.
+        pub fn in_pod_tls(client_auth: bool) -> Self {
+            let file = |key: &str| Some(PathBuf::from(format!("{TLS_DIR}/{key}")));
+            ModelServerArgs {
+                tls_cert: file(TLS_CERT_KEY),
+                tls_key: file(TLS_KEY_KEY),
+                tls_client_ca: if client_auth { file(TLS_CA_KEY) } else { None },
+                ..Self::in_pod()
             }
         }
 
@@ -185,6 +233,15 @@ pub mod model_server {
             ];
             if self.disable_repository_api {
                 args.push("--disable-repository-api".into());
+            }
+            for (flag, path) in [
+                ("--tls-cert", &self.tls_cert),
+                ("--tls-key", &self.tls_key),
+                ("--tls-client-ca", &self.tls_client_ca),
+            ] {
+                if let Some(p) = path {
+                    args.extend([flag.to_string(), p.display().to_string()]);
+                }
             }
             args
         }

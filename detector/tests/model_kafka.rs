@@ -152,6 +152,8 @@ fn the_detector_keeps_alerting_through_a_model_server_outage() {
         "scoring did not resume"
     );
     assert!(wait_until(wait, || !s.is_degraded("iforest")));
+    // Every record read before stopping (under load the last ones may still be on their way).
+    assert!(wait_until(wait, || metrics.events_in() >= 360));
     h.stop();
     let summary = h.join().expect("clean stop");
     assert_eq!(summary.counters.records, 360);

@@ -241,6 +241,7 @@ fn a_hung_model_server_delays_model_rules_only_and_they_catch_up() {
         rules_took.as_secs_f64(),
         s.windows_total("iforest", "scored") - scored_before
     );
+    assert!(wait_until(wait, || metrics.events_in() >= 360));
     h.stop();
     let summary = h.join().expect("clean stop");
     assert_eq!(summary.counters.records, 120 + 240);

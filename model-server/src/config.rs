@@ -44,6 +44,28 @@ pub struct ServerConfig {
     pub max_request_bytes: usize,
     /// Who may call RepositoryModelLoad / RepositoryModelUnload (RepositoryIndex stays open).
     pub repository_api: RepositoryApi,
+    /// Serve gRPC over TLS (and require client certificates with a client CA); `None`:
+    /// plaintext.
+    pub tls: Option<ServerTls>,
+}
+
+/// TLS of the gRPC port, PEM encoded (rustls through tonic).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ServerTls {
+    /// Certificate chain.
+    pub cert_pem: Vec<u8>,
+    /// Private key of the certificate.
+    pub key_pem: Vec<u8>,
+    /// Mutual TLS: clients must present a certificate issued by one of these CAs.
+    pub client_ca_pem: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("client_auth", &self.client_ca_pem.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Access to the repository API's write calls.
@@ -73,6 +95,7 @@ impl ServerConfig {
             strict_readiness: false,
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             repository_api: RepositoryApi::Open,
+            tls: None,
         }
     }
 }

@@ -68,7 +68,24 @@ async fn main() -> anyhow::Result<()> {
         grpc_addr,
         metrics_addr,
         disable_repository_api,
+        tls_cert,
+        tls_key,
+        tls_client_ca,
     } = args.contract.clone();
+    let read = |p: &std::path::Path, what: &str| {
+        std::fs::read(p).with_context(|| format!("failed to read the TLS {what} {}", p.display()))
+    };
+    let tls = match (&tls_cert, &tls_key) {
+        (Some(cert), Some(key)) => Some(vigil_model_server::config::ServerTls {
+            cert_pem: read(cert, "certificate")?,
+            key_pem: read(key, "key")?,
+            client_ca_pem: tls_client_ca
+                .as_deref()
+                .map(|ca| read(ca, "client CA"))
+                .transpose()?,
+        }),
+        _ => None,
+    };
     let repository_api = match (disable_repository_api, &args.repository_api_token) {
         (true, _) => vigil_model_server::config::RepositoryApi::Disabled,
         (false, Some(t)) => vigil_model_server::config::RepositoryApi::Token(t.clone()),
@@ -95,6 +112,7 @@ async fn main() -> anyhow::Result<()> {
         strict_readiness: args.strict_readiness,
         max_request_bytes: args.max_request_bytes,
         repository_api,
+        tls,
     };
     let server = ModelServer::start(config)
         .await
@@ -109,6 +127,8 @@ async fn main() -> anyhow::Result<()> {
         grpc = %grpc_addr,
         metrics = %metrics_addr,
         repository = %repository.display(),
+        tls = tls_cert.is_some(),
+        client_auth = tls_client_ca.is_some(),
         "Model server listening."
     );
 

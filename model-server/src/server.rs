@@ -41,6 +41,9 @@ pub enum ServerError {
     /// The gRPC server failed.
     #[error("gRPC server failed")]
     Grpc(#[source] tonic::transport::Error),
+    /// The TLS certificate, key or client CA was refused.
+    #[error("invalid TLS configuration of the gRPC port")]
+    Tls(#[source] tonic::transport::Error),
     /// The metrics HTTP server failed.
     #[error("metrics server failed")]
     Metrics(#[source] std::io::Error),
@@ -51,6 +54,7 @@ pub enum ServerError {
 pub struct ModelServer {
     max_request_bytes: usize,
     repository_api: crate::config::RepositoryApi,
+    tls: Option<crate::config::ServerTls>,
     manager: Arc<ModelManager>,
     metrics: Arc<Metrics>,
     readiness: Arc<Readiness>,
@@ -108,6 +112,7 @@ impl ModelServer {
         Ok(ModelServer {
             max_request_bytes: config.max_request_bytes,
             repository_api: config.repository_api.clone(),
+            tls: config.tls.clone(),
             manager,
             metrics,
             readiness,
@@ -181,7 +186,18 @@ impl ModelServer {
         let readiness = self.readiness.clone();
         let manager = self.manager.clone();
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-        tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = &self.tls {
+            let mut cfg = tonic::transport::ServerTlsConfig::new().identity(
+                tonic::transport::Identity::from_pem(&tls.cert_pem, &tls.key_pem),
+            );
+            if let Some(ca) = &tls.client_ca_pem {
+                // Mutual TLS: a client without a certificate of this CA fails the handshake.
+                cfg = cfg.client_ca_root(tonic::transport::Certificate::from_pem(ca));
+            }
+            builder = builder.tls_config(cfg).map_err(ServerError::Tls)?;
+        }
+        builder
             .add_service(health)
             .add_service(inference)
             .serve_with_incoming_shutdown(incoming, async move {
@@ -193,7 +209,8 @@ impl ModelServer {
             .map_err(ServerError::Grpc)
     }
 
-    /// Serves `GET /metrics` (Prometheus text format) on `listener` until `shutdown` completes.
+    /// Serves `GET /metrics` (Prometheus text format), `GET /healthz` and `GET /readyz` (200
+    /// while ready, else 503) on `listener` until `shutdown` completes.
     ///
     /// # Errors
     /// [`ServerError::Metrics`] when the HTTP server fails.
@@ -202,7 +219,21 @@ impl ModelServer {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
-        axum::serve(listener, self.metrics.clone().router())
+        let (readiness, manager) = (self.readiness.clone(), self.manager.clone());
+        // `/readyz` mirrors gRPC health (ServerReady): the kubelet's gRPC probe cannot speak TLS,
+        // so a pod serving gRPC over TLS is probed here.
+        let readyz = axum::routing::get(move || {
+            let ready = readiness.is_ready(&manager);
+            async move {
+                if ready {
+                    (axum::http::StatusCode::OK, "ready")
+                } else {
+                    (axum::http::StatusCode::SERVICE_UNAVAILABLE, "not ready")
+                }
+            }
+        });
+        let router = self.metrics.clone().router().route("/readyz", readyz);
+        axum::serve(listener, router)
             .with_graceful_shutdown(shutdown)
             .await
             .map_err(ServerError::Metrics)

@@ -125,6 +125,28 @@ pub fn check_dns_label(name: &str, max: usize) -> Result<(), String> {
     }
 }
 
+/// Checks that `name` can name a Secret or ConfigMap: a DNS-1123 subdomain (at most 253
+/// lower-case letters, digits, '-' and '.', starting and ending with a letter or digit).
+///
+/// # Errors
+/// A message naming the offending name.
+pub fn check_dns_subdomain(name: &str) -> Result<(), String> {
+    let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    let bytes = name.as_bytes();
+    let ok = !bytes.is_empty()
+        && bytes.len() <= 253
+        && alnum(bytes[0])
+        && alnum(bytes[bytes.len() - 1])
+        && bytes.iter().all(|b| alnum(*b) || *b == b'-' || *b == b'.');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{name}` is not a DNS-1123 subdomain (at most 253 lower-case letters, digits, '-' and '.')"
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

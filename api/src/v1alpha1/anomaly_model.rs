@@ -55,6 +55,27 @@ pub struct AnomalyModelSpec {
     /// Canary or shadow rollout of a second revision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<Rollout>,
+    /// TLS of the model server's gRPC port; absent: plaintext (restricted to detector pods by
+    /// the chart's NetworkPolicy when enabled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ModelServerTls>,
+}
+
+/// TLS between detectors and the model server (rustls). Secrets hold PEM files under the keys
+/// cert-manager writes: `tls.crt`, `tls.key`, `ca.crt`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ModelServerTls {
+    /// Secret of the model server: `tls.crt` and `tls.key` (its certificate must name the
+    /// Service, `<model>-model-server.<namespace>.svc`), and with `clientAuth` the `ca.crt`
+    /// that issued the detectors' client certificates.
+    pub secret_name: String,
+    /// Secret mounted in detector pods: `ca.crt` verifies the model server; with
+    /// `clientAuth`, `tls.crt` and `tls.key` are the detectors' client certificate.
+    pub client_secret_name: String,
+    /// Mutual TLS: the model server refuses clients without a certificate of its `ca.crt`.
+    #[serde(default)]
+    pub client_auth: bool,
 }
 
 /// A model file.

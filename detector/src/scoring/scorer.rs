@@ -33,7 +33,10 @@ use std::time::{Duration, Instant};
 
 use backon::{ExponentialBuilder, Retryable};
 use failsafe::failure_policy::{ConsecutiveFailures, consecutive_failures};
-use tonic::transport::Endpoint;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+use vigil_api::contract::model_server::{
+    CLIENT_TLS_ANNOTATION, TLS_CA_KEY, TLS_CERT_KEY, TLS_KEY_KEY,
+};
 use vigil_api::v1alpha1::AnomalyModel;
 use vigil_model_server::client::{ClientError, InferenceClient};
 
@@ -119,6 +122,14 @@ pub enum ScoringError {
     /// The scorer's Tokio runtime could not be built.
     #[error("failed to start the model scoring runtime")]
     Runtime(#[source] std::io::Error),
+    /// The client TLS files of a model server cannot be used.
+    #[error("client TLS of AnomalyModel `{model}`: {reason}")]
+    Tls {
+        /// AnomalyModel name.
+        model: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// A model server URI does not parse.
     #[error("invalid model server URI `{uri}` for AnomalyModel `{model}`")]
     Endpoint {
@@ -241,6 +252,7 @@ type Circuit = failsafe::StateMachine<ConsecutiveFailures<OpenPeriods>, CircuitE
 
 struct Route {
     endpoint: String,
+    target: Target,
     client: Arc<dyn Inference>,
     circuit: Circuit,
 }
@@ -249,7 +261,7 @@ struct Route {
 pub struct ModelScorer {
     rt: tokio::runtime::Runtime,
     cfg: ScorerConfig,
-    clients: HashMap<String, Arc<dyn Inference>>,
+    clients: HashMap<Target, Arc<dyn Inference>>,
     routes: HashMap<String, Route>,
     metrics: ScoringMetrics,
     unrouted_logged: HashSet<String>,
@@ -279,37 +291,75 @@ pub fn endpoint_uri(endpoint: &str) -> String {
     }
 }
 
-/// `(model, endpoint URI)` of every model [`ModelScorer::route_models`] routes.
-fn wanted_routes(models: &[&AnomalyModel], server: Option<&str>) -> Vec<(String, String)> {
+/// Where a model is served: the endpoint URI and the client TLS directory, if any.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Target {
+    uri: String,
+    /// [`CLIENT_TLS_ANNOTATION`]: `ca.crt` and optionally `tls.crt` + `tls.key`.
+    tls_dir: Option<String>,
+}
+
+/// `(model, target)` of every model [`ModelScorer::route_models`] routes.
+fn wanted_routes(models: &[&AnomalyModel], server: Option<&str>) -> Vec<(String, Target)> {
     let mut wanted = Vec::new();
     for m in models {
         let Some(name) = m.metadata.name.clone() else {
             continue;
         };
-        let annotated = m
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(MODEL_SERVER_ANNOTATION))
-            .map(String::as_str);
-        if let Some(endpoint) = server.or(annotated).filter(|e| !e.is_empty()) {
-            wanted.push((name, endpoint_uri(endpoint)));
+        let annotation = |key: &str| {
+            m.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(key))
+                .map(String::as_str)
+                .filter(|v| !v.is_empty())
+        };
+        if let Some(endpoint) = server.or(annotation(MODEL_SERVER_ANNOTATION)) {
+            wanted.push((
+                name,
+                Target {
+                    uri: endpoint_uri(endpoint),
+                    tls_dir: annotation(CLIENT_TLS_ANNOTATION).map(str::to_string),
+                },
+            ));
         }
     }
     wanted
 }
 
-/// Checks what [`ModelScorer::route_models`] would check, without routing (pure).
+/// The client TLS settings from a [`CLIENT_TLS_ANNOTATION`] directory.
+fn client_tls(model: &str, dir: &str) -> Result<ClientTlsConfig, ScoringError> {
+    let read = |key: &str| {
+        let path = std::path::Path::new(dir).join(key);
+        std::fs::read(&path).map_err(|e| ScoringError::Tls {
+            model: model.to_string(),
+            reason: format!("cannot read {}: {e}", path.display()),
+        })
+    };
+    let mut cfg = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(TLS_CA_KEY)?));
+    let cert = std::path::Path::new(dir).join(TLS_CERT_KEY);
+    if cert.exists() {
+        cfg = cfg.identity(Identity::from_pem(read(TLS_CERT_KEY)?, read(TLS_KEY_KEY)?));
+    }
+    Ok(cfg)
+}
+
+/// Checks what [`ModelScorer::route_models`] would check, without routing: the URIs parse
+/// and the TLS files can be read.
 ///
 /// # Errors
-/// [`ScoringError::Endpoint`] for an endpoint that is not a valid URI.
+/// [`ScoringError::Endpoint`] for an endpoint that is not a valid URI, [`ScoringError::Tls`]
+/// for TLS files that cannot be read.
 pub fn check_routes(models: &[&AnomalyModel], server: Option<&str>) -> Result<(), ScoringError> {
-    for (model, uri) in wanted_routes(models, server) {
-        Endpoint::from_shared(uri.clone()).map_err(|source| ScoringError::Endpoint {
-            model,
-            uri,
+    for (model, target) in wanted_routes(models, server) {
+        Endpoint::from_shared(target.uri.clone()).map_err(|source| ScoringError::Endpoint {
+            model: model.clone(),
+            uri: target.uri.clone(),
             source,
         })?;
+        if let Some(dir) = &target.tls_dir {
+            client_tls(&model, dir)?;
+        }
     }
     Ok(())
 }
@@ -358,37 +408,48 @@ impl ModelScorer {
         server: Option<&str>,
     ) -> Result<(), ScoringError> {
         let wanted = wanted_routes(models, server);
-        self.routes.retain(|model, route| {
-            wanted
-                .iter()
-                .any(|(m, e)| m == model && *e == route.endpoint)
-        });
-        for (model, uri) in wanted {
+        self.routes
+            .retain(|model, route| wanted.iter().any(|(m, t)| m == model && *t == route.target));
+        for (model, target) in wanted {
             if self.routes.contains_key(&model) {
                 continue;
             }
-            let client = match self.clients.get(&uri) {
+            let client = match self.clients.get(&target) {
                 Some(c) => c.clone(),
                 None => {
-                    let c = self.connect_lazy(&model, &uri)?;
-                    self.clients.insert(uri.clone(), c.clone());
+                    let c = self.connect_lazy(&model, &target)?;
+                    self.clients.insert(target.clone(), c.clone());
                     c
                 }
             };
-            self.set_route(&model, &uri, client);
+            self.insert_route(&model, target, client);
         }
         Ok(())
     }
 
-    fn connect_lazy(&self, model: &str, uri: &str) -> Result<Arc<dyn Inference>, ScoringError> {
-        let endpoint = Endpoint::from_shared(uri.to_string())
+    fn connect_lazy(
+        &self,
+        model: &str,
+        target: &Target,
+    ) -> Result<Arc<dyn Inference>, ScoringError> {
+        let uri = &target.uri;
+        let mut endpoint = Endpoint::from_shared(uri.clone())
             .map_err(|source| ScoringError::Endpoint {
                 model: model.to_string(),
-                uri: uri.to_string(),
+                uri: uri.clone(),
                 source,
             })?
             .connect_timeout(self.cfg.deadline)
             .tcp_nodelay(true);
+        if let Some(dir) = &target.tls_dir {
+            endpoint =
+                endpoint
+                    .tls_config(client_tls(model, dir)?)
+                    .map_err(|e| ScoringError::Tls {
+                        model: model.to_string(),
+                        reason: e.to_string(),
+                    })?;
+        }
         // The channel's background task lives on this scorer's runtime.
         let _guard = self.rt.enter();
         Ok(Arc::new(InferenceClient::new(endpoint.connect_lazy())))
@@ -396,6 +457,15 @@ impl ModelScorer {
 
     /// Routes `model` to `backend` (named `endpoint` in logs) with a fresh circuit.
     pub fn set_route(&mut self, model: &str, endpoint: &str, backend: Arc<dyn Inference>) {
+        let target = Target {
+            uri: endpoint.to_string(),
+            tls_dir: None,
+        };
+        self.insert_route(model, target, backend);
+    }
+
+    fn insert_route(&mut self, model: &str, target: Target, backend: Arc<dyn Inference>) {
+        let endpoint = target.uri.as_str();
         let events = CircuitEvents {
             model: model.to_string(),
             endpoint: endpoint.to_string(),
@@ -419,6 +489,7 @@ impl ModelScorer {
             model.to_string(),
             Route {
                 endpoint: endpoint.to_string(),
+                target: target.clone(),
                 client: backend,
                 circuit,
             },

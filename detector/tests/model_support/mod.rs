@@ -59,6 +59,11 @@ pub struct TestServer {
 impl TestServer {
     /// Starts serving on `127.0.0.1:port` (0: any free port).
     pub fn start(port: u16) -> Self {
+        Self::start_with(port, None)
+    }
+
+    /// [`Self::start`], serving gRPC over TLS when `tls` is given.
+    pub fn start_with(port: u16, tls: Option<vigil_model_server::config::ServerTls>) -> Self {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -67,6 +72,7 @@ impl TestServer {
         let mut config = ServerConfig::new(repository());
         config.ort_dylib_path = Some(ort_dylib());
         config.intra_op_threads = Some(1);
+        config.tls = tls;
         let server = rt
             .block_on(ModelServer::start(config))
             .expect("model server starts");

@@ -9,6 +9,9 @@
 //!   runs with the command line of the model-server contract (`ModelServerArgs::in_pod`:
 //!   `/models`, both ports on 0.0.0.0, repository API off). Its pod template carries a hash of the revisions,
 //!   digests and configs, so a new revision rolls it (old pods serve until new ones are ready).
+//!   With `spec.tls` the Secret is mounted at `/etc/vigil/model-tls`, gRPC is served over TLS
+//!   (`ModelServerArgs::in_pod_tls`, mutual with `clientAuth`) and the probes use the HTTP
+//!   port (`/readyz`, `/healthz`): the kubelet's gRPC probe cannot speak TLS.
 //! - Service `<name>-model-server`: gRPC (Open Inference Protocol v2) and metrics ports.
 
 use std::collections::BTreeMap;
@@ -18,14 +21,14 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::core::v1::{
     ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
-    GRPCAction, KeyToPath, PodSpec, PodTemplateSpec, Probe, Service, ServicePort, ServiceSpec,
-    Volume, VolumeMount,
+    GRPCAction, HTTPGetAction, KeyToPath, PodSpec, PodTemplateSpec, Probe, SecretVolumeSource,
+    Service, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Resource;
 use sha2::{Digest, Sha256};
-use vigil_api::contract::model_server::ModelServerArgs;
+use vigil_api::contract::model_server::{ModelServerArgs, TLS_DIR as MODEL_TLS_DIR};
 use vigil_api::v1alpha1::AnomalyModel;
 
 use super::validate::{ArtifactSource, ValidatedModel};
@@ -220,12 +223,53 @@ pub fn build(
         period_seconds: Some(period),
         ..Probe::default()
     };
+    // The kubelet's gRPC probe cannot speak TLS: with TLS the pod is probed over HTTP on the
+    // metrics port (`/readyz` mirrors gRPC health, `/healthz` answers while the process runs).
+    let http_probe = |path: &str, period: i32| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("http".into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        ..Probe::default()
+    };
+    let (args, readiness_probe, liveness_probe) = match &v.tls {
+        Some((_, client_auth)) => (
+            ModelServerArgs::in_pod_tls(*client_auth),
+            http_probe("/readyz", 5),
+            http_probe("/healthz", 20),
+        ),
+        None => (ModelServerArgs::in_pod(), grpc_probe(5), grpc_probe(20)),
+    };
+    let mut server_mounts = vec![VolumeMount {
+        name: "models".into(),
+        mount_path: MODEL_REPOSITORY_DIR.into(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    }];
+    if let Some((secret, _)) = &v.tls {
+        volumes.push(Volume {
+            name: "tls".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.clone()),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+        server_mounts.push(VolumeMount {
+            name: "tls".into(),
+            mount_path: MODEL_TLS_DIR.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+    }
     let server = Container {
         name: "model-server".into(),
         image: Some(config.model_server_image.clone()),
         image_pull_policy: config.image_pull_policy.clone(),
         command: Some(vec![MODEL_SERVER_BINARY.into()]),
-        args: Some(ModelServerArgs::in_pod().to_args()),
+        args: Some(args.to_args()),
         ports: Some(vec![
             ContainerPort {
                 name: Some("grpc".into()),
@@ -238,19 +282,14 @@ pub fn build(
                 ..ContainerPort::default()
             },
         ]),
-        readiness_probe: Some(grpc_probe(5)),
+        readiness_probe: Some(readiness_probe),
         liveness_probe: Some(Probe {
             initial_delay_seconds: Some(30),
-            ..grpc_probe(20)
+            ..liveness_probe
         }),
         resources: Some(resources("250m", "256Mi", "1Gi")),
         security_context: Some(restricted_container_security()),
-        volume_mounts: Some(vec![VolumeMount {
-            name: "models".into(),
-            mount_path: MODEL_REPOSITORY_DIR.into(),
-            read_only: Some(true),
-            ..VolumeMount::default()
-        }]),
+        volume_mounts: Some(server_mounts),
         ..Container::default()
     };
     let deployment = Deployment {
@@ -367,7 +406,56 @@ mod tests {
                     sha256: "ab".repeat(32),
                 })
                 .collect(),
+            tls: None,
         }
+    }
+
+    #[test]
+    fn tls_mounts_the_secret_serves_tls_and_probes_over_http() {
+        let mut v = validated(vec![(1, ArtifactSource::Http("https://m/1".into()))]);
+        v.tls = Some(("iforest-tls".into(), true));
+        let c = build(&model(), &v, &OperatorConfig::test()).unwrap();
+        let pod = c.deployment.spec.unwrap().template.spec.unwrap();
+        let server = &pod.containers[0];
+        assert!(
+            server.args.as_ref().unwrap().join(" ").ends_with(
+                "--tls-cert /etc/vigil/model-tls/tls.crt --tls-key /etc/vigil/model-tls/tls.key --tls-client-ca /etc/vigil/model-tls/ca.crt"
+            ),
+            "{:?}",
+            server.args
+        );
+        let mount = server
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.mount_path == MODEL_TLS_DIR)
+            .expect("the Secret is mounted");
+        let volume = pod
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|vol| vol.name == mount.name)
+            .unwrap();
+        assert_eq!(
+            volume.secret.unwrap().secret_name.as_deref(),
+            Some("iforest-tls")
+        );
+        let probe = server.readiness_probe.as_ref().unwrap();
+        assert!(probe.grpc.is_none(), "the kubelet's gRPC probe has no TLS");
+        assert_eq!(
+            probe.http_get.as_ref().unwrap().path.as_deref(),
+            Some("/readyz")
+        );
+        // Without client authentication the CA is not passed.
+        v.tls = Some(("iforest-tls".into(), false));
+        let c = build(&model(), &v, &OperatorConfig::test()).unwrap();
+        let args = c.deployment.spec.unwrap().template.spec.unwrap().containers[0]
+            .args
+            .clone()
+            .unwrap();
+        assert!(!args.join(" ").contains("--tls-client-ca"), "{args:?}");
+        assert!(args.join(" ").contains("--tls-cert"), "{args:?}");
     }
 
     #[test]

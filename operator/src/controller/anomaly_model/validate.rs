@@ -8,7 +8,7 @@ use vigil_api::v1alpha1::{AnomalyModel, Artifact, Feature, RolloutStrategy};
 
 use super::dereference::Dereferenced;
 use crate::controller::FieldError;
-use crate::labels::{MAX_MODEL_NAME, check_dns_label};
+use crate::labels::{MAX_MODEL_NAME, check_dns_label, check_dns_subdomain};
 
 /// Where an artifact comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,6 +54,8 @@ pub struct ValidatedModel {
     pub namespace: String,
     /// The stable revision, then the candidate if any.
     pub revisions: Vec<ServedRevision>,
+    /// `spec.tls`: the server Secret's name and whether clients must authenticate.
+    pub tls: Option<(String, bool)>,
 }
 
 /// Parses an artifact URI.
@@ -233,10 +235,22 @@ pub fn validate(
             )
         })?;
     }
+    if let Some(tls) = &spec.tls {
+        for (field, secret) in [
+            ("spec.tls.secretName", &tls.secret_name),
+            ("spec.tls.clientSecretName", &tls.client_secret_name),
+        ] {
+            check_dns_subdomain(secret).map_err(|m| invalid(field.into(), m))?;
+        }
+    }
     Ok(ValidatedModel {
         name,
         namespace,
         revisions,
+        tls: spec
+            .tls
+            .as_ref()
+            .map(|t| (t.secret_name.clone(), t.client_auth)),
     })
 }
 

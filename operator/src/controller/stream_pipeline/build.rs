@@ -46,6 +46,7 @@ use vigil_api::contract::detector::{
     self as contract, DetectorArgs, KAFKA_CA_DIR, PIPELINE_FILE as PIPELINE_KEY,
     RULES_FILE as RULES_KEY, env as contract_env,
 };
+use vigil_api::contract::model_server::{CLIENT_TLS_ANNOTATION, client_tls_dir};
 /// Env var holding the pod name, used as Kafka `group.instance.id`.
 pub const GROUP_INSTANCE_ENV: &str = contract_env::GROUP_INSTANCE_ID;
 /// Env var holding the bootstrap servers.
@@ -289,6 +290,27 @@ fn detector_pod(
             });
         }
     }
+    // Client TLS of the model servers (AnomalyModel spec.tls), one directory per model; the
+    // rendered model names it (see `render_rules`).
+    for (i, model) in v.models.iter().enumerate() {
+        if let Some(tls) = &model.spec.tls {
+            let volume = format!("model-tls-{i}");
+            mounts.push(VolumeMount {
+                name: volume.clone(),
+                mount_path: client_tls_dir(model.metadata.name.as_deref().unwrap_or_default()),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            });
+            volumes.push(Volume {
+                name: volume,
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(tls.client_secret_name.clone()),
+                    ..SecretVolumeSource::default()
+                }),
+                ..Volume::default()
+            });
+        }
+    }
     let mut env_from = Vec::new();
     if let Some(c) = &v.pipeline.spec.checkpointing {
         if let (Some(claim), Some(path)) = (&c.volume_claim, c.location.strip_prefix("file://")) {
@@ -426,7 +448,9 @@ pub fn render_pipeline_restoring(
 }
 
 /// `rules.yaml`: the rules (sorted by name), then the models they use, as `---`-separated
-/// documents. Models carry the [`MODEL_SERVER_ANNOTATION`]. Empty when there are no rules.
+/// documents. Models carry the [`MODEL_SERVER_ANNOTATION`] (`https://` with `spec.tls`, and then
+/// the [`CLIENT_TLS_ANNOTATION`] naming the mounted client Secret). Empty when there are no
+/// rules.
 pub fn render_rules(
     rules: &[std::sync::Arc<DetectionRule>],
     models: &[std::sync::Arc<AnomalyModel>],
@@ -449,10 +473,17 @@ pub fn render_rules(
         let namespace = model.metadata.namespace.as_deref().unwrap_or_default();
         let mut m = AnomalyModel::new(name, model.spec.clone());
         m.metadata = rendered_meta(&model.metadata);
-        m.metadata.annotations = Some(BTreeMap::from([(
-            MODEL_SERVER_ANNOTATION.to_string(),
-            model_server_grpc_address(name, namespace, MODEL_SERVER_GRPC_PORT),
-        )]));
+        let address = model_server_grpc_address(name, namespace, MODEL_SERVER_GRPC_PORT);
+        m.metadata.annotations = Some(match &model.spec.tls {
+            Some(_) => BTreeMap::from([
+                (
+                    MODEL_SERVER_ANNOTATION.to_string(),
+                    format!("https://{address}"),
+                ),
+                (CLIENT_TLS_ANNOTATION.to_string(), client_tls_dir(name)),
+            ]),
+            None => BTreeMap::from([(MODEL_SERVER_ANNOTATION.to_string(), address)]),
+        });
         docs.push(serde_norway::to_string(&m).map_err(err)?);
     }
     Ok(docs.join("---\n"))
@@ -555,6 +586,51 @@ mod tests {
             "iforest-model-server.anomaly.svc:8001"
         );
         assert_eq!(v.rules.len(), 2);
+    }
+
+    #[test]
+    fn a_tls_model_is_reached_over_https_with_its_client_secret_mounted() {
+        let (p, d) = nab_fixture();
+        let mut v = validate(&p, &d, None).unwrap();
+        let mut model = (*v.models[0]).clone();
+        model.spec.tls = Some(vigil_api::v1alpha1::ModelServerTls {
+            secret_name: "iforest-server-tls".into(),
+            client_secret_name: "iforest-client-tls".into(),
+            client_auth: true,
+        });
+        v.models[0] = std::sync::Arc::new(model);
+        let c = build(&v, &OperatorConfig::test()).unwrap();
+        let mut m = Manifests::default();
+        m.add_str(RULES_KEY, &c.config_map.data.unwrap()[RULES_KEY])
+            .unwrap();
+        let a = m.models[0].metadata.annotations.clone().unwrap();
+        assert_eq!(
+            a[MODEL_SERVER_ANNOTATION],
+            "https://iforest-model-server.anomaly.svc:8001"
+        );
+        assert_eq!(
+            a[CLIENT_TLS_ANNOTATION],
+            "/etc/vigil/model-client-tls/iforest"
+        );
+        let pod = c.stateful_set.spec.unwrap().template.spec.unwrap();
+        let mount = pod.containers[0]
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.mount_path == a[CLIENT_TLS_ANNOTATION])
+            .expect("the client Secret is mounted where the annotation says")
+            .clone();
+        let volume = pod
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|vol| vol.name == mount.name)
+            .unwrap();
+        assert_eq!(
+            volume.secret.unwrap().secret_name.as_deref(),
+            Some("iforest-client-tls")
+        );
     }
 
     #[test]
