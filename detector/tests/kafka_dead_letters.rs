@@ -149,8 +149,6 @@ fn without_a_dead_letter_sink_bad_events_are_counted_and_processing_goes_on() {
 /// fit the topic instead of being refused by the broker, and says how long the original was.
 #[test]
 fn dead_letter_copies_are_cut_to_what_the_topic_takes() {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    use rdkafka::client::DefaultClientContext;
     let b = bootstrap();
     let (src, alerts, dead, group) = (
         unique("src"),
@@ -159,22 +157,7 @@ fn dead_letter_copies_are_cut_to_what_the_topic_takes() {
         unique("group"),
     );
     create_topics(&b, &[(&src, 1), (&alerts, 1)]);
-    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &b)
-        .create()
-        .unwrap();
-    let small =
-        NewTopic::new(&dead, 1, TopicReplication::Fixed(1)).set("max.message.bytes", "100000");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(admin.create_topics([&small], &AdminOptions::new()))
-        .unwrap()
-        .into_iter()
-        .for_each(|r| {
-            r.unwrap();
-        });
+    create_topic_with(&b, &dead, 1, &[("max.message.bytes", "100000")]);
     let limits = admin::max_message_bytes(&b, &[dead.as_str()], Duration::from_secs(10)).unwrap();
     assert_eq!(
         limits,

@@ -46,6 +46,31 @@ pub fn create_topics(bootstrap: &str, topics: &[(&str, i32)]) {
     admin::ensure_topics(bootstrap, topics).expect("create topics");
 }
 
+/// Creates one topic with topic configs (e.g. `max.message.bytes`).
+#[allow(dead_code)] // not every test binary uses it
+pub fn create_topic_with(bootstrap: &str, topic: &str, partitions: i32, configs: &[(&str, &str)]) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    let mut t = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    for (k, v) in configs {
+        t = t.set(k, v);
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for r in rt
+        .block_on(admin.create_topics([&t], &AdminOptions::new()))
+        .unwrap()
+    {
+        r.unwrap();
+    }
+}
+
 /// A pipeline and its rules from YAML.
 pub fn manifests(yaml: &str) -> (StreamPipeline, Vec<DetectionRule>) {
     let mut m = Manifests::default();
