@@ -1,6 +1,6 @@
 //! The harness plays kubelet for a rendered pod (pods do not run under kwok): every volume is
-//! laid out in a temporary directory (ConfigMaps written as files, `items` honoured; emptyDirs
-//! empty), each init container's command runs to completion, then the first container starts,
+//! laid out in a temporary directory (ConfigMaps and Secrets written as files, `items` honoured
+//! for ConfigMaps; emptyDirs empty), each init container's command runs to completion, then the first container starts,
 //! all with the rendered command, arguments and environment, where mount paths are mapped to
 //! the local directories and `0.0.0.0:<port>` listen addresses to free loopback ports (many
 //! "pods" share this host). Binaries other than `sh` come from the cargo target directory.
@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use k8s_openapi::api::core::v1::{ConfigMap, Container, PodSpec};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, PodSpec, Secret};
 
 use crate::harness::{TestNamespace, free_port};
 
@@ -85,8 +85,17 @@ async fn write_volumes(ns: &TestNamespace, spec: &PodSpec, dir: &Path) {
                     }
                 }
             }
+        } else if let Some(source) = &v.secret {
+            let name = source.secret_name.clone().unwrap_or_default();
+            let secret = ns.api::<Secret>().get(&name).await.unwrap();
+            for (k, b) in secret.data.unwrap_or_default() {
+                std::fs::write(local.join(k), b.0).unwrap();
+            }
         } else if v.empty_dir.is_none() && v.projected.is_none() {
-            panic!("volume {} is neither a ConfigMap nor an emptyDir", v.name);
+            panic!(
+                "volume {} is neither a ConfigMap, a Secret nor an emptyDir",
+                v.name
+            );
         }
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use kube::api::{Patch, PatchParams};
 use sha2::{Digest, Sha256};
 use vigil_api::manifest::Manifests;
@@ -198,6 +198,196 @@ async fn a_missing_model_degrades_the_pipeline_until_it_is_served() {
         .await
         .unwrap();
     assert!(config.data.unwrap()["1.config.yaml"].contains(&sha));
+
+    // 4. Mutual TLS (spec.tls): the operator renders the TLS command line and HTTP probes, the
+    //    rendered model server starts with the Secret's certificate and asks for a client
+    //    certificate, and the detectors reach it over https:// with their Secret mounted.
+    let certs = tempfile::tempdir().unwrap();
+    make_certs(certs.path());
+    let pem = |f: &str| ByteString(std::fs::read(certs.path().join(f)).unwrap());
+    for (name, keys) in [
+        ("iforest-server-tls", ["server.crt", "server.key"]),
+        ("iforest-client-tls", ["client.crt", "client.key"]),
+    ] {
+        let secret = Secret {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            type_: Some("kubernetes.io/tls".into()),
+            data: Some(BTreeMap::from([
+                ("tls.crt".to_string(), pem(keys[0])),
+                ("tls.key".to_string(), pem(keys[1])),
+                ("ca.crt".to_string(), pem("ca.crt")),
+            ])),
+            ..Default::default()
+        };
+        ns.api::<Secret>()
+            .patch(
+                name,
+                &PatchParams::apply(TEST_MANAGER),
+                &Patch::Apply(&secret),
+            )
+            .await
+            .unwrap();
+    }
+    ns.api::<AnomalyModel>()
+        .patch(
+            "iforest",
+            &PatchParams::apply(TEST_MANAGER),
+            &Patch::Merge(serde_json::json!({"spec": {"tls": {
+                "secretName": "iforest-server-tls",
+                "clientSecretName": "iforest-client-tls",
+                "clientAuth": true,
+            }}})),
+        )
+        .await
+        .unwrap();
+    let pod = wait_for("the TLS model server Deployment", T, || async {
+        let d = ns
+            .api::<Deployment>()
+            .get("iforest-model-server")
+            .await
+            .ok()?;
+        let pod = d.spec?.template.spec?;
+        pod.containers[0]
+            .args
+            .as_ref()?
+            .contains(&"--tls-client-ca".to_string())
+            .then_some(pod)
+    })
+    .await;
+    let probe = pod.containers[0].readiness_probe.clone().unwrap();
+    assert_eq!(probe.http_get.unwrap().path.as_deref(), Some("/readyz"));
+    let mut server = LocalPod::start(&ns, &pod).await;
+    let metrics = server.listen["0.0.0.0:8002"].clone();
+    let grpc = server.listen["0.0.0.0:8001"].clone();
+    wait_for("the TLS model server to be ready", T, || {
+        let metrics = metrics.clone();
+        async move {
+            let body = http_get(&metrics, "/readyz").await.ok()?;
+            body.contains("ready").then_some(())
+        }
+    })
+    .await;
+    assert!(server.running(), "{}", server.log_text());
+    let handshake = |with_cert: bool| {
+        let mut cmd = std::process::Command::new("openssl");
+        cmd.args(["s_client", "-connect", &grpc, "-alpn", "h2", "-brief"])
+            .arg("-CAfile")
+            .arg(certs.path().join("ca.crt"))
+            .args(["-verify_return_error"]);
+        if with_cert {
+            cmd.arg("-cert")
+                .arg(certs.path().join("client.crt"))
+                .arg("-key")
+                .arg(certs.path().join("client.key"));
+        }
+        let out = cmd
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("openssl runs");
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
+    };
+    let ok = handshake(true);
+    assert!(
+        ok.contains("Verification: OK") && ok.contains("CONNECTION ESTABLISHED"),
+        "TLS with the client certificate: {ok}\n{}",
+        server.log_text()
+    );
+    drop(server);
+    let cm = wait_for("https:// in the detectors' rules.yaml", T, || async {
+        let cm = ns
+            .api::<ConfigMap>()
+            .get("scored-detector-config")
+            .await
+            .ok()?;
+        let rules = cm.data?.remove("rules.yaml")?;
+        rules
+            .contains("https://iforest-model-server.")
+            .then_some(rules)
+    })
+    .await;
+    assert!(
+        cm.contains("vigil.dev/model-server-tls: /etc/vigil/model-client-tls/iforest"),
+        "{cm}"
+    );
     assert!(op.terminate().await.success());
     ns.delete().await;
+}
+
+/// A CA (`ca.crt`), a server certificate for 127.0.0.1 (`server.crt`/`.key`) and a client
+/// certificate (`client.crt`/`.key`) in `dir`, made with the `openssl` CLI.
+fn make_certs(dir: &std::path::Path) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl runs");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509"];
+    ca.extend(ec);
+    ca.extend([
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=e2e CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign",
+    ]);
+    run(&ca);
+    for (name, usage) in [("server", "serverAuth"), ("client", "clientAuth")] {
+        let (key, csr, crt, ext) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.crt"),
+            format!("{name}.ext"),
+        );
+        let mut req = vec!["req"];
+        req.extend(ec);
+        let subj = format!("/CN={name}");
+        req.extend(["-keyout", &key, "-out", &csr, "-subj", &subj]);
+        run(&req);
+        std::fs::write(
+            dir.join(&ext),
+            format!("subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage={usage}\n"),
+        )
+        .unwrap();
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &crt,
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
+        ]);
+    }
 }
