@@ -8,7 +8,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use vigil_api::v1alpha1::{AnomalyModel, Feature, ScoreDirection};
+use vigil_api::v1alpha1::{AnomalyModel, Feature, RolloutStrategy, ScoreDirection};
 
 use crate::config::{FieldTable, InvalidSpec, PipelineConfig};
 use crate::rules::WindowView;
@@ -36,6 +36,39 @@ pub struct ModelInput {
     pub values: Vec<f32>,
     /// Raw (not normalised) features of the newest window in contract order, for the alert.
     pub raw_features: Vec<f64>,
+    /// Scored by the rollout's candidate revision instead of the stable one (canary keys).
+    pub candidate: bool,
+    /// Also scored by the candidate revision, for comparison only (shadow rollout).
+    pub shadow: bool,
+}
+
+impl ModelInput {
+    /// The model version on the server whose score decides this window.
+    pub fn version(&self) -> &str {
+        match (&self.contract.rollout, self.candidate) {
+            (Some(r), true) => &r.candidate,
+            _ => &self.contract.version,
+        }
+    }
+}
+
+/// A second revision served beside the stable one (`spec.rollout`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelRollout {
+    /// `spec.rollout.candidate.revision`: its version on the model server.
+    pub candidate: String,
+    /// Canary: the percentage of keys (0..=100) the candidate scores; `None`: shadow (the
+    /// candidate scores every window beside the stable revision and alerts on none).
+    pub canary_weight: Option<u8>,
+}
+
+/// A key's canary bucket, 0..100: the 64-bit FNV-1a hash of the key modulo 100. Stable across
+/// processes, restarts and versions, so a key stays with one revision for a rollout's life.
+pub fn canary_bucket(key: &str) -> u8 {
+    let h = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    (h % 100) as u8
 }
 
 /// Most windows a sequence model may read (`spec.input.lookback`); bounds the per-key state.
@@ -70,6 +103,8 @@ pub struct ModelContract {
     pub anomalous_when: ScoreDirection,
     /// Raw-score distance that maps to `0.5 + 0.5 * tanh(1)` (`spec.output.scale`).
     pub scale: f64,
+    /// `spec.rollout`: the candidate revision and how windows are routed to it.
+    pub rollout: Option<ModelRollout>,
 }
 
 impl ModelContract {
@@ -182,7 +217,28 @@ impl ModelContract {
                 "must be a positive number",
             ));
         }
+        let rollout = match &spec.rollout {
+            None => None,
+            Some(r) => Some(ModelRollout {
+                candidate: r.candidate.revision.clone(),
+                canary_weight: match r.strategy {
+                    RolloutStrategy::Shadow => None,
+                    RolloutStrategy::Canary => {
+                        let w = r.weight.ok_or_else(|| {
+                            InvalidSpec::new("spec.rollout.weight", "required for a Canary rollout")
+                        })?;
+                        Some(u8::try_from(w).ok().filter(|w| *w <= 100).ok_or_else(|| {
+                            InvalidSpec::new(
+                                "spec.rollout.weight",
+                                format!("{w} is not a percentage (0..=100)"),
+                            )
+                        })?)
+                    }
+                },
+            }),
+        };
         Ok(Self {
+            rollout,
             model: model.metadata.name.clone().unwrap_or_default(),
             version: spec.revision.clone(),
             tier,
@@ -198,6 +254,23 @@ impl ModelContract {
             anomalous_when: out.anomalous_when,
             scale,
         })
+    }
+
+    /// How `key`'s windows are scored during a rollout: `(candidate, shadow)` of
+    /// [`ModelInput`]. Canary: the keys whose [`canary_bucket`] is below the weight go to the
+    /// candidate; shadow: every window is also scored by the candidate.
+    pub fn route(&self, key: &str) -> (bool, bool) {
+        match &self.rollout {
+            None => (false, false),
+            Some(ModelRollout {
+                canary_weight: Some(w),
+                ..
+            }) => (canary_bucket(key) < *w, false),
+            Some(ModelRollout {
+                canary_weight: None,
+                ..
+            }) => (false, true),
+        }
     }
 
     /// Values per input row as the model server sees it: `lookback * features`.
@@ -371,6 +444,74 @@ spec:
         f.0[Feature::Mean as usize] = mean;
         f.0[Feature::Max as usize] = max;
         f
+    }
+
+    const INPUT: &str = "  input: {tensor: X, window: analysis, features: [value.mean]}\n";
+
+    #[test]
+    fn a_canary_scores_a_stable_share_of_keys_with_the_candidate() {
+        let (c, _) = compile(&format!(
+            "{INPUT}  rollout: {{candidate: {{revision: \"4\", artifact: {{uri: file://n.onnx, sha256: {}}}}}, strategy: Canary, weight: 20}}\n",
+            "a".repeat(64)
+        ))
+        .unwrap();
+        let keys: Vec<String> = (0..10_000).map(|i| format!("device-{i}")).collect();
+        let candidate = keys.iter().filter(|k| c.route(k).0).count();
+        assert!(
+            (1_800..=2_200).contains(&candidate),
+            "{candidate} of 10,000 keys on the candidate at weight 20"
+        );
+        for k in &keys[..100] {
+            assert_eq!(c.route(k), c.route(k), "a key stays with its revision");
+            assert_eq!(c.route(k), (canary_bucket(k) < 20, false));
+        }
+        // The bucket is a fixed function of the key (FNV-1a 64 mod 100; reference values of
+        // the published algorithm), so every build and every restarted detector routes a key
+        // as before.
+        assert_eq!(canary_bucket(""), (0xcbf2_9ce4_8422_2325_u64 % 100) as u8);
+        assert_eq!(canary_bucket("a"), (0xaf63_dc4c_8601_ec8c_u64 % 100) as u8);
+        assert_eq!(
+            canary_bucket("foobar"),
+            (0x8594_4171_f739_67e8_u64 % 100) as u8
+        );
+        let input = |candidate| ModelInput {
+            rule: 0,
+            rule_name: "r".into(),
+            contract: Arc::new(c.clone()),
+            key_id: 0,
+            key: "k".into(),
+            window_start: 0,
+            window_end: 1,
+            values: vec![],
+            raw_features: vec![],
+            candidate,
+            shadow: false,
+        };
+        assert_eq!((input(false).version(), input(true).version()), ("3", "4"));
+    }
+
+    #[test]
+    fn a_shadow_rollout_scores_every_window_with_both_and_a_bad_weight_is_refused() {
+        let candidate = format!(
+            "candidate: {{revision: \"4\", artifact: {{uri: file://n.onnx, sha256: {}}}}}",
+            "a".repeat(64)
+        );
+        let (c, _) = compile(&format!(
+            "{INPUT}  rollout: {{{candidate}, strategy: Shadow}}\n"
+        ))
+        .unwrap();
+        assert_eq!(c.route("any"), (false, true));
+        let (plain, _) = compile(INPUT).unwrap();
+        assert_eq!(plain.route("any"), (false, false));
+        for (rollout, says) in [
+            ("strategy: Canary", "required for a Canary rollout"),
+            ("strategy: Canary, weight: 101", "101 is not a percentage"),
+        ] {
+            let e =
+                compile(&format!("{INPUT}  rollout: {{{candidate}, {rollout}}}\n")).unwrap_err();
+            assert_eq!(e.field, "spec.rollout.weight");
+            assert!(e.to_string().contains(says), "{e}");
+        }
     }
 
     #[test]

@@ -150,6 +150,7 @@ fn inputs() -> Vec<ModelInput> {
         threshold: 0.0,
         anomalous_when: ScoreDirection::Below,
         scale: 1.0,
+        rollout: None,
     });
     (0..2)
         .map(|k| ModelInput {
@@ -162,6 +163,8 @@ fn inputs() -> Vec<ModelInput> {
             window_end: 1000,
             values: vec![50.0 + k as f32; 11],
             raw_features: vec![50.0; 11],
+            candidate: false,
+            shadow: false,
         })
         .collect()
 }

@@ -75,17 +75,22 @@ impl Engine {
                 // Scored outside the engine; the alert follows in apply_model_scores.
                 state.last_end = Some(end);
                 match contract.on_window(&view, state.model.get_or_insert_with(Default::default)) {
-                    WindowVector::Ready { values, raw } => out.model_inputs.push(ModelInput {
-                        rule: idx,
-                        rule_name: rule.name.clone(),
-                        contract: contract.clone(),
-                        key_id,
-                        key: ks.name.clone(),
-                        window_start: start,
-                        window_end: end,
-                        values,
-                        raw_features: raw,
-                    }),
+                    WindowVector::Ready { values, raw } => {
+                        let (candidate, shadow) = contract.route(&ks.name);
+                        out.model_inputs.push(ModelInput {
+                            rule: idx,
+                            rule_name: rule.name.clone(),
+                            contract: contract.clone(),
+                            key_id,
+                            key: ks.name.clone(),
+                            window_start: start,
+                            window_end: end,
+                            values,
+                            raw_features: raw,
+                            candidate,
+                            shadow,
+                        });
+                    }
                     WindowVector::Filling => {}
                     WindowVector::Undefined => self.counters.model_windows_undefined += 1,
                 }
@@ -270,6 +275,12 @@ impl Engine {
                 end: input.window_end,
                 now_ms,
             };
+            // During a rollout the alert says which revision scored the window.
+            let extra = [
+                ("model", contract.model.as_str()),
+                ("revision", input.version()),
+            ];
+            let extra_len = if contract.rollout.is_some() { 2 } else { 1 };
             let features = || {
                 contract
                     .feature_names
@@ -285,7 +296,7 @@ impl Engine {
                 &at,
                 &mut self.counters,
                 features,
-                &[("model", contract.model.as_str())],
+                &extra[..extra_len],
             ));
         }
         applied

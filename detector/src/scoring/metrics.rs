@@ -6,10 +6,16 @@
 //! | `vigil_model_scoring_degraded` | gauge | 1 while windows of the model cannot be scored (circuit open, or the last batch failed after retries), else 0 |
 //! | `vigil_model_scoring_windows_total{outcome}` | counter | key windows by outcome of a scoring attempt: `scored`, `failed` (after retries), `skipped` (circuit open), `unrouted` (no model server for the model), `dropped` (given up: the backlog bound was reached, the server rejected the request, or the detector stopped first). In the detector a `failed` or `skipped` window waits in the backlog and is tried again, so one window can count more than once before `scored` or `dropped` |
 //! | `vigil_model_scoring_backlog_windows` | gauge | key windows waiting to be scored (queued, in flight, or waiting for the model server to recover) |
-//! | `vigil_model_scoring_errors_total{kind}` | counter | failed inference attempts: `transient` (unreachable, overloaded), `timeout` (deadline), `request` (rejected request, not retried) |
+//! | `vigil_model_scoring_errors_total{revision,kind}` | counter | failed inference attempts: `transient` (unreachable, overloaded), `timeout` (deadline), `request` (rejected request, not retried) |
 //! | `vigil_model_scoring_circuit_opened_total` | counter | times the circuit breaker opened |
-//! | `vigil_model_scoring_batch_duration_seconds` | histogram | wall time of one scored batch, retries included |
-//! | `vigil_model_scoring_batch_rows` | histogram | rows (keys) per batch |
+//! | `vigil_model_scoring_batch_duration_seconds{revision}` | histogram | wall time of one scored batch, retries included |
+//! | `vigil_model_scoring_batch_rows{revision}` | histogram | rows (keys) per batch |
+//! | `vigil_model_scoring_revision_windows_total{revision,role,outcome}` | counter | windows per model revision: `role` `served` (its score decides) or `shadow` (scored for comparison only), `outcome` `scored` or `failed` |
+//! | `vigil_model_scoring_revision_anomalous_windows_total{revision,role}` | counter | scored windows past the model's threshold (`spec.output`); per 1,000 scored windows this is the revision's anomaly rate |
+//! | `vigil_model_scoring_revision_score{revision,role}` | histogram | the windows' scores mapped to [0, 1] (`spec.output.scale`; 0.5 at the threshold) |
+//!
+//! Every series also has the `model` label. The per-revision series are the evidence a rollout
+//! (`spec.rollout`) is judged on: canary and stable side by side, or shadow beside served.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -34,13 +40,53 @@ pub struct ModelOutcomeLabels {
     pub outcome: &'static str,
 }
 
-/// Labels of a model and an error kind.
+/// Labels of a model revision and an error kind.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ModelErrorLabels {
     /// AnomalyModel name.
     pub model: String,
+    /// Model version (AnomalyModel revision).
+    pub revision: String,
     /// `transient`, `timeout` or `request`.
     pub kind: &'static str,
+}
+
+/// Labels of a model revision.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RevisionLabels {
+    /// AnomalyModel name.
+    pub model: String,
+    /// Model version (AnomalyModel revision).
+    pub revision: String,
+}
+
+/// Labels of a model revision in a role.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RevisionRoleLabels {
+    /// AnomalyModel name.
+    pub model: String,
+    /// Model version (AnomalyModel revision).
+    pub revision: String,
+    /// `served` or `shadow`.
+    pub role: &'static str,
+}
+
+/// Labels of a model revision, role and outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RevisionOutcomeLabels {
+    /// AnomalyModel name.
+    pub model: String,
+    /// Model version (AnomalyModel revision).
+    pub revision: String,
+    /// `served` or `shadow`.
+    pub role: &'static str,
+    /// `scored` or `failed`.
+    pub outcome: &'static str,
+}
+
+fn score_histogram() -> Histogram {
+    // [0, 1] in steps of 0.05.
+    Histogram::new((1..=20).map(|i| f64::from(i) * 0.05))
 }
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
@@ -63,8 +109,11 @@ pub struct ScoringMetrics {
     windows: Family<ModelOutcomeLabels, Counter>,
     errors: Family<ModelErrorLabels, Counter>,
     circuit_opened: Family<ModelLabels, Counter>,
-    batch_duration: HistogramFamily<ModelLabels>,
-    batch_rows: HistogramFamily<ModelLabels>,
+    batch_duration: HistogramFamily<RevisionLabels>,
+    batch_rows: HistogramFamily<RevisionLabels>,
+    revision_windows: Family<RevisionOutcomeLabels, Counter>,
+    revision_anomalous: Family<RevisionRoleLabels, Counter>,
+    revision_score: HistogramFamily<RevisionRoleLabels>,
 }
 
 impl Default for ScoringMetrics {
@@ -77,6 +126,9 @@ impl Default for ScoringMetrics {
             circuit_opened: Family::default(),
             batch_duration: Family::new_with_constructor(duration_histogram as fn() -> Histogram),
             batch_rows: Family::new_with_constructor(rows_histogram as fn() -> Histogram),
+            revision_windows: Family::default(),
+            revision_anomalous: Family::default(),
+            revision_score: Family::new_with_constructor(score_histogram as fn() -> Histogram),
         }
     }
 }
@@ -121,6 +173,21 @@ impl ScoringMetrics {
             "batch_rows",
             "Rows (key windows) per scored batch",
             self.batch_rows.clone(),
+        );
+        r.register(
+            "revision_windows",
+            "Windows per model revision, by role (served, shadow) and outcome (scored, failed)",
+            self.revision_windows.clone(),
+        );
+        r.register(
+            "revision_anomalous_windows",
+            "Scored windows past the model's threshold, per revision and role",
+            self.revision_anomalous.clone(),
+        );
+        r.register(
+            "revision_score",
+            "Window scores mapped to [0, 1] (0.5 at the threshold), per revision and role",
+            self.revision_score.clone(),
         );
     }
 
@@ -172,14 +239,84 @@ impl ScoringMetrics {
             .get()
     }
 
-    /// A failed attempt of `kind`.
-    pub fn error(&self, model: &str, kind: &'static str) {
+    /// A failed attempt of `kind` on `model` version `revision`.
+    pub fn error(&self, model: &str, revision: &str, kind: &'static str) {
         self.errors
             .get_or_create(&ModelErrorLabels {
                 model: model.to_string(),
+                revision: revision.to_string(),
                 kind,
             })
             .inc();
+    }
+
+    /// `n` windows of a revision in `role` with `outcome`.
+    pub fn revision_windows(
+        &self,
+        model: &str,
+        revision: &str,
+        role: &'static str,
+        outcome: &'static str,
+        n: usize,
+    ) {
+        self.revision_windows
+            .get_or_create(&RevisionOutcomeLabels {
+                model: model.to_string(),
+                revision: revision.to_string(),
+                role,
+                outcome,
+            })
+            .inc_by(n as u64);
+    }
+
+    /// Windows of a revision in `role` with `outcome` so far.
+    pub fn revision_windows_total(
+        &self,
+        model: &str,
+        revision: &str,
+        role: &'static str,
+        outcome: &'static str,
+    ) -> u64 {
+        self.revision_windows
+            .get_or_create(&RevisionOutcomeLabels {
+                model: model.to_string(),
+                revision: revision.to_string(),
+                role,
+                outcome,
+            })
+            .get()
+    }
+
+    /// One scored window of a revision in `role`: its mapped score and whether it passed the
+    /// model's threshold.
+    pub fn revision_score(
+        &self,
+        model: &str,
+        revision: &str,
+        role: &'static str,
+        score: f64,
+        anomalous: bool,
+    ) {
+        let l = RevisionRoleLabels {
+            model: model.to_string(),
+            revision: revision.to_string(),
+            role,
+        };
+        self.revision_score.get_or_create(&l).observe(score);
+        if anomalous {
+            self.revision_anomalous.get_or_create(&l).inc();
+        }
+    }
+
+    /// Anomalous windows of a revision in `role` so far.
+    pub fn revision_anomalous_total(&self, model: &str, revision: &str, role: &'static str) -> u64 {
+        self.revision_anomalous
+            .get_or_create(&RevisionRoleLabels {
+                model: model.to_string(),
+                revision: revision.to_string(),
+                role,
+            })
+            .get()
     }
 
     /// The circuit of `model` opened.
@@ -189,9 +326,12 @@ impl ScoringMetrics {
             .inc();
     }
 
-    /// One batch of `rows` scored in `seconds`.
-    pub fn batch(&self, model: &str, rows: usize, seconds: f64) {
-        let l = Self::labels(model);
+    /// One batch of `rows` of `model` version `revision` scored in `seconds`.
+    pub fn batch(&self, model: &str, revision: &str, rows: usize, seconds: f64) {
+        let l = RevisionLabels {
+            model: model.to_string(),
+            revision: revision.to_string(),
+        };
         self.batch_duration.get_or_create(&l).observe(seconds);
         self.batch_rows.get_or_create(&l).observe(rows as f64);
     }

@@ -26,5 +26,5 @@ pub mod worker;
 pub use metrics::ScoringMetrics;
 pub use scorer::{Inference, ModelScorer, ScoreReport, ScorerConfig, ScoringError};
 pub use vigil_api::contract::MODEL_SERVER_ANNOTATION;
-pub use vigil_core::model::{ModelContract, ModelInput, ModelState, WindowVector};
+pub use vigil_core::model::{ModelContract, ModelInput, ModelRollout, ModelState, WindowVector};
 pub use worker::ScoringWorker;

@@ -189,6 +189,8 @@ pub struct ScoreReport {
     pub unrouted: usize,
     /// Requests sent.
     pub batches: Vec<BatchStat>,
+    /// Windows a shadow candidate scored (evidence only, see [`ScoringMetrics`]).
+    pub shadow: usize,
     /// The inputs that were not scored but may be later: skipped (circuit open) or failed
     /// with a transient error or timeout (not rejected, not unrouted), in input order.
     /// [`crate::scoring::worker::ScoringWorker`] keeps them for re-scoring; a one-shot caller
@@ -511,22 +513,38 @@ impl ModelScorer {
     /// module docs for the bound.
     pub fn score(&mut self, inputs: Vec<ModelInput>) -> ScoreReport {
         let mut report = ScoreReport::default();
-        let mut groups: Vec<Vec<ModelInput>> = Vec::new();
+        // (role, inputs): one group per model, version, row length and role.
+        let mut groups: Vec<(Role, Vec<ModelInput>)> = Vec::new();
+        let mut add = |role: Role, input: ModelInput| match groups.iter_mut().find(|(r, g)| {
+            let (h, c) = (&g[0].contract, &input.contract);
+            *r == role
+                && h.model == c.model
+                && g[0].version() == input.version()
+                && g[0].values.len() == input.values.len()
+        }) {
+            Some((_, g)) => g.push(input),
+            None => groups.push((role, vec![input])),
+        };
         for input in inputs {
-            let c = &input.contract;
-            match groups.iter_mut().find(|g| {
-                let h = &g[0].contract;
-                h.model == c.model
-                    && h.version == c.version
-                    && g[0].values.len() == input.values.len()
-            }) {
-                Some(g) => g.push(input),
-                None => groups.push(vec![input]),
+            if input.shadow {
+                // The candidate scores a copy for comparison; the stable revision decides.
+                add(
+                    Role::Shadow,
+                    ModelInput {
+                        candidate: true,
+                        shadow: false,
+                        ..input.clone()
+                    },
+                );
             }
+            add(Role::Served, input);
         }
-        for mut group in groups {
+        for (role, mut group) in groups {
             let model = group[0].contract.model.clone();
             if !self.routes.contains_key(&model) {
+                if role == Role::Shadow {
+                    continue;
+                }
                 if self.unrouted_logged.insert(model.clone()) {
                     tracing::error!(
                         model = %model,
@@ -540,15 +558,86 @@ impl ModelScorer {
             while !group.is_empty() {
                 let rest = group.split_off(group.len().min(self.cfg.max_batch_rows.max(1)));
                 let batch = std::mem::replace(&mut group, rest);
-                self.score_batch(batch, &mut report);
+                match role {
+                    Role::Served => self.score_batch(batch, &mut report),
+                    Role::Shadow => self.score_shadow(batch, &mut report),
+                }
             }
         }
         report
     }
 
+    /// Per-revision evidence of scored windows: mapped score and the model's own threshold.
+    fn observe(&self, role: Role, scored: &[(ModelInput, f32)]) {
+        for (input, raw) in scored {
+            let c = &input.contract;
+            if let Some((score, anomalous)) = c.map_score(f64::from(*raw), c.threshold) {
+                self.metrics.revision_score(
+                    &c.model,
+                    input.version(),
+                    role.label(),
+                    score,
+                    anomalous,
+                );
+            }
+        }
+    }
+
+    /// Scores a shadow batch (the candidate of a shadow rollout): evidence only, no retries
+    /// beyond the attempt's own, nothing returned to the alert lifecycle.
+    fn score_shadow(&mut self, batch: Vec<ModelInput>, report: &mut ScoreReport) {
+        let model = batch[0].contract.model.clone();
+        let version = batch[0].version().to_string();
+        let route = self.routes.get(&model).expect("routed");
+        if !route.circuit.is_call_permitted() {
+            return;
+        }
+        let row_len = batch[0].values.len();
+        let rows: Vec<f32> = batch
+            .iter()
+            .flat_map(|i| i.values.iter().copied())
+            .collect();
+        let started = Instant::now();
+        let result = self.rt.block_on(infer_with_retries(
+            route,
+            &self.cfg,
+            &self.metrics,
+            &model,
+            &version,
+            &rows,
+            row_len,
+        ));
+        report.batches.push(BatchStat {
+            model: model.clone(),
+            rows: batch.len(),
+            elapsed: started.elapsed(),
+            ok: result.is_ok(),
+        });
+        match result {
+            Ok(scores) => {
+                self.metrics.batch(
+                    &model,
+                    &version,
+                    batch.len(),
+                    started.elapsed().as_secs_f64(),
+                );
+                self.metrics
+                    .revision_windows(&model, &version, "shadow", "scored", batch.len());
+                let scored: Vec<(ModelInput, f32)> = batch.into_iter().zip(scores).collect();
+                self.observe(Role::Shadow, &scored);
+                report.shadow += scored.len();
+            }
+            Err(_) => {
+                self.metrics
+                    .revision_windows(&model, &version, "shadow", "failed", batch.len());
+            }
+        }
+    }
+
     fn score_batch(&mut self, batch: Vec<ModelInput>, report: &mut ScoreReport) {
         let contract = batch[0].contract.clone();
         let model = contract.model.as_str();
+        let version = batch[0].version().to_string();
         let route = self.routes.get(model).expect("routed");
         if !route.circuit.is_call_permitted() {
             self.metrics.windows(model, "skipped", batch.len());
@@ -567,7 +656,7 @@ impl ModelScorer {
             &self.cfg,
             &self.metrics,
             model,
-            &contract.version,
+            &version,
             &rows,
             row_len,
         ));
@@ -581,14 +670,20 @@ impl ModelScorer {
         match result {
             Ok(scores) => {
                 self.metrics
-                    .batch(model, batch.len(), elapsed.as_secs_f64());
+                    .batch(model, &version, batch.len(), elapsed.as_secs_f64());
                 self.metrics.windows(model, "scored", batch.len());
+                self.metrics
+                    .revision_windows(model, &version, "served", "scored", batch.len());
                 self.metrics.set_degraded(model, false);
-                report.scored.extend(batch.into_iter().zip(scores));
+                let scored: Vec<(ModelInput, f32)> = batch.into_iter().zip(scores).collect();
+                self.observe(Role::Served, &scored);
+                report.scored.extend(scored);
             }
             Err(e) => {
                 self.metrics.set_degraded(model, true);
                 self.metrics.windows(model, "failed", batch.len());
+                self.metrics
+                    .revision_windows(model, &version, "served", "failed", batch.len());
                 report.failed += batch.len();
                 self.failures_logged += 1;
                 let n = self.failures_logged;
@@ -604,6 +699,22 @@ impl ModelScorer {
                     self.metrics.windows(model, "dropped", batch.len());
                 }
             }
+        }
+    }
+}
+
+/// Whether a batch's scores decide its windows or are only compared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Served,
+    Shadow,
+}
+
+impl Role {
+    fn label(self) -> &'static str {
+        match self {
+            Role::Served => "served",
+            Role::Shadow => "shadow",
         }
     }
 }
@@ -630,17 +741,17 @@ async fn infer_with_retries(
                 Ok(scores)
             }
             Ok(Err(e)) if e.is_transient() => {
-                metrics.error(model, "transient");
+                metrics.error(model, version, "transient");
                 route.circuit.on_error();
                 Err(BatchError::Transient(e))
             }
             Ok(Err(e)) => {
                 // The server answered: it is up, the request is wrong. Not a circuit failure.
-                metrics.error(model, "request");
+                metrics.error(model, version, "request");
                 Err(BatchError::Request(e))
             }
             Err(_) => {
-                metrics.error(model, "timeout");
+                metrics.error(model, version, "timeout");
                 route.circuit.on_error();
                 Err(BatchError::Timeout(cfg.deadline))
             }
@@ -734,6 +845,7 @@ mod tests {
             threshold: 0.0,
             anomalous_when: ScoreDirection::Above,
             scale: 1.0,
+            rollout: None,
         })
     }
 
@@ -749,6 +861,8 @@ mod tests {
                 window_end: 1000,
                 values: vec![i as f32],
                 raw_features: vec![i as f64],
+                candidate: false,
+                shadow: false,
             })
             .collect()
     }
@@ -864,5 +978,103 @@ mod tests {
             (s.route("a"), s.route("b")),
             (Some("http://127.0.0.1:9"), Some("http://127.0.0.1:9"))
         );
+    }
+
+    /// Answers -1 per row from version "1" and +1 from version "2" (anomalous: the test
+    /// contract is anomalous above 0), recording (version, rows) per call.
+    struct ByVersion(Mutex<Vec<(String, usize)>>);
+
+    impl Inference for ByVersion {
+        fn infer<'a>(
+            &'a self,
+            _: &'a str,
+            version: &'a str,
+            rows: &'a [f32],
+            row_len: usize,
+        ) -> BoxFuture<'a, Result<Vec<f32>, ClientError>> {
+            let n = rows.len() / row_len;
+            self.0.lock().unwrap().push((version.to_string(), n));
+            let v = if version == "2" { 1.0 } else { -1.0 };
+            Box::pin(async move { Ok(vec![v; n]) })
+        }
+    }
+
+    fn rollout_inputs(canary_weight: Option<u8>) -> Vec<ModelInput> {
+        let mut c = (*contract()).clone();
+        c.rollout = Some(crate::scoring::ModelRollout {
+            candidate: "2".into(),
+            canary_weight,
+        });
+        let c = Arc::new(c);
+        (0..100)
+            .map(|i| {
+                let key = format!("key-{i}");
+                let (candidate, shadow) = c.route(&key);
+                ModelInput {
+                    contract: c.clone(),
+                    key: key.into(),
+                    candidate,
+                    shadow,
+                    ..inputs(1).remove(0)
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_canary_sends_its_keys_to_the_candidate_and_counts_per_revision() {
+        let b = Arc::new(ByVersion(Mutex::new(Vec::new())));
+        let mut s = ModelScorer::new(ScorerConfig::default(), ScoringMetrics::default()).unwrap();
+        s.set_route("m", "test", b.clone());
+        let inputs = rollout_inputs(Some(30));
+        let on_candidate = inputs.iter().filter(|i| i.candidate).count();
+        assert!((15..=45).contains(&on_candidate), "{on_candidate}");
+        let r = s.score(inputs);
+        assert_eq!(r.scored.len(), 100);
+        for (i, score) in &r.scored {
+            // Each window got the score of the revision its key is routed to.
+            assert_eq!(*score > 0.0, i.candidate, "{}", i.key);
+        }
+        let m = s.metrics();
+        let served = |rev| m.revision_windows_total("m", rev, "served", "scored");
+        assert_eq!(
+            (served("1"), served("2")),
+            (100 - on_candidate as u64, on_candidate as u64)
+        );
+        assert_eq!(
+            m.revision_anomalous_total("m", "2", "served"),
+            on_candidate as u64
+        );
+        assert_eq!(m.revision_anomalous_total("m", "1", "served"), 0);
+        assert_eq!(r.shadow, 0);
+    }
+
+    #[test]
+    fn a_shadow_candidate_scores_every_window_but_decides_none() {
+        let b = Arc::new(ByVersion(Mutex::new(Vec::new())));
+        let mut s = ModelScorer::new(ScorerConfig::default(), ScoringMetrics::default()).unwrap();
+        s.set_route("m", "test", b.clone());
+        let r = s.score(rollout_inputs(None));
+        assert_eq!(r.scored.len(), 100);
+        assert!(
+            r.scored
+                .iter()
+                .all(|(i, score)| *score < 0.0 && !i.candidate),
+            "only the stable revision's scores reach the alert lifecycle"
+        );
+        assert_eq!(r.shadow, 100);
+        let calls = b.0.lock().unwrap().clone();
+        let rows = |v: &str| {
+            calls
+                .iter()
+                .filter(|c| c.0 == v)
+                .map(|c| c.1)
+                .sum::<usize>()
+        };
+        assert_eq!((rows("1"), rows("2")), (100, 100));
+        let m = s.metrics();
+        assert_eq!(m.revision_windows_total("m", "2", "shadow", "scored"), 100);
+        assert_eq!(m.revision_anomalous_total("m", "2", "shadow"), 100);
+        assert_eq!(m.revision_anomalous_total("m", "1", "served"), 0);
     }
 }

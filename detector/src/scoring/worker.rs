@@ -348,7 +348,9 @@ impl WorkerState {
             let done = n - retry.len();
             if done > 0 {
                 progressed = true;
-                self.pending.fetch_sub(done, Ordering::Relaxed);
+                let left = self.pending.fetch_sub(done, Ordering::Relaxed) - done;
+                // Before the scores go out: whoever sees them sees the gauge that goes with them.
+                self.scorer.metrics().set_backlog(left);
             }
             if let Some(q) = self.backlog.get_mut(&model) {
                 for i in retry.into_iter().rev() {
@@ -425,6 +427,7 @@ mod tests {
             threshold: 0.0,
             anomalous_when: ScoreDirection::Above,
             scale: 1.0,
+            rollout: None,
         })
     }
 
@@ -439,6 +442,8 @@ mod tests {
             window_end: end,
             values: vec![end as f32],
             raw_features: vec![end as f64],
+            candidate: false,
+            shadow: false,
         }
     }
 

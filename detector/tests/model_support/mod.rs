@@ -64,12 +64,21 @@ impl TestServer {
 
     /// [`Self::start`], serving gRPC over TLS when `tls` is given.
     pub fn start_with(port: u16, tls: Option<vigil_model_server::config::ServerTls>) -> Self {
+        Self::start_in(&repository(), port, tls)
+    }
+
+    /// [`Self::start_with`] serving the model repository at `repo`.
+    pub fn start_in(
+        repo: &std::path::Path,
+        port: u16,
+        tls: Option<vigil_model_server::config::ServerTls>,
+    ) -> Self {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .unwrap();
-        let mut config = ServerConfig::new(repository());
+        let mut config = ServerConfig::new(repo.to_path_buf());
         config.ort_dylib_path = Some(ort_dylib());
         config.intra_op_threads = Some(1);
         config.tls = tls;

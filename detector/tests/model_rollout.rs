@@ -1,0 +1,192 @@
+//! Model rollouts in the whole detector (real Kafka broker, real model server on ONNX Runtime
+//! serving revisions 1 and 2 of the Isolation Forest):
+//! - Canary at 20 %: the keys whose canary bucket is under 20 (about a fifth) are scored by
+//!   revision 2, every window of a key by the same revision; their alerts say `revision: "2"`,
+//!   the others `"1"`; the per-revision metrics count each side.
+//! - Shadow: revision 2 scores every window too, but every alert comes from revision 1; the
+//!   candidate's windows and would-be anomalies are counted per revision.
+//!
+//! Needs `scripts/kafka.sh start && eval "$(scripts/kafka.sh env)"` and
+//! `eval "$(scripts/setup-onnxruntime.sh)"`.
+
+mod kafka_support;
+mod model_support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use kafka_support::{
+    bootstrap, create_topics, json, manifests, produce, read_all, unique, wait_until,
+};
+use model_support::{TestServer, repository};
+use vigil_api::manifest::Manifests;
+use vigil_core::model::canary_bucket;
+use vigil_detector::runner::{self, RunnerConfig};
+use vigil_detector::telemetry::Metrics;
+
+const FEATURES: &str =
+    "[v.count, v.sum, v.mean, v.min, v.max, v.stddev, v.last, v.rate, v.p50, v.p95, v.p99]";
+const SHA: &str = "7e012d6a342083e143034a47c11a6858f749b9866baebfdb9d3965c8dd52e0cb";
+const KEYS: usize = 100;
+
+fn pipeline(src: &str, group: &str, alerts: &str) -> String {
+    format!(
+        r#"apiVersion: vigil.dev/v1alpha1
+kind: StreamPipeline
+metadata: {{name: fleet}}
+spec:
+  source: {{kafka: {{topics: [{src}], consumerGroup: {group}}}}}
+  format: {{keyField: k, eventTime: {{field: t}}, wide: {{fields: [{{name: v}}]}}}}
+  windows: [{{name: slow, size: 5s}}]
+  sinks: {{alerts: {{topic: {alerts}}}}}
+---
+apiVersion: vigil.dev/v1alpha1
+kind: DetectionRule
+metadata: {{name: forest}}
+spec: {{window: slow, model: {{modelRef: iforest}}}}
+"#
+    )
+}
+
+/// Revision 1 with `rollout`; every window passes the threshold, so each key's first scored
+/// window fires and the alert names the revision that scored it.
+fn model(rollout: &str) -> Manifests {
+    let mut m = Manifests::default();
+    m.add_str(
+        "model",
+        &format!(
+            "apiVersion: vigil.dev/v1alpha1\nkind: AnomalyModel\nmetadata: {{name: iforest}}\nspec:\n  revision: \"1\"\n  artifact: {{uri: file://models/repository/iforest/1/model.onnx, sha256: {SHA}}}\n  input: {{tensor: features, window: slow, features: {FEATURES}}}\n  output: {{tensor: scores, anomalousWhen: Below, threshold: 1000.0}}\n  rollout: {{candidate: {{revision: \"2\", artifact: {{uri: file://models/repository/iforest/1/model.onnx, sha256: {SHA}}}}}, {rollout}}}\n"
+        ),
+    )
+    .unwrap();
+    m
+}
+
+/// A repository with the reference Isolation Forest as versions 1 and 2.
+fn two_revisions() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for v in ["1", "2"] {
+        let to = dir.path().join("iforest").join(v);
+        std::fs::create_dir_all(&to).unwrap();
+        for f in ["model.onnx", "config.yaml"] {
+            std::fs::copy(repository().join("iforest/1").join(f), to.join(f)).unwrap();
+        }
+    }
+    dir
+}
+
+/// One event per key and second of event time in `[0, 12)` s: two 5-second windows per key.
+fn events() -> Vec<(Option<&'static str>, Vec<u8>)> {
+    let mut out = Vec::new();
+    for t in 0..12 {
+        for k in 0..KEYS {
+            out.push((
+                None,
+                format!(r#"{{"k":"key-{k}","t":{},"v":{}}}"#, t * 1000, 50 + k % 7).into_bytes(),
+            ));
+        }
+    }
+    out
+}
+
+/// Runs the detector over [`events`] with `rollout`; the revision of each key's model alert,
+/// and the metrics.
+fn run(rollout: &str) -> (BTreeMap<String, String>, Metrics) {
+    let b = bootstrap();
+    let (src, alerts, group) = (unique("src"), unique("alerts"), unique("group"));
+    create_topics(&b, &[(&src, 1), (&alerts, 1)]);
+    let repo = two_revisions();
+    let server = TestServer::start_in(repo.path(), 0, None);
+    let (p, rules) = manifests(&pipeline(&src, &group, &alerts));
+    let mut cfg = RunnerConfig::new(p, rules, b.clone());
+    cfg.models = model(rollout).models;
+    cfg.model_server = Some(server.uri.clone());
+    let metrics = Metrics::new();
+    let h = runner::spawn(cfg, metrics.clone()).expect("runner starts");
+    assert!(h.rule_errors().is_empty(), "{:?}", h.rule_errors());
+    produce(&b, &src, &events());
+    let s = metrics.scoring().clone();
+    let served = |rev| s.revision_windows_total("iforest", rev, "served", "scored");
+    assert!(
+        wait_until(Duration::from_secs(60), || served("1") + served("2")
+            >= 2 * KEYS as u64),
+        "{} + {} windows scored",
+        served("1"),
+        served("2")
+    );
+    let mut by_key = BTreeMap::new();
+    assert!(wait_until(Duration::from_secs(30), || {
+        for a in read_all(&b, &alerts).iter().map(json) {
+            if a["type"] == "dev.vigil.alert.firing" {
+                let key = a["data"]["key"].as_str().unwrap().to_string();
+                let rev = a["data"]["labels"]["revision"].as_str().unwrap_or("none");
+                by_key.insert(key, rev.to_string());
+            }
+        }
+        by_key.len() == KEYS
+    }));
+    h.stop();
+    h.join().expect("clean stop");
+    drop(server);
+    (by_key, metrics)
+}
+
+#[test]
+fn a_canary_scores_a_fifth_of_the_keys_with_the_candidate_and_labels_their_alerts() {
+    let (by_key, metrics) = run("strategy: Canary, weight: 20");
+    let canary: Vec<&String> = by_key
+        .iter()
+        .filter(|(_, rev)| *rev == "2")
+        .map(|(k, _)| k)
+        .collect();
+    assert!(
+        (10..=30).contains(&canary.len()),
+        "{} of {KEYS} keys on the candidate at weight 20",
+        canary.len()
+    );
+    for (key, rev) in &by_key {
+        let expected = if canary_bucket(key) < 20 { "2" } else { "1" };
+        assert_eq!(rev, expected, "{key}: routed by its canary bucket");
+    }
+    let s = metrics.scoring();
+    let served = |rev| s.revision_windows_total("iforest", rev, "served", "scored");
+    // Both windows of a key went to the same revision.
+    assert_eq!(served("2"), 2 * canary.len() as u64);
+    assert_eq!(served("1"), 2 * (KEYS - canary.len()) as u64);
+    assert_eq!(
+        s.revision_windows_total("iforest", "2", "shadow", "scored"),
+        0
+    );
+    let text = metrics.encode();
+    assert!(
+        text.contains(r#"vigil_model_scoring_revision_anomalous_windows_total{model="iforest",revision="2",role="served"}"#),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_shadow_candidate_scores_every_window_and_alerts_on_none() {
+    let (by_key, metrics) = run("strategy: Shadow");
+    assert!(
+        by_key.values().all(|rev| rev == "1"),
+        "every alert comes from the stable revision: {by_key:?}"
+    );
+    let s = metrics.scoring();
+    let served = s.revision_windows_total("iforest", "1", "served", "scored");
+    assert_eq!(served, 2 * KEYS as u64);
+    assert_eq!(
+        s.revision_windows_total("iforest", "2", "served", "scored"),
+        0
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || s
+            .revision_windows_total("iforest", "2", "shadow", "scored")
+            == served),
+        "the candidate scored every window in the shadow"
+    );
+    assert_eq!(
+        s.revision_anomalous_total("iforest", "2", "shadow"),
+        served,
+        "and would have flagged each (threshold 1000)"
+    );
+}
