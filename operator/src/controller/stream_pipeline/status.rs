@@ -47,7 +47,15 @@ pub enum Reason {
     SavepointInProgress,
     /// Ready: the savepoint before an upgrade failed; nothing was rolled.
     SavepointFailed,
+    /// Progressing (False): a rollout of this generation has not completed within
+    /// [`PROGRESS_DEADLINE_SECS`] (a Deployment's `ProgressDeadlineExceeded`), so GitOps tools
+    /// stop showing it as progressing forever.
+    ProgressDeadlineExceeded,
 }
+
+/// How long a rollout may stay incomplete before `Progressing` turns False with
+/// `ProgressDeadlineExceeded`: 600 s, the default `progressDeadlineSeconds` of a Deployment.
+pub const PROGRESS_DEADLINE_SECS: i64 = 600;
 
 impl Reason {
     /// The reason as written in conditions.
@@ -67,6 +75,7 @@ impl Reason {
             Reason::PartitionsUnknown => "PartitionsUnknown",
             Reason::SavepointInProgress => "SavepointInProgress",
             Reason::SavepointFailed => "SavepointFailed",
+            Reason::ProgressDeadlineExceeded => "ProgressDeadlineExceeded",
         }
     }
 }
@@ -215,6 +224,16 @@ pub fn status(pipeline: &StreamPipeline, outcome: &Outcome<'_>, now: Time) -> St
                     Reason::RolloutComplete,
                     format!("{} detectors run the current config", r.desired),
                 );
+            } else if let Some(since) = past_deadline(&old, generation, &now) {
+                set(
+                    conditions::PROGRESSING,
+                    false,
+                    Reason::ProgressDeadlineExceeded,
+                    format!(
+                        "the rollout of {} detectors started at {since} has not completed within {PROGRESS_DEADLINE_SECS} s ({} running the current config)",
+                        r.desired, r.current
+                    ),
+                );
             } else {
                 set(
                     conditions::PROGRESSING,
@@ -277,6 +296,25 @@ pub fn status(pipeline: &StreamPipeline, outcome: &Outcome<'_>, now: Time) -> St
         }
     }
     s
+}
+
+/// When the incomplete rollout of `generation` started, if that is more than
+/// [`PROGRESS_DEADLINE_SECS`] before `now` (or the deadline was already declared for it).
+fn past_deadline(
+    old: &StreamPipelineStatus,
+    generation: Option<i64>,
+    now: &Time,
+) -> Option<String> {
+    let c = old
+        .conditions
+        .iter()
+        .find(|c| c.type_ == conditions::PROGRESSING && c.observed_generation == generation)?;
+    let since = c.last_transition_time.0;
+    let exceeded = c.reason == Reason::ProgressDeadlineExceeded.as_str()
+        || (c.status == "True"
+            && c.reason == Reason::RollingOut.as_str()
+            && now.0.as_second() - since.as_second() > PROGRESS_DEADLINE_SECS);
+    exceeded.then(|| since.to_string())
 }
 
 fn validated_topics(v: &ValidatedPipeline) -> &[String] {
@@ -413,6 +451,48 @@ mod tests {
         );
         assert_eq!(cond(&rolling, "Ready").reason, "DetectorsNotReady");
         assert_eq!(cond(&rolling, "Progressing").reason, "RollingOut");
+
+        // Still incomplete 600 s later: Progressing=False, ProgressDeadlineExceeded (and it
+        // stays so for this generation); complete again: RolloutComplete.
+        let mut p2 = (*p).clone();
+        p2.status = Some(rolling.clone());
+        let step = |p: &StreamPipeline, at: i64, sts: &StatefulSet| {
+            status(
+                p,
+                &Outcome::Applied {
+                    validated: &v,
+                    stateful_set: sts,
+                },
+                time(at),
+            )
+        };
+        let stuck = sts(3, 2, 4, 4, ("a", "b"));
+        let within = step(&p2, 20 + PROGRESS_DEADLINE_SECS, &stuck);
+        assert_eq!(cond(&within, "Progressing").reason, "RollingOut");
+        let late = step(&p2, 21 + PROGRESS_DEADLINE_SECS, &stuck);
+        let c = cond(&late, "Progressing");
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "ProgressDeadlineExceeded")
+        );
+        assert!(
+            c.message.contains("has not completed within 600 s"),
+            "{}",
+            c.message
+        );
+        p2.status = Some(late);
+        let later = step(&p2, 5000, &stuck);
+        assert_eq!(
+            cond(&later, "Progressing").reason,
+            "ProgressDeadlineExceeded"
+        );
+        let done = step(&p2, 5001, &sts(3, 3, 4, 4, ("b", "b")));
+        assert_eq!(cond(&done, "Progressing").reason, "RolloutComplete");
+        // A new generation starts a new rollout clock.
+        p2.status = Some(later);
+        p2.metadata.generation = Some(4);
+        let next = step(&p2, 5002, &stuck);
+        assert_eq!(cond(&next, "Progressing").reason, "RollingOut");
     }
 
     #[test]
