@@ -583,8 +583,9 @@ impl ModelScorer {
         }
     }
 
-    /// Scores a shadow batch (the candidate of a shadow rollout): evidence only, no retries
-    /// beyond the attempt's own, nothing returned to the alert lifecycle.
+    /// Scores a shadow batch (the candidate of a shadow rollout): evidence only, one attempt,
+    /// outside the circuit (a failing candidate does not stop the served revision), nothing
+    /// returned to the alert lifecycle.
     fn score_shadow(&mut self, batch: Vec<ModelInput>, report: &mut ScoreReport) {
         let model = batch[0].contract.model.clone();
         let version = batch[0].version().to_string();
@@ -598,7 +599,7 @@ impl ModelScorer {
             .flat_map(|i| i.values.iter().copied())
             .collect();
         let started = Instant::now();
-        let result = self.rt.block_on(infer_with_retries(
+        let result = self.rt.block_on(infer_once(
             route,
             &self.cfg,
             &self.metrics,
@@ -730,30 +731,16 @@ async fn infer_with_retries(
     row_len: usize,
 ) -> Result<Vec<f32>, BatchError> {
     let attempt = || async {
-        match tokio::time::timeout(
-            cfg.deadline,
-            route.client.infer(model, version, rows, row_len),
-        )
-        .await
-        {
-            Ok(Ok(scores)) => {
+        match infer_once(route, cfg, metrics, model, version, rows, row_len).await {
+            Ok(scores) => {
                 route.circuit.on_success();
                 Ok(scores)
             }
-            Ok(Err(e)) if e.is_transient() => {
-                metrics.error(model, version, "transient");
-                route.circuit.on_error();
-                Err(BatchError::Transient(e))
-            }
-            Ok(Err(e)) => {
-                // The server answered: it is up, the request is wrong. Not a circuit failure.
-                metrics.error(model, version, "request");
-                Err(BatchError::Request(e))
-            }
-            Err(_) => {
-                metrics.error(model, version, "timeout");
-                route.circuit.on_error();
-                Err(BatchError::Timeout(cfg.deadline))
+            Err(e) => {
+                if e.is_retryable() {
+                    route.circuit.on_error();
+                }
+                Err(e)
             }
         }
     };
@@ -768,6 +755,42 @@ async fn infer_with_retries(
         .when(|e| e.is_retryable() && route.circuit.is_call_permitted())
         .notify(|e, delay| tracing::debug!(model, error = %error_chain(e), retry_in_ms = delay.as_millis() as u64, "Retrying model scoring."))
         .await
+}
+
+/// One attempt with the deadline, counted in the error metrics but not in the circuit: for
+/// a shadow candidate, whose failures must not stop the served revision's scoring.
+async fn infer_once(
+    route: &Route,
+    cfg: &ScorerConfig,
+    metrics: &ScoringMetrics,
+    model: &str,
+    version: &str,
+    rows: &[f32],
+    row_len: usize,
+) -> Result<Vec<f32>, BatchError> {
+    {
+        match tokio::time::timeout(
+            cfg.deadline,
+            route.client.infer(model, version, rows, row_len),
+        )
+        .await
+        {
+            Ok(Ok(scores)) => Ok(scores),
+            Ok(Err(e)) if e.is_transient() => {
+                metrics.error(model, version, "transient");
+                Err(BatchError::Transient(e))
+            }
+            Ok(Err(e)) => {
+                // The server answered: it is up, the request is wrong. Not a circuit failure.
+                metrics.error(model, version, "request");
+                Err(BatchError::Request(e))
+            }
+            Err(_) => {
+                metrics.error(model, version, "timeout");
+                Err(BatchError::Timeout(cfg.deadline))
+            }
+        }
+    }
 }
 
 /// `error: cause: cause` on one line.
@@ -868,6 +891,10 @@ mod tests {
     }
 
     fn scorer(backend: Arc<Scripted>) -> ModelScorer {
+        scorer_with(backend)
+    }
+
+    fn scorer_with(backend: Arc<dyn Inference>) -> ModelScorer {
         let cfg = ScorerConfig {
             backoff_min: Duration::from_millis(1),
             backoff_max: Duration::from_millis(2),
@@ -1076,5 +1103,45 @@ mod tests {
         assert_eq!(m.revision_windows_total("m", "2", "shadow", "scored"), 100);
         assert_eq!(m.revision_anomalous_total("m", "2", "shadow"), 100);
         assert_eq!(m.revision_anomalous_total("m", "1", "served"), 0);
+    }
+
+    /// Version "2" is unreachable; version "1" answers.
+    struct CandidateDown;
+
+    impl Inference for CandidateDown {
+        fn infer<'a>(
+            &'a self,
+            _: &'a str,
+            version: &'a str,
+            rows: &'a [f32],
+            row_len: usize,
+        ) -> BoxFuture<'a, Result<Vec<f32>, ClientError>> {
+            let n = rows.len() / row_len;
+            let up = version == "1";
+            Box::pin(async move {
+                if up {
+                    Ok(vec![-1.0; n])
+                } else {
+                    Err(ClientError::Rpc {
+                        call: "ModelInfer",
+                        status: tonic::Status::unavailable("connection refused"),
+                    })
+                }
+            })
+        }
+    }
+
+    #[test]
+    fn a_failing_shadow_candidate_does_not_open_the_served_revisions_circuit() {
+        let mut s = scorer_with(Arc::new(CandidateDown));
+        for _ in 0..5 {
+            let r = s.score(rollout_inputs(None));
+            assert_eq!(r.scored.len(), 100, "the stable revision keeps scoring");
+            assert_eq!((r.skipped, r.shadow), (0, 0));
+        }
+        assert!(!s.is_degraded("m"));
+        let m = s.metrics();
+        assert_eq!(m.revision_windows_total("m", "2", "shadow", "failed"), 500);
+        assert_eq!(m.revision_windows_total("m", "1", "served", "scored"), 500);
     }
 }
