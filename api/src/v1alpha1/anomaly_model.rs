@@ -1,6 +1,6 @@
 //! `AnomalyModel`: an ONNX model, the feature vector it expects and how its revisions roll out.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -219,4 +219,26 @@ pub struct AnomalyModelStatus {
     /// The revision the model server serves as stable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serving_revision: Option<String>,
+    /// The revisions served as stable, oldest first, at most [`HISTORY_LIMIT`]: what
+    /// `kubectl vigil rollback` can return to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<RevisionRecord>,
+}
+
+/// Entries kept in `status.history` (a Deployment's default `revisionHistoryLimit`).
+pub const HISTORY_LIMIT: usize = 10;
+
+/// A revision that was served as stable.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RevisionRecord {
+    /// `spec.revision` then.
+    pub revision: String,
+    /// `spec.artifact` then (its URI and digest).
+    pub artifact: Artifact,
+    /// When its rollout completed.
+    pub served_at: Time,
+    /// When another revision's rollout completed; absent while it is served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaced_at: Option<Time>,
 }

@@ -312,6 +312,105 @@ async fn a_missing_model_degrades_the_pipeline_until_it_is_served() {
         cm.contains("vigil.dev/model-server-tls: /etc/vigil/model-client-tls/iforest"),
         "{cm}"
     );
+
+    // 5. Revision history and `kubectl vigil rollback` (the plugin run by the real kubectl):
+    //    revision 2 is served, then rolled back to 1; the detectors get the model in their
+    //    rules.yaml without a restart (the pod template does not change).
+    let models = ns.api::<AnomalyModel>();
+    models
+        .patch(
+            "iforest",
+            &PatchParams::apply(TEST_MANAGER),
+            &Patch::Merge(serde_json::json!({"spec": {"revision": "2"}})),
+        )
+        .await
+        .unwrap();
+    let served = |rev: &'static str, entries: usize| {
+        let models = models.clone();
+        move || {
+            let models = models.clone();
+            async move {
+                let s = models.get("iforest").await.ok()?.status?;
+                (s.serving_revision.as_deref() == Some(rev) && s.history.len() == entries)
+                    .then_some(s)
+            }
+        }
+    };
+    let s = wait_for("revision 2 served", Duration::from_secs(60), served("2", 2)).await;
+    assert_eq!(s.history[0].revision, "1");
+    assert!(s.history[0].replaced_at.is_some());
+    let sts_api = ns.api::<k8s_openapi::api::apps::v1::StatefulSet>();
+    let template = |sts: k8s_openapi::api::apps::v1::StatefulSet| {
+        sts.spec
+            .unwrap()
+            .template
+            .metadata
+            .unwrap()
+            .annotations
+            .unwrap()["vigil.dev/config-hash"]
+            .clone()
+    };
+    let before = template(sts_api.get("scored-detector").await.unwrap());
+    let kubectl = |args: &[&str]| {
+        let plugin_dir = crate::kubelet::target_bin("kubectl-vigil")
+            .parent()
+            .unwrap()
+            .to_path_buf();
+        let path = format!(
+            "{}:{}",
+            plugin_dir.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let out = std::process::Command::new("kubectl")
+            .args(args)
+            .args(["-n", &ns.name])
+            .env("PATH", path)
+            .output()
+            .expect("kubectl runs (e2e/cluster.sh env puts it on PATH)");
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "kubectl {args:?}: {text}");
+        text
+    };
+    let said = kubectl(&["vigil", "rollback", "am/iforest"]);
+    assert!(
+        said.contains("rolled back from revision 2 to revision 1"),
+        "{said}"
+    );
+    let s = wait_for(
+        "revision 1 served again",
+        Duration::from_secs(60),
+        served("1", 3),
+    )
+    .await;
+    assert_eq!(
+        s.history
+            .iter()
+            .map(|h| h.revision.as_str())
+            .collect::<Vec<_>>(),
+        ["1", "2", "1"]
+    );
+    wait_for("revision 1 in the detectors' rules.yaml", T, || async {
+        let cm = ns
+            .api::<ConfigMap>()
+            .get("scored-detector-config")
+            .await
+            .ok()?;
+        let mut m = Manifests::default();
+        m.add_str("rules.yaml", &cm.data?["rules.yaml"]).ok()?;
+        (m.models[0].spec.revision == "1").then_some(())
+    })
+    .await;
+    assert_eq!(
+        template(sts_api.get("scored-detector").await.unwrap()),
+        before,
+        "a rollback does not restart the detectors"
+    );
+    let status = kubectl(&["vigil", "status", "am/iforest"]);
+    assert!(
+        status.contains("revision 1  serving 1") && status.contains("HISTORY"),
+        "{status}"
+    );
     assert!(op.terminate().await.success());
     ns.delete().await;
 }

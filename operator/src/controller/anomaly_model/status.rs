@@ -5,7 +5,7 @@
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use vigil_api::conditions::{self, set_condition};
-use vigil_api::v1alpha1::{AnomalyModel, AnomalyModelStatus};
+use vigil_api::v1alpha1::{AnomalyModel, AnomalyModelStatus, HISTORY_LIMIT, RevisionRecord};
 
 use super::validate::ModelProblem;
 
@@ -100,6 +100,7 @@ pub fn status(model: &AnomalyModel, outcome: &Outcome<'_>, now: Time) -> Anomaly
             let revision = &model.spec.revision;
             if complete {
                 s.serving_revision = Some(revision.clone());
+                record_served(&mut s.history, model, &now);
                 set(
                     conditions::READY,
                     true,
@@ -159,12 +160,36 @@ pub fn status(model: &AnomalyModel, outcome: &Outcome<'_>, now: Time) -> Anomaly
     s
 }
 
+/// Appends the served stable revision to `history` when it is not its newest entry (same
+/// revision and digest), marking the previous one replaced; keeps [`HISTORY_LIMIT`] entries.
+fn record_served(history: &mut Vec<RevisionRecord>, model: &AnomalyModel, now: &Time) {
+    let spec = &model.spec;
+    if history
+        .last()
+        .is_some_and(|h| h.revision == spec.revision && h.artifact == spec.artifact)
+    {
+        return;
+    }
+    if let Some(last) = history.last_mut() {
+        last.replaced_at = Some(now.clone());
+    }
+    history.push(RevisionRecord {
+        revision: spec.revision.clone(),
+        artifact: spec.artifact.clone(),
+        served_at: now.clone(),
+        replaced_at: None,
+    });
+    let over = history.len().saturating_sub(HISTORY_LIMIT);
+    history.drain(..over);
+}
+
 /// Whether a status patch would change more than timestamps.
 pub fn changed(old: Option<&AnomalyModelStatus>, new: &AnomalyModelStatus) -> bool {
     let Some(old) = old else { return true };
     !(conditions::eq_time_insensitive(&old.conditions, &new.conditions)
         && old.observed_generation == new.observed_generation
-        && old.serving_revision == new.serving_revision)
+        && old.serving_revision == new.serving_revision
+        && old.history == new.history)
 }
 
 #[cfg(test)]
@@ -224,6 +249,54 @@ mod tests {
         assert_eq!(s.serving_revision.as_deref(), Some("1"));
         assert_eq!(cond(&s, "Progressing").reason, "RollingOut");
         assert!(cond(&s, "Ready").message.contains("serving revision 1"));
+    }
+
+    #[test]
+    fn history_records_each_served_revision_once_and_keeps_ten() {
+        let mut m = model();
+        let done = |g| deployment(g, g, 1, 1, 1);
+        let s = status(&m, &Outcome::Applied(&done(1)), time(2));
+        assert_eq!(s.history.len(), 1);
+        assert_eq!(
+            (
+                s.history[0].revision.as_str(),
+                &s.history[0].served_at,
+                &s.history[0].replaced_at
+            ),
+            ("1", &time(2), &None)
+        );
+        m.status = Some(s);
+        // Reconciling the same revision again records nothing.
+        let s = status(&m, &Outcome::Applied(&done(1)), time(3));
+        assert_eq!(s.history.len(), 1);
+        m.status = Some(s);
+        m.spec.revision = "2".into();
+        m.spec.artifact.sha256 = "c".repeat(64);
+        // Not served until its rollout completes.
+        let s = status(&m, &Outcome::Applied(&deployment(2, 2, 1, 1, 2)), time(4));
+        assert_eq!(s.history.len(), 1);
+        let s = status(&m, &Outcome::Applied(&done(2)), time(5));
+        assert_eq!(
+            s.history
+                .iter()
+                .map(|h| h.revision.as_str())
+                .collect::<Vec<_>>(),
+            ["1", "2"]
+        );
+        assert_eq!(s.history[0].replaced_at, Some(time(5)));
+        assert_eq!(s.history[1].artifact.sha256, "c".repeat(64));
+        m.status = Some(s);
+        for r in 3..20 {
+            m.spec.revision = r.to_string();
+            let s = status(&m, &Outcome::Applied(&done(r)), time(10 + r));
+            m.status = Some(s);
+        }
+        let h = &m.status.as_ref().unwrap().history;
+        assert_eq!(h.len(), HISTORY_LIMIT);
+        assert_eq!(
+            (h[0].revision.as_str(), h[9].revision.as_str()),
+            ("10", "19")
+        );
     }
 
     #[test]
