@@ -100,8 +100,9 @@ pub fn referenced_secrets(kafka: &KafkaSource) -> Vec<(&'static str, String)> {
 /// `clientCertSecret`, `ssl.certificate.pem` / `ssl.key.pem` from its `tls.crt` / `tls.key`.
 /// Then the connection-level entries of `spec.source.kafka.properties`
 /// ([`vigil_api::v1alpha1::is_client_property`]) except file locations (`*.location`): those
-/// are paths in the detector pods, where the operator cannot look. `secrets` holds the data of
-/// the Secrets [`referenced_secrets`] names.
+/// are paths in the detector pods, where the operator cannot look (with TLS and no CA left, the
+/// system's: `ssl.ca.location=probe`). `secrets` holds the data of the Secrets
+/// [`referenced_secrets`] names.
 ///
 /// # Errors
 /// A message naming the field and Secret (never a value): a Secret that was not read, a
@@ -186,6 +187,13 @@ pub fn connection_properties(
         if !k.ends_with(".location") {
             p.insert(k.clone(), v.clone());
         }
+    }
+    // TLS asked for through the properties alone: the system's CAs, as for the security field.
+    let tls = p
+        .get("security.protocol")
+        .is_some_and(|v| v.eq_ignore_ascii_case("ssl") || v.eq_ignore_ascii_case("sasl_ssl"));
+    if tls && !p.contains_key("ssl.ca.pem") && !p.contains_key("ssl.ca.location") {
+        p.insert("ssl.ca.location".into(), "probe".into());
     }
     Ok(p)
 }
@@ -534,6 +542,14 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
+
+        // TLS through the properties only; the pod's CA file is not the operator's.
+        let props = source(
+            "{topics: [t], consumerGroup: g, properties: {security.protocol: SSL, ssl.ca.location: /ca.pem}}",
+        );
+        let p = connection_properties(&props, &SecretData::new()).unwrap();
+        assert_eq!(p["security.protocol"], "SSL");
+        assert_eq!(p["ssl.ca.location"], "probe");
     }
 
     #[test]
