@@ -668,6 +668,22 @@ mod tests {
         assert_eq!(a.get("enable.idempotence"), None);
     }
 
+    /// The linked librdkafka has TLS and SCRAM (rdkafka feature `ssl-vendored`), and no
+    /// GSSAPI, which Vigil does not offer.
+    #[test]
+    fn librdkafka_is_built_with_tls_and_scram_but_not_gssapi() {
+        let features = ClientConfig::new()
+            .create_native_config()
+            .unwrap()
+            .get("builtin.features")
+            .unwrap();
+        let features: Vec<&str> = features.split(',').collect();
+        for f in ["ssl", "sasl_plain", "sasl_scram"] {
+            assert!(features.contains(&f), "{f} missing from {features:?}");
+        }
+        assert!(!features.contains(&"sasl_gssapi"), "{features:?}");
+    }
+
     #[test]
     fn partition_ids_round_trip_across_topics() {
         let ids = PartitionIds::new(vec!["a".into(), "b".into()]);
