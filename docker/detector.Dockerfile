@@ -4,7 +4,8 @@
 #   docker build -f docker/detector.Dockerfile -t ghcr.io/vigil-dev/vigil:0.1.0 .
 FROM docker.io/library/rust:1.95-bookworm AS build
 WORKDIR /src
-# zlib (librdkafka's compression) is linked statically: the runtime image has no libz.
+# zlib (librdkafka's compression) is linked statically: the runtime image has no libz. OpenSSL
+# (librdkafka's TLS, rdkafka feature `ssl-vendored`) is built from source and linked statically.
 ENV LIBZ_SYS_STATIC=1
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \

@@ -17,6 +17,12 @@ quick=false
 
 step() { printf '\n=== %s (%s)\n' "$1" "$(date +%T)"; }
 
+# librdkafka and its OpenSSL (rdkafka feature `ssl-vendored`) are compiled from source.
+for tool in cc make perl; do
+  command -v "$tool" >/dev/null ||
+    { echo "$tool is not installed: the Rust build compiles librdkafka and OpenSSL from source (apt-get install build-essential perl)" >&2; exit 1; }
+done
+
 step "rustfmt"
 cargo fmt --all --check
 

@@ -34,6 +34,15 @@ pub mod detector {
     /// The CA file under [`KAFKA_CA_DIR`] ([`CA_KEY`] of the Secret); what the detector reads
     /// when [`env::KAFKA_CA_FILE`] is unset.
     pub const KAFKA_CA_FILE: &str = "/etc/vigil-kafka-ca/ca.crt";
+    /// Where the `kubernetes.io/tls` Secret of `spec.source.kafka.security.clientCertSecret`
+    /// is mounted.
+    pub const KAFKA_CLIENT_CERT_DIR: &str = "/etc/vigil-kafka-client";
+    /// The client certificate under [`KAFKA_CLIENT_CERT_DIR`] ([`TLS_CERT_KEY`]); what the
+    /// detector reads when [`env::KAFKA_CERT_FILE`] is unset and a client certificate is
+    /// configured.
+    pub const KAFKA_CERT_FILE: &str = "/etc/vigil-kafka-client/tls.crt";
+    /// The client private key under [`KAFKA_CLIENT_CERT_DIR`] ([`TLS_KEY_KEY`]).
+    pub const KAFKA_KEY_FILE: &str = "/etc/vigil-kafka-client/tls.key";
 
     /// Environment variables the detector reads.
     pub mod env {
@@ -47,6 +56,10 @@ pub mod detector {
         pub const KAFKA_PASSWORD: &str = "VIGIL_KAFKA_PASSWORD";
         /// Path of the CA certificate that verifies the brokers.
         pub const KAFKA_CA_FILE: &str = "VIGIL_KAFKA_CA_FILE";
+        /// Path of the client certificate (PEM) presented to the brokers.
+        pub const KAFKA_CERT_FILE: &str = "VIGIL_KAFKA_CERT_FILE";
+        /// Path of the client certificate's private key (PEM, not encrypted).
+        pub const KAFKA_KEY_FILE: &str = "VIGIL_KAFKA_KEY_FILE";
         /// Model server URI for model rules (`--model-server`).
         pub const MODEL_SERVER: &str = "VIGIL_MODEL_SERVER";
         /// Model repository served in process (`--model-repository`).
@@ -59,6 +72,10 @@ pub mod detector {
     pub const PASSWORD_KEY: &str = "password";
     /// Secret key of the CA certificate in `caSecret`.
     pub const CA_KEY: &str = "ca.crt";
+    /// Secret key of the client certificate in `clientCertSecret` (a `kubernetes.io/tls` Secret).
+    pub const TLS_CERT_KEY: &str = "tls.crt";
+    /// Secret key of the client private key in `clientCertSecret`.
+    pub const TLS_KEY_KEY: &str = "tls.key";
 
     /// The flags of `vigil run` that the operator sets (the rest keep their defaults). The
     /// bootstrap servers and the group instance id come from [`env`].
@@ -255,6 +272,14 @@ mod tests {
     #[test]
     fn ca_file_is_the_ca_key_under_the_mount() {
         assert_eq!(KAFKA_CA_FILE, format!("{KAFKA_CA_DIR}/{CA_KEY}"));
+        assert_eq!(
+            KAFKA_CERT_FILE,
+            format!("{KAFKA_CLIENT_CERT_DIR}/{TLS_CERT_KEY}")
+        );
+        assert_eq!(
+            KAFKA_KEY_FILE,
+            format!("{KAFKA_CLIENT_CERT_DIR}/{TLS_KEY_KEY}")
+        );
     }
 
     #[test]

@@ -150,7 +150,16 @@ fn ensure_topics(
                 }
             }
         }
-        Broker::External(b) => admin::ensure_topics(b, &topics)?,
+        Broker::External(b) => {
+            // Connect as the detector will (security settings and credentials).
+            let settings = vigil_detector::source::SourceSettings::from_spec(
+                pipeline.metadata.name.as_deref().unwrap_or("vigil"),
+                &spec.source.kafka,
+                b,
+                None,
+            )?;
+            admin::ensure_topics(&settings.client_config(), &topics)?
+        }
     }
     Ok(())
 }

@@ -152,8 +152,51 @@ pub struct KafkaSource {
     pub security: Option<KafkaSecurity>,
     /// Extra librdkafka consumer properties, e.g. `fetch.min.bytes`. They override Vigil's
     /// defaults; `group.id`, `enable.auto.commit` and `bootstrap.servers` are not allowed here.
+    /// The connection-level ones (`security.protocol`, `ssl.*`, `sasl.*`, `socket.*`,
+    /// `client.dns.lookup`, ...) also reach the sinks' producer, the detector's admin requests
+    /// and the operator's partition lookup (which skips file locations, `*.location`): every
+    /// client of the pipeline connects the same way.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub properties: BTreeMap<String, String>,
+}
+
+impl KafkaSource {
+    /// The entries of [`Self::properties`] that are about connecting to the cluster rather than
+    /// consuming ([`is_client_property`]): shared by every client of the pipeline.
+    pub fn client_properties(&self) -> impl Iterator<Item = (&String, &String)> {
+        self.properties
+            .iter()
+            .filter(|(k, _)| is_client_property(k))
+    }
+}
+
+/// Whether a librdkafka property is about how a client connects (transport, TLS, SASL,
+/// name resolution, sockets, reconnects, metadata) and applies alike to consumers, producers and
+/// admin clients. Consumer-only tuning (`fetch.*`, `session.timeout.ms`, `isolation.level`, ...)
+/// and producer-only tuning are not.
+pub fn is_client_property(key: &str) -> bool {
+    const PREFIXES: &[&str] = &[
+        "ssl.",
+        "sasl.",
+        "socket.",
+        "broker.address.",
+        "reconnect.backoff.",
+        "https.",
+    ];
+    const KEYS: &[&str] = &[
+        "security.protocol",
+        "enable.ssl.certificate.verification",
+        "enable.sasl.oauthbearer.unsecure.jwt",
+        "client.dns.lookup",
+        "connections.max.idle.ms",
+        "metadata.max.age.ms",
+        "topic.metadata.refresh.interval.ms",
+        "api.version.request",
+        "api.version.request.timeout.ms",
+        "broker.version.fallback",
+        "resolve.canonical.bootstrap.servers.only",
+    ];
+    KEYS.contains(&key) || PREFIXES.iter().any(|p| key.starts_with(p))
 }
 
 /// Where a consumer group with no committed offset starts.
@@ -166,22 +209,31 @@ pub enum StartOffset {
     Latest,
 }
 
-/// Kafka security settings (librdkafka `security.protocol`, `sasl.mechanism`).
+/// Kafka security settings (librdkafka `security.protocol`, `sasl.mechanism`, `ssl.*`). TLS is
+/// OpenSSL linked into the binaries; SASL mechanisms are PLAIN and SCRAM-SHA-256/512 (GSSAPI /
+/// Kerberos is not built in). The same settings apply to the detectors' consumer, producer and
+/// admin requests and to the operator's partition lookup (which reads the Secrets named here).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct KafkaSecurity {
     /// `PLAINTEXT`, `SSL`, `SASL_PLAINTEXT` or `SASL_SSL`.
     pub protocol: SecurityProtocol,
-    /// SASL mechanism when the protocol uses SASL.
+    /// SASL mechanism when the protocol uses SASL: `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sasl_mechanism: Option<SaslMechanism>,
     /// Name of a Secret with keys `username` and `password` (SASL), mounted by the operator
     /// and read from `VIGIL_KAFKA_USERNAME` / `VIGIL_KAFKA_PASSWORD` by detectors.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret: Option<String>,
-    /// Name of a Secret with key `ca.crt` used to verify the brokers (SSL).
+    /// Name of a Secret with key `ca.crt` (PEM) used to verify the brokers (`SSL`, `SASL_SSL`
+    /// only). Without it the system's CA certificates are used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_secret: Option<String>,
+    /// Name of a `kubernetes.io/tls` Secret (keys `tls.crt` and `tls.key`, PEM, the key not
+    /// encrypted) whose certificate the clients present to brokers that ask for one (TLS client
+    /// authentication, `ssl.client.auth`). `SSL` and `SASL_SSL` only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert_secret: Option<String>,
 }
 
 /// librdkafka `security.protocol`.
@@ -198,6 +250,31 @@ pub enum SecurityProtocol {
     SaslSsl,
 }
 
+impl SecurityProtocol {
+    /// The librdkafka `security.protocol` value.
+    pub fn librdkafka_name(self) -> &'static str {
+        match self {
+            SecurityProtocol::Plaintext => "plaintext",
+            SecurityProtocol::Ssl => "ssl",
+            SecurityProtocol::SaslPlaintext => "sasl_plaintext",
+            SecurityProtocol::SaslSsl => "sasl_ssl",
+        }
+    }
+
+    /// Whether connections use TLS.
+    pub fn uses_tls(self) -> bool {
+        matches!(self, SecurityProtocol::Ssl | SecurityProtocol::SaslSsl)
+    }
+
+    /// Whether clients authenticate with SASL.
+    pub fn uses_sasl(self) -> bool {
+        matches!(
+            self,
+            SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl
+        )
+    }
+}
+
 /// librdkafka `sasl.mechanism`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum SaslMechanism {
@@ -210,6 +287,17 @@ pub enum SaslMechanism {
     /// `SCRAM-SHA-512`.
     #[serde(rename = "SCRAM-SHA-512")]
     ScramSha512,
+}
+
+impl SaslMechanism {
+    /// The librdkafka `sasl.mechanism` value.
+    pub fn librdkafka_name(self) -> &'static str {
+        match self {
+            SaslMechanism::Plain => "PLAIN",
+            SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
+            SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
+        }
+    }
 }
 
 /// How event bytes become keyed, timestamped numeric fields. Events are JSON objects; fields are

@@ -262,6 +262,9 @@ impl SinkTopics {
     /// the dead-letter bound ([`Self::fit_topic_limits`]), and the producer's batches under the
     /// smallest limit (it applies to a whole record batch) and single records under the
     /// largest. When the limits cannot be read, nothing changes and a warning says so.
+    ///
+    /// The limits are read from `bootstrap` with the producer's connection settings (TLS, SASL:
+    /// [`crate::source::admin::Cluster`]).
     pub fn fit_broker_limits(
         &mut self,
         bootstrap: &str,
@@ -276,7 +279,9 @@ impl SinkTopics {
         .into_iter()
         .flatten()
         .collect();
-        let limits = match crate::source::admin::max_message_bytes(bootstrap, &names, timeout) {
+        let mut cluster = producer.clone();
+        cluster.set("bootstrap.servers", bootstrap);
+        let limits = match crate::source::admin::max_message_bytes(&cluster, &names, timeout) {
             Ok(l) => l,
             Err(e) => {
                 tracing::warn!(error = %e, "Sink topic limits could not be read; the producer keeps its defaults.");

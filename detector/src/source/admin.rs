@@ -1,6 +1,10 @@
 //! Topic administration for local runs, tests and benchmarks: create missing topics on a real
-//! broker (Kafka admin API) and read partition counts. Production topics are expected to exist;
-//! the detector itself never creates topics unless asked to.
+//! broker (Kafka admin API) and read partition counts and topic limits. Production topics are
+//! expected to exist; the detector itself never creates topics unless asked to.
+//!
+//! Each function takes a [`Cluster`]: a bootstrap list (`&str`, plaintext) or a whole
+//! [`ClientConfig`] such as [`super::SourceSettings::client_config`] or the sinks' producer
+//! configuration, whose connection settings (TLS, SASL, ...) the admin client then uses.
 
 use std::time::Duration;
 
@@ -50,11 +54,50 @@ pub enum AdminError {
     Runtime(#[source] std::io::Error),
 }
 
-fn admin(bootstrap: &str) -> Result<AdminClient<DefaultClientContext>, AdminError> {
-    ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .map_err(AdminError::Client)
+/// The cluster an admin request goes to, and how to connect to it.
+pub trait Cluster {
+    /// A client configuration with `bootstrap.servers` and the connection settings.
+    fn client_config(&self) -> ClientConfig;
+}
+
+/// A bootstrap list, plaintext.
+impl Cluster for str {
+    fn client_config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", self);
+        c
+    }
+}
+
+/// A bootstrap list, plaintext.
+impl Cluster for String {
+    fn client_config(&self) -> ClientConfig {
+        self.as_str().client_config()
+    }
+}
+
+/// `bootstrap.servers`, `client.id` and the connection-level properties
+/// ([`vigil_api::v1alpha1::is_client_property`]: security, TLS, SASL, sockets, ...) of a client
+/// configuration; consumer or producer tuning is left out.
+impl Cluster for ClientConfig {
+    fn client_config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        for (k, v) in self.config_map() {
+            if k == "bootstrap.servers"
+                || k == "client.id"
+                || vigil_api::v1alpha1::is_client_property(k)
+            {
+                c.set(k, v);
+            }
+        }
+        c
+    }
+}
+
+fn admin<C: Cluster + ?Sized>(
+    cluster: &C,
+) -> Result<AdminClient<DefaultClientContext>, AdminError> {
+    cluster.client_config().create().map_err(AdminError::Client)
 }
 
 fn block_on<F: std::future::Future>(f: F) -> Result<F::Output, AdminError> {
@@ -72,8 +115,11 @@ fn block_on<F: std::future::Future>(f: F) -> Result<F::Output, AdminError> {
 ///
 /// # Errors
 /// [`AdminError`] when the broker refuses a topic for another reason than that it exists.
-pub fn ensure_topics(bootstrap: &str, topics: &[(&str, i32)]) -> Result<(), AdminError> {
-    let admin = admin(bootstrap)?;
+pub fn ensure_topics<C: Cluster + ?Sized>(
+    cluster: &C,
+    topics: &[(&str, i32)],
+) -> Result<(), AdminError> {
+    let admin = admin(cluster)?;
     let new: Vec<NewTopic<'_>> = topics
         .iter()
         .map(|(t, p)| NewTopic::new(t, *p, TopicReplication::Fixed(-1)))
@@ -104,12 +150,12 @@ pub fn ensure_topics(bootstrap: &str, topics: &[(&str, i32)]) -> Result<(), Admi
 ///
 /// # Errors
 /// [`AdminError`] when the request fails as a whole.
-pub fn max_message_bytes(
-    bootstrap: &str,
+pub fn max_message_bytes<C: Cluster + ?Sized>(
+    cluster: &C,
     topics: &[&str],
     timeout: Duration,
 ) -> Result<Vec<(String, usize)>, AdminError> {
-    let admin = admin(bootstrap)?;
+    let admin = admin(cluster)?;
     let specs: Vec<rdkafka::admin::ResourceSpecifier<'_>> = topics
         .iter()
         .map(|t| rdkafka::admin::ResourceSpecifier::Topic(t))
@@ -140,8 +186,8 @@ pub fn max_message_bytes(
 ///
 /// # Errors
 /// [`AdminError`] when the broker refuses.
-pub fn delete_topics(bootstrap: &str, topics: &[&str]) -> Result<(), AdminError> {
-    let admin = admin(bootstrap)?;
+pub fn delete_topics<C: Cluster + ?Sized>(cluster: &C, topics: &[&str]) -> Result<(), AdminError> {
+    let admin = admin(cluster)?;
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     let results =
         block_on(admin.delete_topics(topics, &opts))?.map_err(|source| AdminError::Request {
@@ -167,8 +213,8 @@ pub fn delete_topics(bootstrap: &str, topics: &[&str]) -> Result<(), AdminError>
 ///
 /// # Errors
 /// [`AdminError::Metadata`] when the topic is unknown or the broker does not answer in `timeout`.
-pub fn high_watermarks(
-    bootstrap: &str,
+pub fn high_watermarks<C: Cluster + ?Sized>(
+    cluster: &C,
     topic: &str,
     timeout: Duration,
 ) -> Result<Vec<(i32, i64)>, AdminError> {
@@ -176,8 +222,8 @@ pub fn high_watermarks(
         topic: topic.to_string(),
         source,
     };
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
+    let c: BaseConsumer = cluster
+        .client_config()
         .create()
         .map_err(AdminError::Client)?;
     let md = c.fetch_metadata(Some(topic), timeout).map_err(err)?;

@@ -20,9 +20,7 @@ use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaResult;
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::TopicPartitionList;
-use vigil_api::v1alpha1::{
-    KafkaSecurity, KafkaSource, SaslMechanism, SecurityProtocol, StartOffset,
-};
+use vigil_api::v1alpha1::{KafkaSecurity, KafkaSource, StartOffset, is_client_property};
 
 use crate::telemetry::Metrics;
 
@@ -41,6 +39,16 @@ pub const PASSWORD_ENV: &str = contract_env::KAFKA_PASSWORD;
 pub const CA_FILE_ENV: &str = contract_env::KAFKA_CA_FILE;
 /// Where the operator mounts the `ca.crt` of `caSecret` unless [`CA_FILE_ENV`] says otherwise.
 pub const CA_FILE_DEFAULT: &str = contract::KAFKA_CA_FILE;
+/// Environment variable with the path of the client certificate
+/// (`spec.source.kafka.security.clientCertSecret`); default [`CERT_FILE_DEFAULT`].
+pub const CERT_FILE_ENV: &str = contract_env::KAFKA_CERT_FILE;
+/// Environment variable with the path of the client certificate's private key; default
+/// [`KEY_FILE_DEFAULT`].
+pub const KEY_FILE_ENV: &str = contract_env::KAFKA_KEY_FILE;
+/// Where the operator mounts the `tls.crt` of `clientCertSecret`.
+pub const CERT_FILE_DEFAULT: &str = contract::KAFKA_CERT_FILE;
+/// Where the operator mounts the `tls.key` of `clientCertSecret`.
+pub const KEY_FILE_DEFAULT: &str = contract::KAFKA_KEY_FILE;
 
 /// Properties Vigil sets itself and `spec.source.kafka.properties` may not override.
 pub const RESERVED_PROPERTIES: &[&str] = &[
@@ -87,7 +95,8 @@ pub struct SourceSettings {
     pub start_offset: StartOffset,
     /// Security settings as librdkafka properties (shared with the sinks' producer).
     pub security: BTreeMap<String, String>,
-    /// `spec.source.kafka.properties`, applied last.
+    /// `spec.source.kafka.properties`, applied last to the consumer; the connection-level ones
+    /// ([`vigil_api::v1alpha1::is_client_property`]) to every client.
     pub properties: BTreeMap<String, String>,
 }
 
@@ -175,17 +184,33 @@ impl SourceSettings {
         c
     }
 
-    /// The producer configuration for the sinks: same cluster and security, idempotent
-    /// (no duplicates or reordering on retries), small linger for alert latency.
+    /// The producer configuration for the sinks: same cluster and the same connection settings
+    /// as the consumer (security, then the connection-level entries of
+    /// `spec.source.kafka.properties`: `ssl.*`, `sasl.*`, `socket.*`, `client.dns.lookup`, ...;
+    /// consumer tuning such as `fetch.min.bytes` stays with the consumer), idempotent (no
+    /// duplicates or reordering on retries), small linger for alert latency.
     pub fn producer_config(&self) -> ClientConfig {
-        let mut c = ClientConfig::new();
-        c.set("bootstrap.servers", &self.bootstrap_servers)
-            .set("client.id", &self.client_id)
-            .set("enable.idempotence", "true")
+        let mut c = self.client_config();
+        c.set("enable.idempotence", "true")
             // librdkafka default 5 ms; alerts are few and latency-sensitive.
             .set("linger.ms", "2");
+        c
+    }
+
+    /// How any client of the pipeline connects: bootstrap servers, `client.id`, security and
+    /// the connection-level entries of `spec.source.kafka.properties`. The base of the
+    /// producer's configuration and of admin requests ([`admin`]).
+    pub fn client_config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.bootstrap_servers)
+            .set("client.id", &self.client_id);
         for (k, v) in &self.security {
             c.set(k, v);
+        }
+        for (k, v) in &self.properties {
+            if is_client_property(k) {
+                c.set(k, v);
+            }
         }
         c
     }
@@ -200,34 +225,34 @@ impl SourceSettings {
 
 /// librdkafka properties for `spec.source.kafka.security`; `env` looks up environment variables.
 ///
+/// - `security.protocol` and, with SASL, `sasl.mechanism` (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512)
+///   with `sasl.username` / `sasl.password` from [`USERNAME_ENV`] / [`PASSWORD_ENV`];
+/// - with TLS, `ssl.ca.location`: [`CA_FILE_ENV`] if set, else [`CA_FILE_DEFAULT`] when
+///   `caSecret` is set, else `probe` (the system's CA bundle: the OpenSSL linked into Vigil is
+///   built from source and does not know the distribution's certificate directory);
+/// - with TLS and `clientCertSecret` (or [`CERT_FILE_ENV`] set), `ssl.certificate.location` and
+///   `ssl.key.location` from [`CERT_FILE_ENV`] / [`KEY_FILE_ENV`] or the mount paths
+///   [`CERT_FILE_DEFAULT`] / [`KEY_FILE_DEFAULT`].
+///
 /// # Errors
 /// [`SourceError::MissingCredential`] when SASL is used without credentials,
-/// [`SourceError::InvalidSpec`] when a SASL protocol has no mechanism.
+/// [`SourceError::InvalidSpec`] when a SASL protocol has no mechanism, or `caSecret` /
+/// `clientCertSecret` come with a protocol without TLS.
 pub fn security_properties(
     s: &KafkaSecurity,
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<BTreeMap<String, String>, SourceError> {
     let mut p = BTreeMap::new();
-    let (protocol, sasl, tls) = match s.protocol {
-        SecurityProtocol::Plaintext => ("plaintext", false, false),
-        SecurityProtocol::Ssl => ("ssl", false, true),
-        SecurityProtocol::SaslPlaintext => ("sasl_plaintext", true, false),
-        SecurityProtocol::SaslSsl => ("sasl_ssl", true, true),
-    };
+    let protocol = s.protocol.librdkafka_name();
     p.insert("security.protocol".into(), protocol.into());
-    if sasl {
+    if s.protocol.uses_sasl() {
         let Some(m) = s.sasl_mechanism else {
             return Err(SourceError::InvalidSpec {
                 field: "spec.source.kafka.security.saslMechanism".into(),
                 reason: format!("is required with protocol {protocol}"),
             });
         };
-        let mechanism = match m {
-            SaslMechanism::Plain => "PLAIN",
-            SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
-            SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
-        };
-        p.insert("sasl.mechanism".into(), mechanism.into());
+        p.insert("sasl.mechanism".into(), m.librdkafka_name().into());
         p.insert(
             "sasl.username".into(),
             env(USERNAME_ENV).ok_or(SourceError::MissingCredential(USERNAME_ENV))?,
@@ -237,10 +262,37 @@ pub fn security_properties(
             env(PASSWORD_ENV).ok_or(SourceError::MissingCredential(PASSWORD_ENV))?,
         );
     }
-    if tls && s.ca_secret.is_some() {
+    if !s.protocol.uses_tls() {
+        for (field, set) in [
+            ("caSecret", s.ca_secret.is_some()),
+            ("clientCertSecret", s.client_cert_secret.is_some()),
+        ] {
+            if set {
+                return Err(SourceError::InvalidSpec {
+                    field: format!("spec.source.kafka.security.{field}"),
+                    reason: format!(
+                        "only applies to protocol SSL or SASL_SSL, not {}",
+                        protocol.to_uppercase()
+                    ),
+                });
+            }
+        }
+        return Ok(p);
+    }
+    let ca = env(CA_FILE_ENV).or_else(|| s.ca_secret.as_ref().map(|_| CA_FILE_DEFAULT.into()));
+    p.insert(
+        "ssl.ca.location".into(),
+        ca.unwrap_or_else(|| "probe".into()),
+    );
+    let cert = env(CERT_FILE_ENV);
+    if cert.is_some() || s.client_cert_secret.is_some() {
         p.insert(
-            "ssl.ca.location".into(),
-            env(CA_FILE_ENV).unwrap_or_else(|| CA_FILE_DEFAULT.into()),
+            "ssl.certificate.location".into(),
+            cert.unwrap_or_else(|| CERT_FILE_DEFAULT.into()),
+        );
+        p.insert(
+            "ssl.key.location".into(),
+            env(KEY_FILE_ENV).unwrap_or_else(|| KEY_FILE_DEFAULT.into()),
         );
     }
     Ok(p)
@@ -517,6 +569,119 @@ mod tests {
             security_properties(&no_mech, env),
             Err(SourceError::InvalidSpec { .. })
         ));
+    }
+
+    #[test]
+    fn tls_maps_the_ca_and_client_certificate_files() {
+        let sec: KafkaSecurity =
+            serde_norway::from_str("{protocol: SSL, caSecret: ca, clientCertSecret: client-tls}")
+                .unwrap();
+        // In a pod: the operator's mount paths.
+        let p = security_properties(&sec, |_| None).unwrap();
+        assert_eq!(p["security.protocol"], "ssl");
+        assert_eq!(p["ssl.ca.location"], "/etc/vigil-kafka-ca/ca.crt");
+        assert_eq!(
+            p["ssl.certificate.location"],
+            "/etc/vigil-kafka-client/tls.crt"
+        );
+        assert_eq!(p["ssl.key.location"], "/etc/vigil-kafka-client/tls.key");
+        assert!(!p.contains_key("sasl.mechanism"));
+        // The environment says where the files are.
+        let env = |k: &str| match k {
+            CA_FILE_ENV => Some("/x/ca.pem".to_string()),
+            CERT_FILE_ENV => Some("/x/c.pem".to_string()),
+            KEY_FILE_ENV => Some("/x/k.pem".to_string()),
+            _ => None,
+        };
+        let p = security_properties(&sec, env).unwrap();
+        assert_eq!(
+            (
+                p["ssl.ca.location"].as_str(),
+                p["ssl.certificate.location"].as_str(),
+                p["ssl.key.location"].as_str()
+            ),
+            ("/x/ca.pem", "/x/c.pem", "/x/k.pem")
+        );
+        // No CA: the system's CA bundle, found by librdkafka's probe.
+        let bare: KafkaSecurity = serde_norway::from_str("{protocol: SSL}").unwrap();
+        let p = security_properties(&bare, |_| None).unwrap();
+        assert_eq!(p["ssl.ca.location"], "probe");
+        assert!(!p.contains_key("ssl.certificate.location"));
+    }
+
+    #[test]
+    fn tls_secrets_without_tls_are_rejected() {
+        for (yaml, field) in [
+            ("{protocol: PLAINTEXT, caSecret: ca}", "caSecret"),
+            (
+                "{protocol: SASL_PLAINTEXT, saslMechanism: PLAIN, clientCertSecret: c}",
+                "clientCertSecret",
+            ),
+        ] {
+            let sec: KafkaSecurity = serde_norway::from_str(yaml).unwrap();
+            let env = |_: &str| Some("x".to_string());
+            let e = security_properties(&sec, env).unwrap_err();
+            assert_eq!(
+                e,
+                SourceError::InvalidSpec {
+                    field: format!("spec.source.kafka.security.{field}"),
+                    reason: format!(
+                        "only applies to protocol SSL or SASL_SSL, not {}",
+                        sec.protocol.librdkafka_name().to_uppercase()
+                    ),
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn producer_and_admin_get_the_connection_properties_but_not_consumer_tuning() {
+        let s = spec(
+            "{topics: [a], consumerGroup: g, security: {protocol: SSL}, properties: \
+             {ssl.ca.location: /ca.pem, ssl.endpoint.identification.algorithm: none, \
+             client.dns.lookup: resolve_canonical_bootstrap_servers_only, socket.timeout.ms: '9000', \
+             fetch.min.bytes: '1024', session.timeout.ms: '30000'}}",
+        );
+        let st = SourceSettings::from_spec("p", &s, "b:9093", None).unwrap();
+        let consumer = st.consumer_config();
+        assert_eq!(consumer.get("fetch.min.bytes"), Some("1024"));
+        for c in [st.producer_config(), st.client_config()] {
+            assert_eq!(c.get("bootstrap.servers"), Some("b:9093"));
+            assert_eq!(c.get("security.protocol"), Some("ssl"));
+            // The spec's property overrides the security default (probe), as for the consumer.
+            assert_eq!(c.get("ssl.ca.location"), Some("/ca.pem"));
+            assert_eq!(consumer.get("ssl.ca.location"), Some("/ca.pem"));
+            assert_eq!(c.get("ssl.endpoint.identification.algorithm"), Some("none"));
+            assert_eq!(
+                c.get("client.dns.lookup"),
+                Some("resolve_canonical_bootstrap_servers_only")
+            );
+            assert_eq!(c.get("socket.timeout.ms"), Some("9000"));
+            assert_eq!(c.get("fetch.min.bytes"), None);
+            assert_eq!(c.get("session.timeout.ms"), None);
+            assert_eq!(c.get("group.id"), None);
+        }
+        // An admin client built from the producer's configuration keeps only the connection.
+        use admin::Cluster;
+        let a = st.producer_config().client_config();
+        assert_eq!(a.get("ssl.ca.location"), Some("/ca.pem"));
+        assert_eq!(a.get("enable.idempotence"), None);
+    }
+
+    /// The linked librdkafka has TLS and SCRAM (rdkafka feature `ssl-vendored`), and no
+    /// GSSAPI, which Vigil does not offer.
+    #[test]
+    fn librdkafka_is_built_with_tls_and_scram_but_not_gssapi() {
+        let features = ClientConfig::new()
+            .create_native_config()
+            .unwrap()
+            .get("builtin.features")
+            .unwrap();
+        let features: Vec<&str> = features.split(',').collect();
+        for f in ["ssl", "sasl_plain", "sasl_scram"] {
+            assert!(features.contains(&f), "{f} missing from {features:?}");
+        }
+        assert!(!features.contains(&"sasl_gssapi"), "{features:?}");
     }
 
     #[test]

@@ -289,6 +289,32 @@ fn detector_pod(
                 ..Volume::default()
             });
         }
+        if let Some(secret) = &security.client_cert_secret {
+            for (name, value) in [
+                (contract_env::KAFKA_CERT_FILE, contract::KAFKA_CERT_FILE),
+                (contract_env::KAFKA_KEY_FILE, contract::KAFKA_KEY_FILE),
+            ] {
+                env.push(EnvVar {
+                    name: name.into(),
+                    value: Some(value.into()),
+                    ..EnvVar::default()
+                });
+            }
+            mounts.push(VolumeMount {
+                name: "kafka-client-cert".into(),
+                mount_path: contract::KAFKA_CLIENT_CERT_DIR.into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            });
+            volumes.push(Volume {
+                name: "kafka-client-cert".into(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(secret.clone()),
+                    ..SecretVolumeSource::default()
+                }),
+                ..Volume::default()
+            });
+        }
     }
     // Client TLS of the model servers (AnomalyModel spec.tls), one directory per model; the
     // rendered model names it (see `render_rules`).
@@ -556,6 +582,80 @@ mod tests {
                 .iter()
                 .all(|m| m.name != "checkpoints")
         );
+    }
+
+    #[test]
+    fn kafka_security_secrets_are_mounted_and_named_in_the_environment() {
+        let (_, d) = nab_fixture();
+        let p = crate::controller::test_fixtures::parse_pipeline(|s| {
+            s.replace(
+                "consumerGroup: nab",
+                "consumerGroup: nab, security: {protocol: SASL_SSL, saslMechanism: SCRAM-SHA-256, \
+                 credentialsSecret: creds, caSecret: ca, clientCertSecret: client-tls}",
+            )
+        });
+        let v = validate(&p, &d, None).unwrap();
+        let pod = build(&v, &OperatorConfig::test())
+            .unwrap()
+            .stateful_set
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap();
+        let c = &pod.containers[0];
+        let env: BTreeMap<&str, &EnvVar> = c
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|e| (e.name.as_str(), e))
+            .collect();
+        let secret_ref = |name: &str| {
+            let s = env[name]
+                .value_from
+                .as_ref()
+                .unwrap()
+                .secret_key_ref
+                .as_ref()
+                .unwrap();
+            (s.name.clone(), s.key.clone())
+        };
+        assert_eq!(
+            secret_ref(contract_env::KAFKA_USERNAME),
+            ("creds".into(), "username".into())
+        );
+        assert_eq!(
+            secret_ref(contract_env::KAFKA_PASSWORD),
+            ("creds".into(), "password".into())
+        );
+        let value = |name: &str| env[name].value.as_deref().unwrap();
+        assert_eq!(
+            value(contract_env::KAFKA_CA_FILE),
+            "/etc/vigil-kafka-ca/ca.crt"
+        );
+        assert_eq!(
+            value(contract_env::KAFKA_CERT_FILE),
+            "/etc/vigil-kafka-client/tls.crt"
+        );
+        assert_eq!(
+            value(contract_env::KAFKA_KEY_FILE),
+            "/etc/vigil-kafka-client/tls.key"
+        );
+        let mounts = c.volume_mounts.as_ref().unwrap();
+        let volumes = pod.volumes.as_ref().unwrap();
+        for (volume, dir, secret) in [
+            ("kafka-ca", "/etc/vigil-kafka-ca", "ca"),
+            ("kafka-client-cert", "/etc/vigil-kafka-client", "client-tls"),
+        ] {
+            let m = mounts.iter().find(|m| m.name == volume).unwrap();
+            assert_eq!((m.mount_path.as_str(), m.read_only), (dir, Some(true)));
+            let v = volumes.iter().find(|v| v.name == volume).unwrap();
+            assert_eq!(
+                v.secret.as_ref().unwrap().secret_name.as_deref(),
+                Some(secret)
+            );
+        }
     }
 
     #[test]

@@ -142,6 +142,22 @@ pub fn validate(
                 "required when the protocol uses SASL",
             ));
         }
+        if !security.protocol.uses_tls() {
+            for (field, set) in [
+                ("caSecret", security.ca_secret.is_some()),
+                ("clientCertSecret", security.client_cert_secret.is_some()),
+            ] {
+                if set {
+                    return Err(FieldError::new(
+                        format!("spec.source.kafka.security.{field}"),
+                        format!(
+                            "only applies to protocol SSL or SASL_SSL, not {}",
+                            security.protocol.librdkafka_name().to_uppercase()
+                        ),
+                    ));
+                }
+            }
+        }
     }
     if let Some(c) = &spec.checkpointing {
         let file = c.location.starts_with("file://");
@@ -331,6 +347,44 @@ mod tests {
         assert!(e.message.contains("60000 ms for size 30000 ms"), "{e}");
         let p = parse_pipeline(|s| s.replace("name: nab\n", "name: 9nab\n"));
         assert_eq!(validate(&p, &d, None).unwrap_err().field, "metadata.name");
+    }
+
+    #[test]
+    fn tls_secrets_need_a_tls_protocol() {
+        let (_, d) = nab_fixture();
+        let with = |security: &str| {
+            let security = security.to_string();
+            parse_pipeline(move |s| {
+                s.replace(
+                    "consumerGroup: nab",
+                    &format!("consumerGroup: nab, security: {security}"),
+                )
+            })
+        };
+        for (security, field) in [
+            (
+                "{protocol: PLAINTEXT, caSecret: ca}",
+                "spec.source.kafka.security.caSecret",
+            ),
+            (
+                "{protocol: SASL_PLAINTEXT, saslMechanism: PLAIN, credentialsSecret: c, clientCertSecret: t}",
+                "spec.source.kafka.security.clientCertSecret",
+            ),
+        ] {
+            let e = validate(&with(security), &d, None).unwrap_err();
+            assert_eq!(e.field, field, "{security}");
+            assert!(
+                e.message
+                    .contains("only applies to protocol SSL or SASL_SSL"),
+                "{e}"
+            );
+        }
+        for ok in [
+            "{protocol: SSL, caSecret: ca, clientCertSecret: t}",
+            "{protocol: SASL_SSL, saslMechanism: SCRAM-SHA-512, credentialsSecret: c, caSecret: ca, clientCertSecret: t}",
+        ] {
+            validate(&with(ok), &d, None).unwrap();
+        }
     }
 
     #[test]
