@@ -21,7 +21,7 @@ use clap::{Parser, Subcommand};
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
-use vigil_api::v1alpha1::{AnomalyModel, Savepoint, StreamPipeline};
+use vigil_api::v1alpha1::{AnomalyModel, RevisionRecord, Savepoint, StreamPipeline};
 
 /// Field manager of the plugin's writes.
 const MANAGER: &str = "kubectl-vigil";
@@ -115,7 +115,7 @@ fn rollback(m: &AnomalyModel, to: Option<&str>) -> anyhow::Result<(Value, String
         None => history
             .iter()
             .rev()
-            .find(|h| h.revision != *current || h.artifact != m.spec.artifact)
+            .find(|h| !is_spec(h, m))
             .with_context(|| {
                 format!(
                     "am/{} has no earlier served revision to roll back to (served: {})",
@@ -124,13 +124,12 @@ fn rollback(m: &AnomalyModel, to: Option<&str>) -> anyhow::Result<(Value, String
                 )
             })?,
     };
-    if target.revision == *current && target.artifact == m.spec.artifact && m.spec.rollout.is_none()
-    {
+    if is_spec(target, m) && m.spec.rollout.is_none() {
         bail!("am/{} already serves revision {current}", m.name_any());
     }
     let patch = json!({"spec": {
         "revision": target.revision,
-        "artifact": target.artifact,
+        "artifact": {"uri": target.uri, "sha256": target.sha256},
         "rollout": null,
     }});
     Ok((
@@ -139,9 +138,16 @@ fn rollback(m: &AnomalyModel, to: Option<&str>) -> anyhow::Result<(Value, String
             "am/{} rolled back from revision {current} to revision {} ({})",
             m.name_any(),
             target.revision,
-            target.artifact.uri
+            target.uri
         ),
     ))
+}
+
+/// Whether `h` is what the spec asks for now.
+fn is_spec(h: &RevisionRecord, m: &AnomalyModel) -> bool {
+    h.revision == m.spec.revision
+        && h.uri == m.spec.artifact.uri
+        && h.sha256 == m.spec.artifact.sha256
 }
 
 fn revisions(m: &AnomalyModel) -> String {
@@ -239,7 +245,7 @@ fn model_text(m: &AnomalyModel) -> String {
             h.replaced_at
                 .as_ref()
                 .map_or("-".to_string(), |t| t.0.to_string()),
-            h.artifact.uri
+            h.uri
         ));
     }
     out
@@ -374,7 +380,7 @@ async fn main() -> anyhow::Result<()> {
 mod tests {
     use super::*;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-    use vigil_api::v1alpha1::{AnomalyModelStatus, Artifact, RevisionRecord};
+    use vigil_api::v1alpha1::AnomalyModelStatus;
 
     fn model(revision: &str, served: &[&str], rollout: bool) -> AnomalyModel {
         let artifact =
@@ -396,10 +402,8 @@ mod tests {
                 .iter()
                 .map(|r| RevisionRecord {
                     revision: (*r).into(),
-                    artifact: Artifact {
-                        uri: format!("https://m/{r}.onnx"),
-                        sha256: r.repeat(64),
-                    },
+                    uri: format!("https://m/{r}.onnx"),
+                    sha256: r.repeat(64),
                     served_at: t.clone(),
                     replaced_at: None,
                 })

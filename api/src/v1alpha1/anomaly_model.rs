@@ -222,6 +222,7 @@ pub struct AnomalyModelStatus {
     /// The revisions served as stable, oldest first, at most [`HISTORY_LIMIT`]: what
     /// `kubectl vigil rollback` can return to.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10))]
     pub history: Vec<RevisionRecord>,
 }
 
@@ -234,8 +235,11 @@ pub const HISTORY_LIMIT: usize = 10;
 pub struct RevisionRecord {
     /// `spec.revision` then.
     pub revision: String,
-    /// `spec.artifact` then (its URI and digest).
-    pub artifact: Artifact,
+    /// `spec.artifact.uri` then.
+    pub uri: String,
+    /// `spec.artifact.sha256` then. (Plain fields, not an [`Artifact`]: status needs no CEL
+    /// validation, whose estimated cost over a list would exceed the API server's budget.)
+    pub sha256: String,
     /// When its rollout completed.
     pub served_at: Time,
     /// When another revision's rollout completed; absent while it is served.

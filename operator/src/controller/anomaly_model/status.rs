@@ -164,10 +164,11 @@ pub fn status(model: &AnomalyModel, outcome: &Outcome<'_>, now: Time) -> Anomaly
 /// revision and digest), marking the previous one replaced; keeps [`HISTORY_LIMIT`] entries.
 fn record_served(history: &mut Vec<RevisionRecord>, model: &AnomalyModel, now: &Time) {
     let spec = &model.spec;
-    if history
-        .last()
-        .is_some_and(|h| h.revision == spec.revision && h.artifact == spec.artifact)
-    {
+    if history.last().is_some_and(|h| {
+        h.revision == spec.revision
+            && h.uri == spec.artifact.uri
+            && h.sha256 == spec.artifact.sha256
+    }) {
         return;
     }
     if let Some(last) = history.last_mut() {
@@ -175,7 +176,8 @@ fn record_served(history: &mut Vec<RevisionRecord>, model: &AnomalyModel, now: &
     }
     history.push(RevisionRecord {
         revision: spec.revision.clone(),
-        artifact: spec.artifact.clone(),
+        uri: spec.artifact.uri.clone(),
+        sha256: spec.artifact.sha256.clone(),
         served_at: now.clone(),
         replaced_at: None,
     });
@@ -284,7 +286,7 @@ mod tests {
             ["1", "2"]
         );
         assert_eq!(s.history[0].replaced_at, Some(time(5)));
-        assert_eq!(s.history[1].artifact.sha256, "c".repeat(64));
+        assert_eq!(s.history[1].sha256, "c".repeat(64));
         m.status = Some(s);
         for r in 3..20 {
             m.spec.revision = r.to_string();
