@@ -299,6 +299,19 @@ async fn patch_model(
 async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let args = Args::parse();
+    // What is asked for is checked before any request.
+    match &args.command {
+        Command::Status { resource } => {
+            parse_resource(resource)?;
+        }
+        Command::Rollback { resource, .. }
+        | Command::Promote { resource }
+        | Command::Abort { resource } => {
+            if parse_resource(resource)?.0 != Kind::Model {
+                bail!("`{resource}`: only AnomalyModels (am/NAME) have revisions");
+            }
+        }
+    }
     let client = Client::try_default()
         .await
         .context("no Kubernetes client (KUBECONFIG or in-cluster config)")?;
