@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use vigil_core::engine::{Engine, Outputs, RawRecord};
 
-use crate::scoring::{ModelScorer, ScoreReport, ScoringWorker};
+use crate::scoring::{ModelScorer, ScoreReport, ScoringWorker, ShadowVerdict};
 
 /// The engine and its model scorer.
 pub struct Driver {
@@ -50,6 +50,14 @@ impl Driver {
             }
             None => 0,
         }
+    }
+
+    /// The shadow candidates' verdicts that came back with the scores (background worker).
+    pub fn take_shadow(&self) -> Vec<ShadowVerdict> {
+        self.worker
+            .as_ref()
+            .map(ScoringWorker::take_shadow)
+            .unwrap_or_default()
     }
 
     /// Waits up to `timeout` for the background worker's windows, then applies their scores

@@ -4,7 +4,8 @@
 //!   revision 2, every window of a key by the same revision; their alerts say `revision: "2"`,
 //!   the others `"1"`; the per-revision metrics count each side.
 //! - Shadow: revision 2 scores every window too, but every alert comes from revision 1; the
-//!   candidate's windows and would-be anomalies are counted per revision.
+//!   candidate's windows and would-be anomalies are counted per revision and its verdicts are
+//!   recorded on the KPI topic (`dev.vigil.model.shadow`).
 //!
 //! Needs `scripts/kafka.sh start && eval "$(scripts/kafka.sh env)"` and
 //! `eval "$(scripts/setup-onnxruntime.sh)"`.
@@ -29,7 +30,7 @@ const FEATURES: &str =
 const SHA: &str = "7e012d6a342083e143034a47c11a6858f749b9866baebfdb9d3965c8dd52e0cb";
 const KEYS: usize = 100;
 
-fn pipeline(src: &str, group: &str, alerts: &str) -> String {
+fn pipeline(src: &str, group: &str, alerts: &str, kpis: &str) -> String {
     format!(
         r#"apiVersion: vigil.dev/v1alpha1
 kind: StreamPipeline
@@ -38,7 +39,7 @@ spec:
   source: {{kafka: {{topics: [{src}], consumerGroup: {group}}}}}
   format: {{keyField: k, eventTime: {{field: t}}, wide: {{fields: [{{name: v}}]}}}}
   windows: [{{name: slow, size: 5s}}]
-  sinks: {{alerts: {{topic: {alerts}}}}}
+  sinks: {{alerts: {{topic: {alerts}}}, kpis: {{topic: {kpis}}}}}
 ---
 apiVersion: vigil.dev/v1alpha1
 kind: DetectionRule
@@ -89,15 +90,27 @@ fn events() -> Vec<(Option<&'static str>, Vec<u8>)> {
     out
 }
 
-/// Runs the detector over [`events`] with `rollout`; the revision of each key's model alert,
-/// and the metrics.
-fn run(rollout: &str) -> (BTreeMap<String, String>, Metrics) {
+/// What a run left: the revision of each key's model alert, the shadow records on the KPI
+/// topic, and the metrics.
+struct Run {
+    by_key: BTreeMap<String, String>,
+    shadow: Vec<serde_json::Value>,
+    metrics: Metrics,
+}
+
+/// Runs the detector over [`events`] with `rollout`.
+fn run(rollout: &str) -> Run {
     let b = bootstrap();
-    let (src, alerts, group) = (unique("src"), unique("alerts"), unique("group"));
-    create_topics(&b, &[(&src, 1), (&alerts, 1)]);
+    let (src, alerts, kpis, group) = (
+        unique("src"),
+        unique("alerts"),
+        unique("kpis"),
+        unique("group"),
+    );
+    create_topics(&b, &[(&src, 1), (&alerts, 1), (&kpis, 1)]);
     let repo = two_revisions();
     let server = TestServer::start_in(repo.path(), 0, None);
-    let (p, rules) = manifests(&pipeline(&src, &group, &alerts));
+    let (p, rules) = manifests(&pipeline(&src, &group, &alerts, &kpis));
     let mut cfg = RunnerConfig::new(p, rules, b.clone());
     cfg.models = model(rollout).models;
     cfg.model_server = Some(server.uri.clone());
@@ -128,12 +141,26 @@ fn run(rollout: &str) -> (BTreeMap<String, String>, Metrics) {
     h.stop();
     h.join().expect("clean stop");
     drop(server);
-    (by_key, metrics)
+    let shadow = read_all(&b, &kpis)
+        .iter()
+        .map(json)
+        .filter(|r| r["type"] == "dev.vigil.model.shadow")
+        .collect();
+    Run {
+        by_key,
+        shadow,
+        metrics,
+    }
 }
 
 #[test]
 fn a_canary_scores_a_fifth_of_the_keys_with_the_candidate_and_labels_their_alerts() {
-    let (by_key, metrics) = run("strategy: Canary, weight: 20");
+    let Run {
+        by_key,
+        shadow,
+        metrics,
+    } = run("strategy: Canary, weight: 20");
+    assert!(shadow.is_empty(), "a canary records no shadow verdicts");
     let canary: Vec<&String> = by_key
         .iter()
         .filter(|(_, rev)| *rev == "2")
@@ -166,7 +193,11 @@ fn a_canary_scores_a_fifth_of_the_keys_with_the_candidate_and_labels_their_alert
 
 #[test]
 fn a_shadow_candidate_scores_every_window_and_alerts_on_none() {
-    let (by_key, metrics) = run("strategy: Shadow");
+    let Run {
+        by_key,
+        shadow,
+        metrics,
+    } = run("strategy: Shadow");
     assert!(
         by_key.values().all(|rev| rev == "1"),
         "every alert comes from the stable revision: {by_key:?}"
@@ -188,5 +219,22 @@ fn a_shadow_candidate_scores_every_window_and_alerts_on_none() {
         s.revision_anomalous_total("iforest", "2", "shadow"),
         served,
         "and would have flagged each (threshold 1000)"
+    );
+    // The would-be verdicts are recorded on the KPI topic, one per window.
+    assert_eq!(
+        shadow.len() as u64,
+        served,
+        "shadow records on the KPI topic"
+    );
+    let keys: std::collections::BTreeSet<&str> =
+        shadow.iter().filter_map(|r| r["key"].as_str()).collect();
+    assert_eq!(keys.len(), KEYS);
+    assert!(
+        shadow.iter().all(|r| r["revision"] == "2"
+            && r["servedRevision"] == "1"
+            && r["rule"] == "forest"
+            && r["anomalous"] == true),
+        "{:?}",
+        shadow.first()
     );
 }

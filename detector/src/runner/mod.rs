@@ -452,6 +452,9 @@ impl Core {
 
     fn tick(&mut self, now_ms: i64) {
         self.driver.apply_scored(now_ms, &mut self.out);
+        for v in self.driver.take_shadow() {
+            self.sinks.send_shadow(&v, now_ms);
+        }
         self.driver.advance(now_ms, &mut self.out);
         if !(self.out.alerts.is_empty()
             && self.out.windows.is_empty()

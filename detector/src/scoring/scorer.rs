@@ -189,8 +189,9 @@ pub struct ScoreReport {
     pub unrouted: usize,
     /// Requests sent.
     pub batches: Vec<BatchStat>,
-    /// Windows a shadow candidate scored (evidence only, see [`ScoringMetrics`]).
-    pub shadow: usize,
+    /// What a shadow candidate said of the windows it scored (evidence only: counted in
+    /// [`ScoringMetrics`], recorded on the KPI sink by the detector).
+    pub shadow: Vec<ShadowVerdict>,
     /// The inputs that were not scored but may be later: skipped (circuit open) or failed
     /// with a transient error or timeout (not rejected, not unrouted), in input order.
     /// [`crate::scoring::worker::ScoringWorker`] keeps them for re-scoring; a one-shot caller
@@ -626,7 +627,11 @@ impl ModelScorer {
                     .revision_windows(&model, &version, "shadow", "scored", batch.len());
                 let scored: Vec<(ModelInput, f32)> = batch.into_iter().zip(scores).collect();
                 self.observe(Role::Shadow, &scored);
-                report.shadow += scored.len();
+                report.shadow.extend(
+                    scored
+                        .iter()
+                        .filter_map(|(i, raw)| ShadowVerdict::of(i, *raw)),
+                );
             }
             Err(_) => {
                 self.metrics
@@ -701,6 +706,64 @@ impl ModelScorer {
                 }
             }
         }
+    }
+}
+
+/// A shadow candidate's would-be verdict on one window: what it scored and whether the window
+/// would have been anomalous (the model's threshold, `spec.output`), beside the revision that
+/// decided it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShadowVerdict {
+    /// AnomalyModel name.
+    pub model: String,
+    /// The candidate revision that scored it in the shadow.
+    pub revision: String,
+    /// The stable revision whose score decided the window.
+    pub served_revision: String,
+    /// DetectionRule name.
+    pub rule: String,
+    /// Entity key.
+    pub key: Box<str>,
+    /// Window start, epoch ms.
+    pub window_start: i64,
+    /// Window end (exclusive), epoch ms.
+    pub window_end: i64,
+    /// The candidate's raw score.
+    pub raw_score: f32,
+    /// Mapped to [0, 1] (0.5 at the threshold).
+    pub score: f64,
+    /// Past the threshold: the candidate would have flagged the window.
+    pub anomalous: bool,
+}
+
+impl ShadowVerdict {
+    fn of(input: &ModelInput, raw: f32) -> Option<Self> {
+        let c = &input.contract;
+        let (score, anomalous) = c.map_score(f64::from(raw), c.threshold)?;
+        Some(Self {
+            model: c.model.clone(),
+            revision: input.version().to_string(),
+            served_revision: c.version.clone(),
+            rule: input.rule_name.clone(),
+            key: input.key.clone(),
+            window_start: input.window_start,
+            window_end: input.window_end,
+            raw_score: raw,
+            score,
+            anomalous,
+        })
+    }
+
+    /// The KPI-sink record: a JSON object with `type` `dev.vigil.model.shadow`.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "type": "dev.vigil.model.shadow",
+            "model": self.model, "revision": self.revision,
+            "servedRevision": self.served_revision, "rule": self.rule, "key": self.key,
+            "start": self.window_start, "end": self.window_end,
+            "rawScore": self.raw_score, "score": self.score, "anomalous": self.anomalous,
+        }))
+        .unwrap_or_default()
     }
 }
 
@@ -1073,7 +1136,7 @@ mod tests {
             on_candidate as u64
         );
         assert_eq!(m.revision_anomalous_total("m", "1", "served"), 0);
-        assert_eq!(r.shadow, 0);
+        assert!(r.shadow.is_empty());
     }
 
     #[test]
@@ -1089,7 +1152,12 @@ mod tests {
                 .all(|(i, score)| *score < 0.0 && !i.candidate),
             "only the stable revision's scores reach the alert lifecycle"
         );
-        assert_eq!(r.shadow, 100);
+        assert_eq!(r.shadow.len(), 100);
+        assert!(
+            r.shadow
+                .iter()
+                .all(|v| v.anomalous && v.revision == "2" && v.served_revision == "1")
+        );
         let calls = b.0.lock().unwrap().clone();
         let rows = |v: &str| {
             calls
@@ -1137,7 +1205,7 @@ mod tests {
         for _ in 0..5 {
             let r = s.score(rollout_inputs(None));
             assert_eq!(r.scored.len(), 100, "the stable revision keeps scoring");
-            assert_eq!((r.skipped, r.shadow), (0, 0));
+            assert_eq!((r.skipped, r.shadow.len()), (0, 0));
         }
         assert!(!s.is_degraded("m"));
         let m = s.metrics();

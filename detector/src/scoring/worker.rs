@@ -36,7 +36,9 @@ use std::time::{Duration, Instant};
 
 use vigil_api::v1alpha1::AnomalyModel;
 
-use super::scorer::{ModelScorer, ScoreReport, ScorerConfig, ScoringError, check_routes};
+use super::scorer::{
+    ModelScorer, ScoreReport, ScorerConfig, ScoringError, ShadowVerdict, check_routes,
+};
 use super::{ModelInput, ScoringMetrics};
 
 /// How long the worker waits before trying again when a round scored nothing.
@@ -66,6 +68,7 @@ pub struct ScoringWorker {
     metrics: ScoringMetrics,
     max_backlog: usize,
     thread: Option<JoinHandle<()>>,
+    shadow: std::sync::Mutex<Vec<ShadowVerdict>>,
 }
 
 impl std::fmt::Debug for ScoringWorker {
@@ -107,6 +110,7 @@ impl ScoringWorker {
             metrics,
             max_backlog,
             thread: Some(thread),
+            shadow: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -154,13 +158,29 @@ impl ScoringWorker {
         }
     }
 
-    /// The scores that came back since the last call, oldest first; never blocks.
+    /// The scores that came back since the last call, oldest first; never blocks. Shadow
+    /// verdicts that came with them wait for [`Self::take_shadow`].
     pub fn take_scored(&self) -> Vec<(ModelInput, f32)> {
         let mut out = Vec::new();
         while let Ok(r) = self.scored.try_recv() {
-            out.extend(r.scored);
+            self.keep(r, &mut out);
         }
         out
+    }
+
+    fn keep(&self, r: ScoreReport, out: &mut Vec<(ModelInput, f32)>) {
+        out.extend(r.scored);
+        if !r.shadow.is_empty() {
+            self.shadow
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(r.shadow);
+        }
+    }
+
+    /// The shadow verdicts received so far (see [`ShadowVerdict`]).
+    pub fn take_shadow(&self) -> Vec<ShadowVerdict> {
+        std::mem::take(&mut *self.shadow.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Windows submitted and not yet scored or dropped.
@@ -180,7 +200,7 @@ impl ScoringWorker {
                 break;
             }
             match self.scored.recv_timeout(left.min(IDLE_RETRY)) {
-                Ok(r) => out.extend(r.scored),
+                Ok(r) => self.keep(r, &mut out),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
@@ -357,7 +377,9 @@ impl WorkerState {
                     q.push_front(i);
                 }
             }
-            if !report.scored.is_empty() && self.scored.send(report).is_err() {
+            if !(report.scored.is_empty() && report.shadow.is_empty())
+                && self.scored.send(report).is_err()
+            {
                 return progressed; // the run loop is gone
             }
         }

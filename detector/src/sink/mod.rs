@@ -19,6 +19,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use vigil_api::v1alpha1::SinksSpec;
 
+use crate::scoring::ShadowVerdict;
 use crate::telemetry::Metrics;
 use vigil_core::engine::{DeadLetter, WindowResult};
 use vigil_core::rules::alert::Alert;
@@ -465,6 +466,30 @@ impl Sinks {
             &topic,
             Some(w.key.as_bytes()),
             &payload,
+            OwnedHeaders::new(),
+            now_ms,
+            SinkKind::Kpis,
+            origin,
+        );
+    }
+
+    /// Records a shadow candidate's verdict on the KPI topic, keyed by the entity key (a
+    /// `dev.vigil.model.shadow` JSON record, see [`ShadowVerdict::to_json`]); nothing without
+    /// a KPI sink (the verdicts are still counted in the scoring metrics).
+    pub fn send_shadow(&self, v: &ShadowVerdict, now_ms: i64) {
+        let Some(topic) = self.topics.kpis.clone() else {
+            return;
+        };
+        let origin = Origin {
+            topic: "",
+            partition: -1,
+            processed: Instant::now(),
+            trigger_timestamp_ms: None,
+        };
+        self.send(
+            &topic,
+            Some(v.key.as_bytes()),
+            &v.to_json(),
             OwnedHeaders::new(),
             now_ms,
             SinkKind::Kpis,
