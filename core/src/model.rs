@@ -62,13 +62,18 @@ pub struct ModelRollout {
     pub canary_weight: Option<u8>,
 }
 
-/// A key's canary bucket, 0..100: the 64-bit FNV-1a hash of the key modulo 100. Stable across
-/// processes, restarts and versions, so a key stays with one revision for a rollout's life.
-pub fn canary_bucket(key: &str) -> u8 {
-    let h = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+/// The 64-bit FNV-1a hash of a key: stable across processes, restarts and versions (the
+/// seed of a key's randomised detectors, and its canary bucket).
+pub fn key_hash(key: &str) -> u64 {
+    key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
-    (h % 100) as u8
+    })
+}
+
+/// A key's canary bucket, 0..100: [`key_hash`] modulo 100, so a key stays with one revision
+/// for a rollout's life.
+pub fn canary_bucket(key: &str) -> u8 {
+    (key_hash(key) % 100) as u8
 }
 
 /// Most windows a sequence model may read (`spec.input.lookback`); bounds the per-key state.

@@ -15,70 +15,10 @@ use kafka_support::{
     bootstrap, create_topics, json, manifests, produce, read_all, unique, wait_until,
 };
 use model_support::TestServer;
-use vigil_api::manifest::Manifests;
+use model_support::presses::{events, iforest, yaml};
 use vigil_detector::runner::{self, RunnerConfig};
 use vigil_detector::scoring::ScorerConfig;
 use vigil_detector::telemetry::Metrics;
-
-const FEATURES: &str =
-    "[v.count, v.sum, v.mean, v.min, v.max, v.stddev, v.last, v.rate, v.p50, v.p95, v.p99]";
-
-fn yaml(src: &str, group: &str, alerts: &str) -> String {
-    format!(
-        r#"apiVersion: vigil.dev/v1alpha1
-kind: StreamPipeline
-metadata: {{name: presses}}
-spec:
-  source: {{kafka: {{topics: [{src}], consumerGroup: {group}}}}}
-  format: {{keyField: k, eventTime: {{field: t}}, wide: {{fields: [{{name: v}}]}}}}
-  windows:
-    - {{name: fast, size: 1s}}
-    - {{name: slow, size: 5s}}
-  sinks: {{alerts: {{topic: {alerts}}}}}
----
-apiVersion: vigil.dev/v1alpha1
-kind: DetectionRule
-metadata: {{name: hot}}
-spec: {{window: fast, threshold: {{field: v, feature: max, operator: '>', value: 100}}}}
----
-apiVersion: vigil.dev/v1alpha1
-kind: DetectionRule
-metadata: {{name: forest}}
-spec: {{window: slow, model: {{modelRef: iforest}}}}
-"#
-    )
-}
-
-fn model() -> Manifests {
-    let mut m = Manifests::default();
-    m.add_str(
-        "model",
-        &format!(
-            "apiVersion: vigil.dev/v1alpha1\nkind: AnomalyModel\nmetadata: {{name: iforest}}\nspec:\n  revision: \"1\"\n  artifact: {{uri: file://models/repository/iforest/1/model.onnx, sha256: 7e012d6a342083e143034a47c11a6858f749b9866baebfdb9d3965c8dd52e0cb}}\n  input: {{tensor: features, window: slow, features: {FEATURES}}}\n  output: {{tensor: scores, anomalousWhen: Below, threshold: 0.0}}\n"
-        ),
-    )
-    .unwrap();
-    m
-}
-
-/// Events of key `a` every 250 ms of event time in `[from, to)` seconds; the first half of
-/// every second second is hot (the threshold rule fires, then resolves).
-fn events(from: i64, to: i64) -> Vec<(Option<&'static str>, Vec<u8>)> {
-    (from * 4..to * 4)
-        .map(|i| {
-            let t = i * 250;
-            let v = if (t / 1000) % 2 == 0 && t % 1000 < 500 {
-                150.0
-            } else {
-                50.0 + (i % 5) as f64
-            };
-            (
-                Some("a"),
-                format!(r#"{{"k":"a","t":{t},"v":{v}}}"#).into_bytes(),
-            )
-        })
-        .collect()
-}
 
 fn firing(b: &str, topic: &str, rule: &str) -> usize {
     read_all(b, topic)
@@ -96,7 +36,7 @@ fn the_detector_keeps_alerting_through_a_model_server_outage() {
     let (p, rules) = manifests(&yaml(&src, &group, &alerts));
     let server = TestServer::start(0);
     let mut cfg = RunnerConfig::new(p, rules, b.clone());
-    cfg.models = model().models;
+    cfg.models = iforest(0.0).models;
     cfg.model_server = Some(server.uri.clone());
     cfg.scorer = ScorerConfig {
         deadline: Duration::from_millis(500),
@@ -113,7 +53,7 @@ fn the_detector_keeps_alerting_through_a_model_server_outage() {
     let wait = Duration::from_secs(60);
 
     // Up: 5-second windows are scored.
-    produce(&b, &src, &events(0, 30));
+    produce(&b, &src, &events("a", 0, 30));
     assert!(
         wait_until(wait, || s.windows_total("iforest", "scored") >= 5),
         "scored {}",
@@ -126,7 +66,7 @@ fn the_detector_keeps_alerting_through_a_model_server_outage() {
     let port = server.kill();
     let hot_before = firing(&b, &alerts, "hot");
     let scored_before = s.windows_total("iforest", "scored");
-    produce(&b, &src, &events(30, 60));
+    produce(&b, &src, &events("a", 30, 60));
     assert!(
         wait_until(wait, || firing(&b, &alerts, "hot") >= hot_before + 10),
         "rule alerts stopped during the outage"
@@ -145,7 +85,7 @@ fn the_detector_keeps_alerting_through_a_model_server_outage() {
     // Back on the same port: scoring resumes by itself.
     let server = TestServer::start(port);
     std::thread::sleep(Duration::from_millis(400));
-    produce(&b, &src, &events(60, 90));
+    produce(&b, &src, &events("a", 60, 90));
     assert!(
         wait_until(wait, || s.windows_total("iforest", "scored")
             >= scored_before + 5),

@@ -19,14 +19,13 @@ use std::time::Duration;
 use kafka_support::{
     bootstrap, create_topics, json, manifests, produce, read_all, unique, wait_until,
 };
+use model_support::presses::FEATURES;
 use model_support::{TestServer, repository};
 use vigil_api::manifest::Manifests;
 use vigil_core::model::canary_bucket;
 use vigil_detector::runner::{self, RunnerConfig};
 use vigil_detector::telemetry::Metrics;
 
-const FEATURES: &str =
-    "[v.count, v.sum, v.mean, v.min, v.max, v.stddev, v.last, v.rate, v.p50, v.p95, v.p99]";
 const SHA: &str = "7e012d6a342083e143034a47c11a6858f749b9866baebfdb9d3965c8dd52e0cb";
 const KEYS: usize = 100;
 

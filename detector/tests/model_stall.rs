@@ -18,75 +18,13 @@ use kafka_support::{
     bootstrap, create_topics, json, manifests, produce, read_all, unique, wait_until,
 };
 use model_support::TestServer;
-use vigil_api::manifest::Manifests;
+use model_support::presses::{events, iforest, yaml};
 use vigil_detector::runner::{self, RunnerConfig};
 use vigil_detector::scoring::ScorerConfig;
 use vigil_detector::telemetry::Metrics;
 
-const FEATURES: &str =
-    "[v.count, v.sum, v.mean, v.min, v.max, v.stddev, v.last, v.rate, v.p50, v.p95, v.p99]";
 /// Longer than any wait below: a run loop that waited for the hung call would miss them all.
 const DEADLINE: Duration = Duration::from_secs(90);
-
-fn yaml(src: &str, group: &str, alerts: &str) -> String {
-    format!(
-        r#"apiVersion: vigil.dev/v1alpha1
-kind: StreamPipeline
-metadata: {{name: presses}}
-spec:
-  source: {{kafka: {{topics: [{src}], consumerGroup: {group}}}}}
-  format: {{keyField: k, eventTime: {{field: t}}, wide: {{fields: [{{name: v}}]}}}}
-  windows:
-    - {{name: fast, size: 1s}}
-    - {{name: slow, size: 5s}}
-  sinks: {{alerts: {{topic: {alerts}}}}}
----
-apiVersion: vigil.dev/v1alpha1
-kind: DetectionRule
-metadata: {{name: hot}}
-spec: {{window: fast, threshold: {{field: v, feature: max, operator: '>', value: 100}}}}
----
-apiVersion: vigil.dev/v1alpha1
-kind: DetectionRule
-metadata: {{name: forest}}
-spec: {{window: slow, model: {{modelRef: iforest}}}}
-"#
-    )
-}
-
-/// The reference Isolation Forest with a threshold every window passes: each key's first
-/// scored window fires the model rule, so the alert of a key seen only while the server hangs
-/// says when its windows were scored.
-fn model() -> Manifests {
-    let mut m = Manifests::default();
-    m.add_str(
-        "model",
-        &format!(
-            "apiVersion: vigil.dev/v1alpha1\nkind: AnomalyModel\nmetadata: {{name: iforest}}\nspec:\n  revision: \"1\"\n  artifact: {{uri: file://models/repository/iforest/1/model.onnx, sha256: 7e012d6a342083e143034a47c11a6858f749b9866baebfdb9d3965c8dd52e0cb}}\n  input: {{tensor: features, window: slow, features: {FEATURES}}}\n  output: {{tensor: scores, anomalousWhen: Below, threshold: 1000.0}}\n"
-        ),
-    )
-    .unwrap();
-    m
-}
-
-/// Events of `key` every 250 ms of event time in `[from, to)` seconds; the first half of every
-/// second second is hot (the threshold rule fires, then resolves).
-fn events(key: &'static str, from: i64, to: i64) -> Vec<(Option<&'static str>, Vec<u8>)> {
-    (from * 4..to * 4)
-        .map(|i| {
-            let t = i * 250;
-            let v = if (t / 1000) % 2 == 0 && t % 1000 < 500 {
-                150.0
-            } else {
-                50.0 + (i % 5) as f64
-            };
-            (
-                Some(key),
-                format!(r#"{{"k":"{key}","t":{t},"v":{v}}}"#).into_bytes(),
-            )
-        })
-        .collect()
-}
 
 fn firing(b: &str, topic: &str, rule: &str, key: &str) -> Vec<serde_json::Value> {
     read_all(b, topic)
@@ -159,7 +97,9 @@ fn a_hung_model_server_delays_model_rules_only_and_they_catch_up() {
     let (server, port) = ServerProcess::start();
     let (p, rules) = manifests(&yaml(&src, &group, &alerts));
     let mut cfg = RunnerConfig::new(p, rules, b.clone());
-    cfg.models = model().models;
+    // A threshold every window passes: each key's first scored window fires the model rule,
+    // so the alert of a key seen only while the server hangs says when its windows were scored.
+    cfg.models = iforest(1000.0).models;
     cfg.model_server = Some(format!("http://127.0.0.1:{port}"));
     cfg.scorer = ScorerConfig {
         deadline: DEADLINE,

@@ -408,7 +408,7 @@ mod tests {
                 artifact("9")
             ));
         }
-        let mut m: AnomalyModel = serde_norway_from(&yaml);
+        let mut m: AnomalyModel = from_yaml(&yaml);
         let t = Time(k8s_openapi::jiff::Timestamp::from_second(1_700_000_000).unwrap());
         m.status = Some(AnomalyModelStatus {
             history: served
@@ -426,7 +426,7 @@ mod tests {
         m
     }
 
-    fn serde_norway_from(yaml: &str) -> AnomalyModel {
+    fn from_yaml(yaml: &str) -> AnomalyModel {
         let mut m = vigil_api::manifest::Manifests::default();
         m.add_str("test", yaml).unwrap();
         m.models.remove(0)

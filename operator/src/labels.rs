@@ -152,6 +152,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn secret_names_are_dns_subdomains() {
+        for ok in ["tls", "iforest-server.tls", "a1"] {
+            assert!(check_dns_subdomain(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "Upper", "-lead", "trail.", "under_score", &"a".repeat(254)] {
+            let e = check_dns_subdomain(bad).unwrap_err();
+            assert!(e.contains("DNS-1123 subdomain"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn dns_labels() {
         assert!(check_dns_label("nab-cpu", 40).is_ok());
         assert!(

@@ -139,7 +139,8 @@ impl Engine {
         scores.resize(self.rules.len(), None);
         let mut value = f64::NAN;
         if self.per_event_rules {
-            let seed = key_seed(&ks.name);
+            // A stable per-key seed, so replays of the same stream give the same scores.
+            let seed = crate::model::key_hash(&ks.name);
             for (idx, rule) in self.rules.iter().enumerate() {
                 let rule = &rule.compiled;
                 if let RuleKind::Detector(d) = &rule.kind
@@ -301,12 +302,4 @@ impl Engine {
         }
         applied
     }
-}
-
-/// A stable per-key seed for randomised detectors (64-bit FNV-1a of the key), so replays of
-/// the same stream give the same scores.
-fn key_seed(key: &str) -> u64 {
-    key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
 }

@@ -21,10 +21,12 @@
 
 pub mod metrics;
 pub mod scorer;
+pub mod shadow;
 pub mod worker;
 
 pub use metrics::ScoringMetrics;
-pub use scorer::{Inference, ModelScorer, ScoreReport, ScorerConfig, ScoringError, ShadowVerdict};
+pub use scorer::{Inference, ModelScorer, ScoreReport, ScorerConfig, ScoringError};
+pub use shadow::ShadowVerdict;
 pub use vigil_api::contract::MODEL_SERVER_ANNOTATION;
 pub use vigil_core::model::{ModelContract, ModelInput, ModelRollout, ModelState, WindowVector};
 pub use worker::ScoringWorker;

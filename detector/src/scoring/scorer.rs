@@ -40,6 +40,7 @@ use vigil_api::contract::model_server::{
 use vigil_api::v1alpha1::AnomalyModel;
 use vigil_model_server::client::{ClientError, InferenceClient};
 
+use super::shadow::ShadowVerdict;
 use super::{MODEL_SERVER_ANNOTATION, ModelInput, ScoringMetrics};
 
 /// A boxed, sendable future.
@@ -584,88 +585,40 @@ impl ModelScorer {
         }
     }
 
-    /// Scores a shadow batch (the candidate of a shadow rollout): evidence only, one attempt,
-    /// outside the circuit (a failing candidate does not stop the served revision), nothing
-    /// returned to the alert lifecycle.
-    fn score_shadow(&mut self, batch: Vec<ModelInput>, report: &mut ScoreReport) {
-        let model = batch[0].contract.model.clone();
-        let version = batch[0].version().to_string();
-        let route = self.routes.get(&model).expect("routed");
-        if !route.circuit.is_call_permitted() {
-            return;
-        }
+    /// Sends `batch` (one model, version and row length) as `role`: served batches with
+    /// retries and the circuit breaker, shadow batches with one attempt outside it (a failing
+    /// candidate does not stop the served revision). Records the batch and its per-revision
+    /// outcome.
+    fn call(
+        &self,
+        batch: &[ModelInput],
+        role: Role,
+        report: &mut ScoreReport,
+    ) -> Result<Vec<f32>, BatchError> {
+        let model = batch[0].contract.model.as_str();
+        let version = batch[0].version();
+        let route = self.routes.get(model).expect("routed");
         let row_len = batch[0].values.len();
         let rows: Vec<f32> = batch
             .iter()
             .flat_map(|i| i.values.iter().copied())
             .collect();
-        let started = Instant::now();
-        let result = self.rt.block_on(infer_once(
-            route,
-            &self.cfg,
-            &self.metrics,
-            &model,
-            &version,
-            &rows,
-            row_len,
-        ));
-        report.batches.push(BatchStat {
-            model: model.clone(),
-            rows: batch.len(),
-            elapsed: started.elapsed(),
-            ok: result.is_ok(),
-        });
-        match result {
-            Ok(scores) => {
-                self.metrics.batch(
-                    &model,
-                    &version,
-                    batch.len(),
-                    started.elapsed().as_secs_f64(),
-                );
-                self.metrics
-                    .revision_windows(&model, &version, "shadow", "scored", batch.len());
-                let scored: Vec<(ModelInput, f32)> = batch.into_iter().zip(scores).collect();
-                self.observe(Role::Shadow, &scored);
-                report.shadow.extend(
-                    scored
-                        .iter()
-                        .filter_map(|(i, raw)| ShadowVerdict::of(i, *raw)),
-                );
-            }
-            Err(_) => {
-                self.metrics
-                    .revision_windows(&model, &version, "shadow", "failed", batch.len());
-            }
-        }
-    }
-
-    fn score_batch(&mut self, batch: Vec<ModelInput>, report: &mut ScoreReport) {
-        let contract = batch[0].contract.clone();
-        let model = contract.model.as_str();
-        let version = batch[0].version().to_string();
-        let route = self.routes.get(model).expect("routed");
-        if !route.circuit.is_call_permitted() {
-            self.metrics.windows(model, "skipped", batch.len());
-            report.skipped += batch.len();
-            report.retry.extend(batch);
-            return;
-        }
-        let row_len = batch[0].values.len();
-        let mut rows = Vec::with_capacity(batch.len() * row_len);
-        for i in &batch {
-            rows.extend_from_slice(&i.values);
-        }
-        let started = Instant::now();
-        let result = self.rt.block_on(infer_with_retries(
-            route,
-            &self.cfg,
-            &self.metrics,
+        let req = Request {
             model,
-            &version,
-            &rows,
+            version,
+            rows: &rows,
             row_len,
-        ));
+        };
+        let started = Instant::now();
+        let result = match role {
+            Role::Served => {
+                self.rt
+                    .block_on(infer_with_retries(route, &self.cfg, &self.metrics, &req))
+            }
+            Role::Shadow => self
+                .rt
+                .block_on(infer_once(route, &self.cfg, &self.metrics, &req)),
+        };
         let elapsed = started.elapsed();
         report.batches.push(BatchStat {
             model: model.to_string(),
@@ -673,97 +626,73 @@ impl ModelScorer {
             elapsed,
             ok: result.is_ok(),
         });
-        match result {
+        let outcome = if result.is_ok() {
+            self.metrics
+                .batch(model, version, batch.len(), elapsed.as_secs_f64());
+            "scored"
+        } else {
+            "failed"
+        };
+        self.metrics
+            .revision_windows(model, version, role.label(), outcome, batch.len());
+        result
+    }
+
+    /// Scores a shadow batch (the candidate of a shadow rollout): evidence only, nothing
+    /// returned to the alert lifecycle.
+    fn score_shadow(&mut self, batch: Vec<ModelInput>, report: &mut ScoreReport) {
+        let model = &batch[0].contract.model;
+        if !self.routes[model].circuit.is_call_permitted() {
+            return;
+        }
+        if let Ok(scores) = self.call(&batch, Role::Shadow, report) {
+            let scored: Vec<(ModelInput, f32)> = batch.into_iter().zip(scores).collect();
+            self.observe(Role::Shadow, &scored);
+            report.shadow.extend(
+                scored
+                    .iter()
+                    .filter_map(|(i, raw)| ShadowVerdict::of(i, *raw)),
+            );
+        }
+    }
+
+    fn score_batch(&mut self, batch: Vec<ModelInput>, report: &mut ScoreReport) {
+        let model = batch[0].contract.model.clone();
+        let route = &self.routes[&model];
+        if !route.circuit.is_call_permitted() {
+            self.metrics.windows(&model, "skipped", batch.len());
+            report.skipped += batch.len();
+            report.retry.extend(batch);
+            return;
+        }
+        let endpoint = route.endpoint.clone();
+        match self.call(&batch, Role::Served, report) {
             Ok(scores) => {
-                self.metrics
-                    .batch(model, &version, batch.len(), elapsed.as_secs_f64());
-                self.metrics.windows(model, "scored", batch.len());
-                self.metrics
-                    .revision_windows(model, &version, "served", "scored", batch.len());
-                self.metrics.set_degraded(model, false);
+                self.metrics.windows(&model, "scored", batch.len());
+                self.metrics.set_degraded(&model, false);
                 let scored: Vec<(ModelInput, f32)> = batch.into_iter().zip(scores).collect();
                 self.observe(Role::Served, &scored);
                 report.scored.extend(scored);
             }
             Err(e) => {
-                self.metrics.set_degraded(model, true);
-                self.metrics.windows(model, "failed", batch.len());
-                self.metrics
-                    .revision_windows(model, &version, "served", "failed", batch.len());
+                self.metrics.set_degraded(&model, true);
+                self.metrics.windows(&model, "failed", batch.len());
                 report.failed += batch.len();
                 self.failures_logged += 1;
                 let n = self.failures_logged;
                 if n <= 10 || n.is_power_of_two() {
                     tracing::warn!(
-                        model = %model, endpoint = %route.endpoint, windows = batch.len(), error = %error_chain(&e), failed_batches = n,
+                        model = %model, endpoint = %endpoint, windows = batch.len(), error = %error_chain(&e), failed_batches = n,
                         "Model scoring failed after retries (rule-based detection continues)."
                     );
                 }
                 if e.is_retryable() {
                     report.retry.extend(batch);
                 } else {
-                    self.metrics.windows(model, "dropped", batch.len());
+                    self.metrics.windows(&model, "dropped", batch.len());
                 }
             }
         }
-    }
-}
-
-/// A shadow candidate's would-be verdict on one window: what it scored and whether the window
-/// would have been anomalous (the model's threshold, `spec.output`), beside the revision that
-/// decided it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ShadowVerdict {
-    /// AnomalyModel name.
-    pub model: String,
-    /// The candidate revision that scored it in the shadow.
-    pub revision: String,
-    /// The stable revision whose score decided the window.
-    pub served_revision: String,
-    /// DetectionRule name.
-    pub rule: String,
-    /// Entity key.
-    pub key: Box<str>,
-    /// Window start, epoch ms.
-    pub window_start: i64,
-    /// Window end (exclusive), epoch ms.
-    pub window_end: i64,
-    /// The candidate's raw score.
-    pub raw_score: f32,
-    /// Mapped to [0, 1] (0.5 at the threshold).
-    pub score: f64,
-    /// Past the threshold: the candidate would have flagged the window.
-    pub anomalous: bool,
-}
-
-impl ShadowVerdict {
-    fn of(input: &ModelInput, raw: f32) -> Option<Self> {
-        let c = &input.contract;
-        let (score, anomalous) = c.map_score(f64::from(raw), c.threshold)?;
-        Some(Self {
-            model: c.model.clone(),
-            revision: input.version().to_string(),
-            served_revision: c.version.clone(),
-            rule: input.rule_name.clone(),
-            key: input.key.clone(),
-            window_start: input.window_start,
-            window_end: input.window_end,
-            raw_score: raw,
-            score,
-            anomalous,
-        })
-    }
-
-    /// The KPI-sink record: a JSON object with `type` `dev.vigil.model.shadow`.
-    pub fn to_json(&self) -> Vec<u8> {
-        serde_json::to_vec(&serde_json::json!({
-            "type": "dev.vigil.model.shadow",
-            "model": self.model, "revision": self.revision,
-            "servedRevision": self.served_revision, "rule": self.rule, "key": self.key,
-            "start": self.window_start, "end": self.window_end,
-            "rawScore": self.raw_score, "score": self.score, "anomalous": self.anomalous,
-        }))
-        .unwrap_or_default()
     }
 }
 
@@ -783,35 +712,36 @@ impl Role {
     }
 }
 
+/// One inference request: `rows.len() / row_len` rows for `model` version `version`.
+struct Request<'a> {
+    model: &'a str,
+    version: &'a str,
+    rows: &'a [f32],
+    row_len: usize,
+}
+
 /// One batch with deadline, retries and the circuit breaker.
 async fn infer_with_retries(
     route: &Route,
     cfg: &ScorerConfig,
     metrics: &ScoringMetrics,
-    model: &str,
-    version: &str,
-    rows: &[f32],
-    row_len: usize,
+    req: &Request<'_>,
 ) -> Result<Vec<f32>, BatchError> {
     let attempt = || async {
-        match infer_once(route, cfg, metrics, model, version, rows, row_len).await {
-            Ok(scores) => {
-                route.circuit.on_success();
-                Ok(scores)
-            }
-            Err(e) => {
-                if e.is_retryable() {
-                    route.circuit.on_error();
-                }
-                Err(e)
-            }
+        let result = infer_once(route, cfg, metrics, req).await;
+        match &result {
+            Ok(_) => route.circuit.on_success(),
+            Err(e) if e.is_retryable() => route.circuit.on_error(),
+            Err(_) => {}
         }
+        result
     };
     let backoff = ExponentialBuilder::default()
         .with_min_delay(cfg.backoff_min)
         .with_max_delay(cfg.backoff_max)
         .with_max_times(cfg.retries)
         .with_jitter();
+    let model = req.model;
     attempt
         .retry(backoff)
         // A failure that opened the circuit ends the retries: the server is down.
@@ -820,38 +750,39 @@ async fn infer_with_retries(
         .await
 }
 
-/// One attempt with the deadline, counted in the error metrics but not in the circuit: for
-/// a shadow candidate, whose failures must not stop the served revision's scoring.
+/// One attempt with the deadline, counted in the error metrics but not in the circuit (the
+/// caller decides whether it counts there).
 async fn infer_once(
     route: &Route,
     cfg: &ScorerConfig,
     metrics: &ScoringMetrics,
-    model: &str,
-    version: &str,
-    rows: &[f32],
-    row_len: usize,
+    req: &Request<'_>,
 ) -> Result<Vec<f32>, BatchError> {
+    let Request {
+        model,
+        version,
+        rows,
+        row_len,
+    } = *req;
+    match tokio::time::timeout(
+        cfg.deadline,
+        route.client.infer(model, version, rows, row_len),
+    )
+    .await
     {
-        match tokio::time::timeout(
-            cfg.deadline,
-            route.client.infer(model, version, rows, row_len),
-        )
-        .await
-        {
-            Ok(Ok(scores)) => Ok(scores),
-            Ok(Err(e)) if e.is_transient() => {
-                metrics.error(model, version, "transient");
-                Err(BatchError::Transient(e))
-            }
-            Ok(Err(e)) => {
-                // The server answered: it is up, the request is wrong. Not a circuit failure.
-                metrics.error(model, version, "request");
-                Err(BatchError::Request(e))
-            }
-            Err(_) => {
-                metrics.error(model, version, "timeout");
-                Err(BatchError::Timeout(cfg.deadline))
-            }
+        Ok(Ok(scores)) => Ok(scores),
+        Ok(Err(e)) if e.is_transient() => {
+            metrics.error(model, version, "transient");
+            Err(BatchError::Transient(e))
+        }
+        Ok(Err(e)) => {
+            // The server answered: it is up, the request is wrong. Not a circuit failure.
+            metrics.error(model, version, "request");
+            Err(BatchError::Request(e))
+        }
+        Err(_) => {
+            metrics.error(model, version, "timeout");
+            Err(BatchError::Timeout(cfg.deadline))
         }
     }
 }
@@ -869,7 +800,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::scoring::ModelContract;
     use std::sync::Mutex;
@@ -918,7 +849,9 @@ mod tests {
         }
     }
 
-    fn contract() -> Arc<ModelContract> {
+    /// A one-feature contract of model `m` version 1, anomalous above 0 (shared with the
+    /// worker's tests).
+    pub(crate) fn contract() -> Arc<ModelContract> {
         Arc::new(ModelContract {
             model: "m".into(),
             version: "1".into(),

@@ -36,9 +36,8 @@ use std::time::{Duration, Instant};
 
 use vigil_api::v1alpha1::AnomalyModel;
 
-use super::scorer::{
-    ModelScorer, ScoreReport, ScorerConfig, ScoringError, ShadowVerdict, check_routes,
-};
+use super::ShadowVerdict;
+use super::scorer::{ModelScorer, ScoreReport, ScorerConfig, ScoringError, check_routes};
 use super::{ModelInput, ScoringMetrics};
 
 /// How long the worker waits before trying again when a round scored nothing.
@@ -397,10 +396,10 @@ impl WorkerState {
 mod tests {
     use super::*;
     use crate::scoring::ModelContract;
+    use crate::scoring::scorer::tests::contract;
     use crate::scoring::scorer::{BoxFuture, Inference};
     use std::sync::Mutex;
     use std::sync::atomic::AtomicBool;
-    use vigil_api::v1alpha1::{Feature, ScoreDirection};
     use vigil_model_server::client::ClientError;
 
     /// A backend that answers `-(row sum)` per row while `up`, and fails (transient) while not.
@@ -434,23 +433,6 @@ mod tests {
                 }
             })
         }
-    }
-
-    fn contract() -> Arc<ModelContract> {
-        Arc::new(ModelContract {
-            model: "m".into(),
-            version: "1".into(),
-            tier: 0,
-            slide_ms: 1000,
-            features: vec![(0, Feature::Mean)],
-            feature_names: vec!["v.mean".into()],
-            normalization: Vec::new(),
-            lookback: 1,
-            threshold: 0.0,
-            anomalous_when: ScoreDirection::Above,
-            scale: 1.0,
-            rollout: None,
-        })
     }
 
     fn input(c: &Arc<ModelContract>, end: i64) -> ModelInput {

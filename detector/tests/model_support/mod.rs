@@ -4,6 +4,9 @@
 
 #![allow(dead_code)]
 
+#[allow(dead_code)] // not every test binary uses the scenario
+pub mod presses;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
