@@ -156,7 +156,14 @@ mod tests {
         for ok in ["tls", "iforest-server.tls", "a1"] {
             assert!(check_dns_subdomain(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "Upper", "-lead", "trail.", "under_score", &"a".repeat(254)] {
+        for bad in [
+            "",
+            "Upper",
+            "-lead",
+            "trail.",
+            "under_score",
+            &"a".repeat(254),
+        ] {
             let e = check_dns_subdomain(bad).unwrap_err();
             assert!(e.contains("DNS-1123 subdomain"), "{bad}: {e}");
         }
