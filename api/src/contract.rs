@@ -132,6 +132,78 @@ pub mod detector {
             args
         }
     }
+
+    /// The rollout channel on the detector's metrics port, between the operator's analysis
+    /// of an AnomalyModel rollout and each detector (the savepoint channel's shape: the
+    /// operator calls each ready detector pod directly).
+    /// - `GET /rollouts`: [`RolloutEvidence`], this detector's windows per model revision since
+    ///   it started (counters; the operator takes differences between two reads).
+    /// - `POST /rollouts/<model>` with a [`RolloutDecision`]: stop routing windows to a
+    ///   failed candidate, or serve a promoted one for every key, at once (the rendered
+    ///   `rules.yaml` follows when kubelet refreshes the ConfigMap; the decision holds
+    ///   until then and is moot after).
+    pub mod rollouts {
+        use serde::{Deserialize, Serialize};
+
+        /// Path of the evidence; decisions go to `<ROLLOUTS_PATH>/<model>`.
+        pub const ROLLOUTS_PATH: &str = "/rollouts";
+
+        /// Upper bounds (ms) of the batch latency buckets of [`RevisionEvidence::latency`];
+        /// its last count is over the last bound.
+        pub const LATENCY_BOUNDS_MS: [f64; 14] = [
+            1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
+            30000.0,
+        ];
+
+        /// What `GET /rollouts` answers.
+        #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        pub struct RolloutEvidence {
+            /// Differs between two runs of the process: counters restarted from zero.
+            pub instance: String,
+            /// One entry per (model, revision) seen.
+            pub revisions: Vec<RevisionEvidence>,
+        }
+
+        /// Windows of one model revision, served or shadow, counted since the process
+        /// started.
+        #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        pub struct RevisionEvidence {
+            /// AnomalyModel name.
+            pub model: String,
+            /// Model version on the server.
+            pub revision: String,
+            /// Windows scored.
+            pub scored: u64,
+            /// Windows whose scoring failed (after retries).
+            pub failed: u64,
+            /// Scored windows past the model's threshold.
+            pub anomalous: u64,
+            /// Scored batches by latency bucket ([`LATENCY_BOUNDS_MS`], then one overflow).
+            pub latency: Vec<u64>,
+        }
+
+        /// What the operator decided about a rollout's candidate.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+        pub enum Decision {
+            /// The candidate failed: the stable revision scores every key.
+            Abort,
+            /// The candidate passed: it scores every key.
+            Promote,
+        }
+
+        /// Body of `POST /rollouts/<model>`.
+        #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        pub struct RolloutDecision {
+            /// The candidate revision decided on; a detector whose model has another
+            /// candidate ignores it.
+            pub candidate: String,
+            /// What to do.
+            pub decision: Decision,
+        }
+    }
 }
 
 /// `vigil-model-server` as the operator starts it for an AnomalyModel.

@@ -178,6 +178,7 @@ pub fn run(a: &RunArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let metrics = Metrics::new();
+    let decisions = vigil_detector::scoring::RolloutDecisions::default();
     let (events, rx) = std::sync::mpsc::sync_channel::<Event>(64);
     if let Some(addr) = a.detector.metrics_addr {
         let tx = events.clone();
@@ -186,10 +187,11 @@ pub fn run(a: &RunArgs) -> anyhow::Result<()> {
             let _ = tx.try_send(Event::Savepoint(name, reply));
             answer
         });
-        let (bound, serve) = rt.block_on(telemetry::serve_with_savepoints(
+        let (bound, serve) = rt.block_on(telemetry::serve_detector(
             addr,
             metrics.clone(),
             Some(trigger),
+            Some(decisions.clone()),
         ))?;
         rt.spawn(async move {
             if let Err(e) = serve.await {
@@ -247,6 +249,7 @@ pub fn run(a: &RunArgs) -> anyhow::Result<()> {
         cfg.models = l.models.clone();
         cfg.model_server = model_server.clone();
         cfg.group_instance_id = group_instance_id.clone();
+        cfg.rollout_decisions = decisions.clone();
         runner::spawn(cfg, metrics.clone())
     };
     let replay_topic = loaded.pipeline.spec.source.kafka.topics[0].clone();

@@ -407,6 +407,36 @@ impl Engine {
         errors
     }
 
+    /// Applies an operator's verdict on a rollout to the model rules of `model` whose
+    /// contract routes to `candidate`: `promote` scores every key with the candidate (it
+    /// becomes the contract's version), otherwise every key goes back to the stable
+    /// revision. Rule state is kept. Returns the rules changed (0: no such rollout here, e.g.
+    /// the rules file already says the same).
+    pub fn decide_rollout(&mut self, model: &str, candidate: &str, promote: bool) -> usize {
+        let mut changed = 0;
+        for r in &mut self.rules {
+            let crate::rules::RuleKind::Model(m) = &mut r.compiled.kind else {
+                continue;
+            };
+            let c = &m.contract;
+            if c.model != model
+                || c.rollout
+                    .as_ref()
+                    .is_none_or(|ro| ro.candidate != candidate)
+            {
+                continue;
+            }
+            let mut next = (**c).clone();
+            next.rollout = None;
+            if promote {
+                next.version = candidate.to_string();
+            }
+            m.contract = std::sync::Arc::new(next);
+            changed += 1;
+        }
+        changed
+    }
+
     /// The pipeline configuration.
     pub fn config(&self) -> &PipelineConfig {
         &self.cfg

@@ -646,13 +646,35 @@ pub async fn serve_with_savepoints(
     ),
     TelemetryError,
 > {
+    serve_detector(addr, metrics, savepoints, None).await
+}
+
+/// [`serve_with_savepoints`], plus the rollout channel when `rollouts` is given
+/// ([`vigil_api::contract::detector::rollouts`]): `GET /rollouts` answers the per-revision
+/// evidence, `POST /rollouts/<model>` records a decision (`204`; `400` naming what is wrong
+/// with the body).
+///
+/// # Errors
+/// [`TelemetryError::Bind`] when the address cannot be bound.
+pub async fn serve_detector(
+    addr: SocketAddr,
+    metrics: Metrics,
+    savepoints: Option<SavepointTrigger>,
+    rollouts: Option<crate::scoring::RolloutDecisions>,
+) -> Result<
+    (
+        SocketAddr,
+        impl std::future::Future<Output = std::io::Result<()>>,
+    ),
+    TelemetryError,
+> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| TelemetryError::Bind { addr, source })?;
     let bound = listener
         .local_addr()
         .map_err(|source| TelemetryError::Bind { addr, source })?;
-    let mut app = vigil_telemetry::router(metrics);
+    let mut app = vigil_telemetry::router(metrics.clone());
     if let Some(trigger) = savepoints {
         app = app.merge(
             axum::Router::new()
@@ -660,7 +682,66 @@ pub async fn serve_with_savepoints(
                 .with_state(trigger),
         );
     }
+    if let Some(decisions) = rollouts {
+        use vigil_api::contract::detector::rollouts::ROLLOUTS_PATH;
+        app = app.merge(
+            axum::Router::new()
+                .route(ROLLOUTS_PATH, axum::routing::get(rollout_evidence))
+                .route(
+                    &format!("{ROLLOUTS_PATH}/{{model}}"),
+                    axum::routing::post(rollout_decision),
+                )
+                .with_state((metrics, decisions)),
+        );
+    }
     Ok((bound, async move { axum::serve(listener, app).await }))
+}
+
+/// Identifies this process's counters (they restart from zero with the process).
+fn instance() -> &'static str {
+    static INSTANCE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    INSTANCE.get_or_init(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        format!("{}-{nanos}", std::process::id())
+    })
+}
+
+type RolloutState = (Metrics, crate::scoring::RolloutDecisions);
+
+async fn rollout_evidence(
+    axum::extract::State((metrics, _)): axum::extract::State<RolloutState>,
+) -> impl axum::response::IntoResponse {
+    let body = serde_json::to_string(&vigil_api::contract::detector::rollouts::RolloutEvidence {
+        instance: instance().to_string(),
+        revisions: metrics.scoring().rollout_evidence(),
+    })
+    .unwrap_or_default();
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+}
+
+async fn rollout_decision(
+    axum::extract::State((_, decisions)): axum::extract::State<RolloutState>,
+    axum::extract::Path(model): axum::extract::Path<String>,
+    body: axum::body::Bytes,
+) -> (axum::http::StatusCode, String) {
+    use axum::http::StatusCode;
+    match serde_json::from_slice::<vigil_api::contract::detector::rollouts::RolloutDecision>(&body)
+    {
+        Ok(d) => {
+            tracing::info!(model = %model, candidate = %d.candidate, decision = ?d.decision, "Rollout decision received.");
+            decisions.set(&model, d);
+            (StatusCode::NO_CONTENT, String::new())
+        }
+        Err(e) => (
+            StatusCode::BAD_REQUEST,
+            format!("POST /rollouts/{model}: body is not a RolloutDecision: {e}\n"),
+        ),
+    }
 }
 
 async fn take_savepoint(

@@ -237,3 +237,138 @@ fn a_shadow_candidate_scores_every_window_and_alerts_on_none() {
         shadow.first()
     );
 }
+
+/// One HTTP/1.1 request to `addr`; the status code and body.
+fn http(addr: std::net::SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        c,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut text = String::new();
+    c.read_to_string(&mut text).unwrap();
+    let code = text[9..12].parse().unwrap();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
+}
+
+/// The operator's side of an analysed rollout, over the detector's real HTTP endpoint:
+/// `GET /rollouts` reports each revision's windows, and `POST /rollouts/iforest` with an
+/// `Abort` takes the canary keys back to the stable revision at once, without a restart
+/// (their next windows are scored by revision 1; state is kept).
+#[test]
+fn an_aborted_canary_goes_back_to_the_stable_revision_without_a_restart() {
+    use vigil_api::contract::detector::rollouts::RolloutEvidence;
+    let b = bootstrap();
+    let (src, alerts, kpis, group) = (
+        unique("src"),
+        unique("alerts"),
+        unique("kpis"),
+        unique("group"),
+    );
+    create_topics(&b, &[(&src, 1), (&alerts, 1), (&kpis, 1)]);
+    let repo = two_revisions();
+    let server = TestServer::start_in(repo.path(), 0, None);
+    let (p, rules) = manifests(&pipeline(&src, &group, &alerts, &kpis));
+    let mut cfg = RunnerConfig::new(p, rules, b.clone());
+    cfg.models = model("strategy: Canary, weight: 20").models;
+    cfg.model_server = Some(server.uri.clone());
+    let metrics = Metrics::new();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (addr, serve) = rt
+        .block_on(vigil_detector::telemetry::serve_detector(
+            "127.0.0.1:0".parse().unwrap(),
+            metrics.clone(),
+            None,
+            Some(cfg.rollout_decisions.clone()),
+        ))
+        .unwrap();
+    rt.spawn(serve);
+    let h = runner::spawn(cfg, metrics.clone()).expect("runner starts");
+    let canary = (0..KEYS)
+        .filter(|k| canary_bucket(&format!("key-{k}")) < 20)
+        .count() as u64;
+    let s = metrics.scoring().clone();
+    let served = |rev| s.revision_windows_total("iforest", rev, "served", "scored");
+
+    // Seconds 0-11: windows [0, 5) and [5, 10) close; a fifth of the keys on revision 2.
+    produce(&b, &src, &events());
+    assert!(wait_until(Duration::from_secs(60), || served("1")
+        + served("2")
+        >= 2 * KEYS as u64));
+    assert_eq!(served("2"), 2 * canary);
+    let (code, body) = http(addr, "GET", "/rollouts", "");
+    assert_eq!(code, 200, "{body}");
+    let ev: RolloutEvidence = serde_json::from_str(&body).unwrap();
+    let rev = |r: &str| {
+        ev.revisions
+            .iter()
+            .find(|e| e.model == "iforest" && e.revision == r)
+    };
+    assert_eq!(rev("2").unwrap().scored, 2 * canary);
+    assert_eq!(
+        rev("2").unwrap().anomalous,
+        2 * canary,
+        "threshold 1000: all anomalous"
+    );
+    assert_eq!(rev("1").unwrap().scored, 2 * (KEYS as u64 - canary));
+    assert!(
+        rev("2").unwrap().latency.iter().sum::<u64>() >= 1,
+        "batches timed"
+    );
+
+    // A body that is not a decision is refused, naming the endpoint.
+    let (code, body) = http(addr, "POST", "/rollouts/iforest", r#"{"candidate":"2"}"#);
+    assert_eq!(code, 400);
+    assert!(body.contains("POST /rollouts/iforest"), "{body}");
+    let (code, _) = http(
+        addr,
+        "POST",
+        "/rollouts/iforest",
+        r#"{"candidate":"2","decision":"Abort"}"#,
+    );
+    assert_eq!(code, 204);
+    // The run loop applies it at its next tick (every 50-100 ms).
+    std::thread::sleep(Duration::from_secs(1));
+
+    // Seconds 12-23: windows [10, 15) and [15, 20) close, every key on revision 1.
+    let later: Vec<_> = events()
+        .into_iter()
+        .map(|(k, v)| {
+            let e: serde_json::Value = serde_json::from_slice(&v).unwrap();
+            let t = e["t"].as_i64().unwrap() + 12_000;
+            (
+                k,
+                format!(
+                    r#"{{"k":"{}","t":{t},"v":{}}}"#,
+                    e["k"].as_str().unwrap(),
+                    e["v"]
+                )
+                .into_bytes(),
+            )
+        })
+        .collect();
+    produce(&b, &src, &later);
+    assert!(
+        wait_until(Duration::from_secs(60), || served("1") + served("2")
+            >= 4 * KEYS as u64),
+        "{} + {} windows scored",
+        served("1"),
+        served("2")
+    );
+    assert_eq!(
+        served("2"),
+        2 * canary,
+        "no window went to revision 2 after the abort"
+    );
+    assert_eq!(served("1"), 4 * KEYS as u64 - 2 * canary);
+    h.stop();
+    h.join().expect("clean stop");
+    drop(server);
+}

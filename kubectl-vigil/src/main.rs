@@ -99,7 +99,7 @@ fn rollback(m: &AnomalyModel, to: Option<&str>) -> anyhow::Result<(Value, String
         .as_ref()
         .map(|s| &s.history[..])
         .unwrap_or_default();
-    let current = &m.spec.revision;
+    let current = &m.effective_spec().revision;
     let target = match to {
         Some(r) => history
             .iter()
@@ -143,11 +143,11 @@ fn rollback(m: &AnomalyModel, to: Option<&str>) -> anyhow::Result<(Value, String
     ))
 }
 
-/// Whether `h` is what the spec asks for now.
+/// Whether `h` is what is served now: the spec, or the candidate its analysis promoted
+/// ([`AnomalyModel::effective_spec`]).
 fn is_spec(h: &RevisionRecord, m: &AnomalyModel) -> bool {
-    h.revision == m.spec.revision
-        && h.uri == m.spec.artifact.uri
-        && h.sha256 == m.spec.artifact.sha256
+    let spec = m.effective_spec();
+    h.revision == spec.revision && h.uri == spec.artifact.uri && h.sha256 == spec.artifact.sha256
 }
 
 fn revisions(m: &AnomalyModel) -> String {
@@ -233,6 +233,27 @@ fn model_text(m: &AnomalyModel) -> String {
                 .map(|w| format!(" at {w}% of keys"))
                 .unwrap_or_default()
         ));
+    }
+    if let Some(r) = &s.rollout {
+        out.push_str(&format!(
+            "analysis: revision {} {:?}, {} intervals passed: {}\n",
+            r.candidate, r.phase, r.passed_intervals, r.message
+        ));
+        if let Some(a) = &r.last_analysis {
+            out.push_str(&format!(
+                "last interval ({}): {}\n  candidate: {} windows, {} failed, {} anomalous per 1,000, p99 {}\n  stable:    {} windows, {} failed, {} anomalous per 1,000, p99 {}\n",
+                a.at.0,
+                a.verdict,
+                a.candidate.windows,
+                a.candidate.failed,
+                a.candidate.anomaly_rate_per_mille,
+                a.candidate.latency_p99_ms.map_or("-".into(), |p| format!("{p} ms")),
+                a.stable.windows,
+                a.stable.failed,
+                a.stable.anomaly_rate_per_mille,
+                a.stable.latency_p99_ms.map_or("-".into(), |p| format!("{p} ms")),
+            ));
+        }
     }
     out.push_str(&conditions_text(&s.conditions));
     out.push_str("HISTORY  REVISION  SERVED AT             REPLACED AT           ARTIFACT\n");
@@ -458,6 +479,22 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("no earlier served revision"), "{e}");
+        // Revision 9, the candidate, was promoted by its analysis and is served: a rollback
+        // returns to 3 (the spec's own revision), not to 9.
+        let mut m = model("3", &["1", "2", "3", "9"], true);
+        m.status.as_mut().unwrap().rollout = Some(vigil_api::v1alpha1::RolloutStatus {
+            candidate: "9".into(),
+            sha256: "9".repeat(64),
+            phase: vigil_api::v1alpha1::RolloutPhase::Promoted,
+            message: String::new(),
+            passed_intervals: 5,
+            started_at: Time(k8s_openapi::jiff::Timestamp::from_second(1).unwrap()),
+            finished_at: None,
+            last_analysis: None,
+        });
+        let (patch, said) = rollback(&m, None).unwrap();
+        assert_eq!(patch["spec"]["revision"], "3");
+        assert!(said.contains("from revision 9 to revision 3"), "{said}");
     }
 
     #[test]

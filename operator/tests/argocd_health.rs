@@ -261,6 +261,58 @@ fn anomaly_model_health_for_every_phase() {
             ),
             "Degraded",
         ),
+        // An analysed rollout: analysing, promoted, failed (spec.rollout.analysis).
+        (
+            resource(
+                3,
+                Some(3),
+                vec![
+                    cond("Ready", "True", "Serving", "revision 1 served"),
+                    cond(
+                        "Progressing",
+                        "True",
+                        "Analysing",
+                        "analysing candidate revision 2: 1 of 5 intervals passed",
+                    ),
+                    cond("Degraded", "False", "AsExpected", ""),
+                ],
+            ),
+            "Progressing",
+        ),
+        (
+            resource(
+                3,
+                Some(3),
+                vec![
+                    cond("Ready", "True", "Serving", "revision 2 served"),
+                    cond(
+                        "Progressing",
+                        "False",
+                        "RolloutPromoted",
+                        "revision 2 passed",
+                    ),
+                    cond("Degraded", "False", "AsExpected", ""),
+                ],
+            ),
+            "Healthy",
+        ),
+        (
+            resource(
+                3,
+                Some(3),
+                vec![
+                    cond("Ready", "True", "Serving", "revision 1 served"),
+                    cond("Progressing", "False", "RolloutComplete", ""),
+                    cond(
+                        "Degraded",
+                        "True",
+                        "RolloutFailed",
+                        "revision 2 failed the analysis and gets no windows",
+                    ),
+                ],
+            ),
+            "Degraded",
+        ),
     ];
     for (i, (obj, status)) in cases.into_iter().enumerate() {
         let (got, message) = health("AnomalyModel", obj);

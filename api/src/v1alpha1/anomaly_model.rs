@@ -184,6 +184,57 @@ pub struct Rollout {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 100))]
     pub weight: Option<i32>,
+    /// Automatic judgement of the candidate against the stable revision; absent: the rollout
+    /// lasts until `kubectl vigil promote|abort` (or a spec change) ends it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<RolloutAnalysis>,
+}
+
+/// How the operator judges a candidate (the shape of Flagger's canary analysis): every
+/// `interval` it compares the windows the candidate scored in that interval with the stable
+/// revision's, from the detectors' per-revision counters. One failing check fails the
+/// rollout: the candidate gets no more windows, the status says why, an Event is raised.
+/// `iterations` passing intervals in a row promote it. Intervals with fewer than `minSamples`
+/// candidate windows are inconclusive and neither pass nor fail. Docs: docs/rollouts.md.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RolloutAnalysis {
+    /// Length of one analysis interval. Default 30s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<kube::core::Duration>,
+    /// Passing intervals in a row that promote the candidate. Default 5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub iterations: Option<i32>,
+    /// Candidate windows an interval needs to be judged. Default 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub min_samples: Option<i64>,
+    /// Most the candidate's anomaly rate may be, as a multiple of the stable revision's
+    /// (both per 1,000 windows, each with one anomalous window added so a stable rate of zero
+    /// still compares). Default 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_anomaly_rate_ratio: Option<f64>,
+    /// Most failed windows per scored-or-failed window of the candidate, 0-1. Default 0.05.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_error_rate: Option<f64>,
+    /// Most the 99th percentile of the candidate's batch latency may be. Default: no check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_latency_p99: Option<kube::core::Duration>,
+}
+
+/// Defaults of [`RolloutAnalysis`].
+pub mod analysis_defaults {
+    /// `interval`, seconds.
+    pub const INTERVAL_SECS: u64 = 30;
+    /// `iterations`.
+    pub const ITERATIONS: i32 = 5;
+    /// `minSamples`.
+    pub const MIN_SAMPLES: i64 = 100;
+    /// `maxAnomalyRateRatio`.
+    pub const MAX_ANOMALY_RATE_RATIO: f64 = 3.0;
+    /// `maxErrorRate`.
+    pub const MAX_ERROR_RATE: f64 = 0.05;
 }
 
 /// The candidate of a rollout.
@@ -224,6 +275,105 @@ pub struct AnomalyModelStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 10))]
     pub history: Vec<RevisionRecord>,
+    /// The analysed rollout of `spec.rollout.candidate` (with `spec.rollout.analysis`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutStatus>,
+}
+
+/// Where an analysed rollout stands.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStatus {
+    /// The candidate's revision.
+    pub candidate: String,
+    /// The candidate's artifact digest: a new artifact under the same revision is a new
+    /// rollout.
+    pub sha256: String,
+    /// `Analysing`, `Promoted` (the candidate serves every key) or `Failed` (the stable
+    /// revision serves every key). Final until `spec.rollout.candidate` changes.
+    pub phase: RolloutPhase,
+    /// Why it is in this phase.
+    pub message: String,
+    /// Passing intervals in a row.
+    pub passed_intervals: i32,
+    /// When the analysis started.
+    pub started_at: Time,
+    /// When it was promoted or failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Time>,
+    /// The last judged interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_analysis: Option<AnalysisRecord>,
+}
+
+/// Phases of an analysed rollout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum RolloutPhase {
+    /// Intervals are being judged.
+    Analysing,
+    /// The candidate passed and serves every key.
+    Promoted,
+    /// The candidate failed a check and serves none.
+    Failed,
+}
+
+/// One judged analysis interval.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalysisRecord {
+    /// End of the interval.
+    pub at: Time,
+    /// `Passed`, `Failed` or `Inconclusive`, and why.
+    pub verdict: String,
+    /// The candidate's figures.
+    pub candidate: RevisionFigures,
+    /// The stable revision's figures.
+    pub stable: RevisionFigures,
+}
+
+/// A revision's figures over one interval, summed over the detectors.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RevisionFigures {
+    /// Windows scored.
+    pub windows: i64,
+    /// Windows that could not be scored.
+    pub failed: i64,
+    /// Scored windows past the threshold, per 1,000 scored windows.
+    pub anomaly_rate_per_mille: f64,
+    /// 99th percentile of batch latency, ms (upper bound of its histogram bucket).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_p99_ms: Option<f64>,
+}
+
+impl AnomalyModel {
+    /// The spec the detectors run: `spec`, except that a rollout whose candidate (revision
+    /// and digest) `status.rollout` says `Failed` is dropped (the stable revision serves
+    /// every key), and one it says `Promoted` serves the candidate as the stable revision.
+    /// The operator never writes `spec`: a failed candidate stays out of traffic until the
+    /// spec names another.
+    pub fn effective_spec(&self) -> AnomalyModelSpec {
+        let mut spec = self.spec.clone();
+        let Some(r) = &self.spec.rollout else {
+            return spec;
+        };
+        let Some(st) = self.status.as_ref().and_then(|s| s.rollout.as_ref()) else {
+            return spec;
+        };
+        if st.candidate != r.candidate.revision || st.sha256 != r.candidate.artifact.sha256 {
+            return spec;
+        }
+        match st.phase {
+            RolloutPhase::Analysing => {}
+            RolloutPhase::Failed => spec.rollout = None,
+            RolloutPhase::Promoted => {
+                spec.revision = r.candidate.revision.clone();
+                spec.artifact = r.candidate.artifact.clone();
+                spec.rollout = None;
+            }
+        }
+        spec
+    }
 }
 
 /// Entries kept in `status.history` (a Deployment's default `revisionHistoryLimit`).

@@ -160,6 +160,9 @@ pub struct RunnerConfig {
     /// How long the brokers may take to answer a metadata request at start before the run
     /// fails with [`RunError::Unreachable`]. Default 10 s.
     pub connect_timeout: Duration,
+    /// Rollout decisions of the operator (`POST /rollouts/<model>`), applied to the model
+    /// rules as they arrive and after every rules reload.
+    pub rollout_decisions: crate::scoring::RolloutDecisions,
 }
 
 impl RunnerConfig {
@@ -181,6 +184,7 @@ impl RunnerConfig {
             poll_timeout: Duration::from_millis(50),
             latency_probe: None,
             connect_timeout: Duration::from_secs(10),
+            rollout_decisions: crate::scoring::RolloutDecisions::default(),
         }
     }
 }
@@ -289,6 +293,8 @@ struct Core {
     scorer_config: ScorerConfig,
     /// `spec.checkpointing`: the store and settings; `None` without.
     checkpointing: Option<checkpointing::Checkpointing>,
+    /// The operator's rollout decisions and the version of them applied.
+    decisions: (crate::scoring::RolloutDecisions, u64),
 }
 
 impl RebalanceHandler for Shared {
@@ -621,6 +627,7 @@ pub fn spawn(cfg: RunnerConfig, metrics: Metrics) -> Result<RunnerHandle, RunErr
             model_server: cfg.model_server.clone(),
             scorer_config: cfg.scorer.clone(),
             checkpointing,
+            decisions: (cfg.rollout_decisions.clone(), 0),
         }),
     });
     shared
@@ -722,6 +729,9 @@ fn run_loop(
                     for e in &errors {
                         tracing::error!(error = %e, "A DetectionRule does not compile; it is left out.");
                     }
+                    core.decisions.0.retain_rolled_out(&model_refs);
+                    let (_, ds) = core.decisions.0.all();
+                    crate::scoring::decisions::apply(&mut core.driver.engine, &ds);
                     metrics.rules_reloaded();
                     tracing::info!(
                         rules = ?core.driver.engine.rule_names(), invalid = errors.len(),
@@ -742,6 +752,10 @@ fn run_loop(
                 }
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }
+        }
+        if let Some((version, ds)) = core.decisions.0.changed_since(core.decisions.1) {
+            crate::scoring::decisions::apply(&mut core.driver.engine, &ds);
+            core.decisions.1 = version;
         }
         if let Some(end) = &drain
             && core.drained(end)

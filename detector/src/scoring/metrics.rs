@@ -17,12 +17,16 @@
 //! Every series also has the `model` label. The per-revision series are the evidence a rollout
 //! (`spec.rollout`) is judged on: canary and stable side by side, or shadow beside served.
 
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
+use vigil_api::contract::detector::rollouts::{LATENCY_BOUNDS_MS, RevisionEvidence};
 
 /// Labels of a model.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -114,6 +118,7 @@ pub struct ScoringMetrics {
     revision_windows: Family<RevisionOutcomeLabels, Counter>,
     revision_anomalous: Family<RevisionRoleLabels, Counter>,
     revision_score: HistogramFamily<RevisionRoleLabels>,
+    evidence: Arc<Mutex<BTreeMap<(String, String), RevisionEvidence>>>,
 }
 
 impl Default for ScoringMetrics {
@@ -129,6 +134,7 @@ impl Default for ScoringMetrics {
             revision_windows: Family::default(),
             revision_anomalous: Family::default(),
             revision_score: Family::new_with_constructor(score_histogram as fn() -> Histogram),
+            evidence: Arc::default(),
         }
     }
 }
@@ -267,6 +273,31 @@ impl ScoringMetrics {
                 outcome,
             })
             .inc_by(n as u64);
+        self.with_evidence(model, revision, |e| match outcome {
+            "scored" => e.scored += n as u64,
+            _ => e.failed += n as u64,
+        });
+    }
+
+    /// Updates the rollout evidence of `model` version `revision`.
+    fn with_evidence(&self, model: &str, revision: &str, f: impl FnOnce(&mut RevisionEvidence)) {
+        let mut ev = self.evidence.lock().unwrap_or_else(|e| e.into_inner());
+        let e = ev
+            .entry((model.to_string(), revision.to_string()))
+            .or_insert_with(|| RevisionEvidence {
+                model: model.to_string(),
+                revision: revision.to_string(),
+                latency: vec![0; LATENCY_BOUNDS_MS.len() + 1],
+                ..RevisionEvidence::default()
+            });
+        f(e);
+    }
+
+    /// Windows per model revision since start: what `GET /rollouts` answers
+    /// ([`vigil_api::contract::detector::rollouts`]).
+    pub fn rollout_evidence(&self) -> Vec<RevisionEvidence> {
+        let ev = self.evidence.lock().unwrap_or_else(|e| e.into_inner());
+        ev.values().cloned().collect()
     }
 
     /// Windows of a revision in `role` with `outcome` so far.
@@ -305,6 +336,7 @@ impl ScoringMetrics {
         self.revision_score.get_or_create(&l).observe(score);
         if anomalous {
             self.revision_anomalous.get_or_create(&l).inc();
+            self.with_evidence(model, revision, |e| e.anomalous += 1);
         }
     }
 
@@ -334,5 +366,11 @@ impl ScoringMetrics {
         };
         self.batch_duration.get_or_create(&l).observe(seconds);
         self.batch_rows.get_or_create(&l).observe(rows as f64);
+        let ms = seconds * 1000.0;
+        let bucket = LATENCY_BOUNDS_MS
+            .iter()
+            .position(|b| ms <= *b)
+            .unwrap_or(LATENCY_BOUNDS_MS.len());
+        self.with_evidence(model, revision, |e| e.latency[bucket] += 1);
     }
 }

@@ -19,11 +19,13 @@
 //! A model rule's event score (`vigil score`, ensembles) is the score of its last scored
 //! window.
 
+pub mod decisions;
 pub mod metrics;
 pub mod scorer;
 pub mod shadow;
 pub mod worker;
 
+pub use decisions::RolloutDecisions;
 pub use metrics::ScoringMetrics;
 pub use scorer::{Inference, ModelScorer, ScoreReport, ScorerConfig, ScoringError};
 pub use shadow::ShadowVerdict;

@@ -160,6 +160,8 @@ pub struct Context {
     pub recorder: Recorder,
     /// Per cache (kind name): becomes `true` once it has had its initial list.
     pub caches_ready: Vec<(&'static str, watch::Receiver<bool>)>,
+    /// The last read of the detectors per analysed model rollout.
+    pub rollout_reads: anomaly_model::evidence::Reads,
 }
 
 impl Context {
@@ -305,6 +307,7 @@ pub async fn run(
         rules: rules.clone(),
         models: models.clone(),
         metrics,
+        rollout_reads: anomaly_model::evidence::Reads::default(),
         recorder: Recorder::new(
             client.clone(),
             Reporter {

@@ -57,7 +57,24 @@ pub struct LocalDetector {
     log: PathBuf,
     /// ConfigMap name -> the directory it is "mounted" at.
     volumes: Vec<(String, PathBuf)>,
+    /// Host names replaced in the mounted files (this host has no cluster DNS).
+    hosts: Vec<(String, String)>,
     _dir: tempfile::TempDir,
+}
+
+/// `data` with each `(name, address)` of `hosts` replaced: what cluster DNS would resolve.
+fn resolved(
+    data: BTreeMap<String, String>,
+    hosts: &[(String, String)],
+) -> BTreeMap<String, String> {
+    data.into_iter()
+        .map(|(k, mut v)| {
+            for (name, addr) in hosts {
+                v = v.replace(name.as_str(), addr);
+            }
+            (k, v)
+        })
+        .collect()
 }
 
 /// Writes `data` into `dir` the way kubelet's AtomicWriter lays out a ConfigMap volume:
@@ -99,6 +116,17 @@ impl LocalDetector {
     /// `<pod_ip>:<port>` (a loopback address, one per "pod"), so a client that reaches pods by
     /// IP (the operator's savepoint requests) reaches this process.
     pub async fn start_at(ns: &TestNamespace, pod: &Pod, pod_ip: Option<&str>) -> Self {
+        Self::start_with(ns, pod, pod_ip, &[]).await
+    }
+
+    /// [`Self::start_at`], with each `(name, address)` of `hosts` replaced in the mounted
+    /// ConfigMaps (a model server's Service name -> the local process serving it).
+    pub async fn start_with(
+        ns: &TestNamespace,
+        pod: &Pod,
+        pod_ip: Option<&str>,
+        hosts: &[(String, String)],
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let pod_name = pod.metadata.name.clone().unwrap();
         let spec = pod.spec.as_ref().unwrap();
@@ -124,7 +152,7 @@ impl LocalDetector {
             let cm = ns.api::<ConfigMap>().get(&source.name).await.unwrap();
             let local = dir.path().join(&m.name);
             std::fs::create_dir_all(&local).unwrap();
-            atomic_write(&local, &cm.data.unwrap_or_default());
+            atomic_write(&local, &resolved(cm.data.unwrap_or_default(), hosts));
             mounts.push((m.mount_path.clone(), local));
             volumes.push((source.name.clone(), dir.path().join(&m.name)));
         }
@@ -202,16 +230,17 @@ impl LocalDetector {
             child: Some(child),
             log,
             volumes,
+            hosts: hosts.to_vec(),
             _dir: dir,
         }
     }
 
     /// Does what kubelet's ConfigMap volume sync does: rewrites every mounted ConfigMap
     /// from the API server, atomically.
-    async fn sync_volumes(&self, ns: &TestNamespace) {
+    pub async fn sync_volumes(&self, ns: &TestNamespace) {
         for (name, dir) in &self.volumes {
             let cm = ns.api::<ConfigMap>().get(name).await.unwrap();
-            atomic_write(dir, &cm.data.unwrap_or_default());
+            atomic_write(dir, &resolved(cm.data.unwrap_or_default(), &self.hosts));
         }
     }
 

@@ -139,9 +139,18 @@ fn command(c: &Container, dir: &Path, listen: &mut BTreeMap<String, String>, ns:
 impl LocalPod {
     /// Runs the init containers of `spec`, then starts its first container.
     pub async fn start(ns: &TestNamespace, spec: &PodSpec) -> Self {
+        Self::start_listening(ns, spec, BTreeMap::new()).await
+    }
+
+    /// [`Self::start`] with listen addresses mapped as `listen` says (a restarted "pod" keeps
+    /// its ports, like a Service in front of it would).
+    pub async fn start_listening(
+        ns: &TestNamespace,
+        spec: &PodSpec,
+        mut listen: BTreeMap<String, String>,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         write_volumes(ns, spec, dir.path()).await;
-        let mut listen = BTreeMap::new();
         for c in spec.init_containers.iter().flatten() {
             let out = command(c, dir.path(), &mut listen, &ns.name)
                 .output()

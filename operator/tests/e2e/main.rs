@@ -12,5 +12,6 @@ mod kubelet;
 mod leader;
 mod models;
 mod pipelines;
+mod rollouts;
 mod rules;
 mod savepoints;

@@ -1,7 +1,9 @@
 -- Argo CD health of a Vigil AnomalyModel (resource.customizations.health.vigil.dev_AnomalyModel).
 -- Healthy: the model server serves the spec's revision. Progressing: not observed yet, starting,
 -- or a new revision rolling out. Degraded: invalid spec, artifact missing or failing its
--- digest, or a model-server rollout the Deployment reports stuck (its progress deadline).
+-- digest, a model-server rollout the Deployment reports stuck (its progress deadline), or a
+-- rollout candidate that failed its analysis (Degraded reason RolloutFailed). A candidate under
+-- analysis is Progressing (reason Analysing).
 local hs = { status = "Progressing", message = "Waiting for the operator to report status" }
 if obj.status == nil or obj.status.conditions == nil then
   return hs

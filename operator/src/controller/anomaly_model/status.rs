@@ -5,7 +5,9 @@
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use vigil_api::conditions::{self, set_condition};
-use vigil_api::v1alpha1::{AnomalyModel, AnomalyModelStatus, HISTORY_LIMIT, RevisionRecord};
+use vigil_api::v1alpha1::{
+    AnomalyModel, AnomalyModelSpec, AnomalyModelStatus, HISTORY_LIMIT, RevisionRecord, RolloutPhase,
+};
 
 use super::validate::ModelProblem;
 
@@ -28,6 +30,12 @@ pub enum Reason {
     RolloutStuck,
     /// Degraded: nothing is wrong.
     AsExpected,
+    /// Progressing: the rollout's candidate is being analysed.
+    Analysing,
+    /// Progressing: the candidate passed its analysis and serves every key.
+    RolloutPromoted,
+    /// Degraded: the candidate failed its analysis and serves no key.
+    RolloutFailed,
 }
 
 impl Reason {
@@ -42,6 +50,9 @@ impl Reason {
             Reason::RolloutComplete => "RolloutComplete",
             Reason::RolloutStuck => "RolloutStuck",
             Reason::AsExpected => "AsExpected",
+            Reason::Analysing => "Analysing",
+            Reason::RolloutPromoted => "RolloutPromoted",
+            Reason::RolloutFailed => "RolloutFailed",
         }
     }
 }
@@ -54,7 +65,8 @@ pub enum Outcome<'a> {
     Applied(&'a Deployment),
 }
 
-/// The new status of `model` after a reconcile.
+/// The new status of `model` after a reconcile; `status.rollout` of `model` is the analysis's
+/// new one (it decides which revision is served: [`AnomalyModel::effective_spec`]).
 pub fn status(model: &AnomalyModel, outcome: &Outcome<'_>, now: Time) -> AnomalyModelStatus {
     let generation = model.metadata.generation;
     let mut s = model.status.clone().unwrap_or_default();
@@ -97,10 +109,11 @@ pub fn status(model: &AnomalyModel, outcome: &Outcome<'_>, now: Time) -> Anomaly
             let total = status.replicas.unwrap_or(0);
             let complete =
                 observed && updated == desired && available == desired && total == desired;
-            let revision = &model.spec.revision;
+            let effective = model.effective_spec();
+            let revision = &effective.revision;
             if complete {
                 s.serving_revision = Some(revision.clone());
-                record_served(&mut s.history, model, &now);
+                record_served(&mut s.history, &effective, &now);
                 set(
                     conditions::READY,
                     true,
@@ -155,15 +168,40 @@ pub fn status(model: &AnomalyModel, outcome: &Outcome<'_>, now: Time) -> Anomaly
                     "no problems".into(),
                 ),
             }
+            if let Some(r) = s.rollout.clone().filter(|_| complete && stuck.is_none()) {
+                match r.phase {
+                    RolloutPhase::Analysing => set(
+                        conditions::PROGRESSING,
+                        true,
+                        Reason::Analysing,
+                        format!(
+                            "analysing candidate revision {}: {}",
+                            r.candidate, r.message
+                        ),
+                    ),
+                    RolloutPhase::Promoted => set(
+                        conditions::PROGRESSING,
+                        false,
+                        Reason::RolloutPromoted,
+                        r.message.clone(),
+                    ),
+                    RolloutPhase::Failed => set(
+                        conditions::DEGRADED,
+                        true,
+                        Reason::RolloutFailed,
+                        r.message.clone(),
+                    ),
+                }
+            }
         }
     }
     s
 }
 
-/// Appends the served stable revision to `history` when it is not its newest entry (same
-/// revision and digest), marking the previous one replaced; keeps [`HISTORY_LIMIT`] entries.
-fn record_served(history: &mut Vec<RevisionRecord>, model: &AnomalyModel, now: &Time) {
-    let spec = &model.spec;
+/// Appends the served stable revision (of the effective spec) to `history` when it is not its
+/// newest entry (same revision and digest), marking the previous one replaced; keeps
+/// [`HISTORY_LIMIT`] entries.
+fn record_served(history: &mut Vec<RevisionRecord>, spec: &AnomalyModelSpec, now: &Time) {
     if history.last().is_some_and(|h| {
         h.revision == spec.revision
             && h.uri == spec.artifact.uri
@@ -191,7 +229,8 @@ pub fn changed(old: Option<&AnomalyModelStatus>, new: &AnomalyModelStatus) -> bo
     !(conditions::eq_time_insensitive(&old.conditions, &new.conditions)
         && old.observed_generation == new.observed_generation
         && old.serving_revision == new.serving_revision
-        && old.history == new.history)
+        && old.history == new.history
+        && old.rollout == new.rollout)
 }
 
 #[cfg(test)]
@@ -318,5 +357,98 @@ mod tests {
             Some(&s),
             &status(&m, &Outcome::Problem(&p), time(5))
         ));
+    }
+
+    #[test]
+    fn an_analysed_rollout_sets_conditions_and_a_promotion_is_served_and_recorded() {
+        use vigil_api::v1alpha1::{
+            Artifact, CandidateRevision, Rollout, RolloutAnalysis, RolloutStatus, RolloutStrategy,
+        };
+        let mut m = model();
+        let candidate = Artifact {
+            uri: "file://m2.onnx".into(),
+            sha256: "cd".repeat(32),
+        };
+        m.spec.rollout = Some(Rollout {
+            candidate: CandidateRevision {
+                revision: "2".into(),
+                artifact: candidate.clone(),
+            },
+            strategy: RolloutStrategy::Canary,
+            weight: Some(20),
+            analysis: Some(RolloutAnalysis {
+                interval: None,
+                iterations: None,
+                min_samples: None,
+                max_anomaly_rate_ratio: None,
+                max_error_rate: None,
+                max_latency_p99: None,
+            }),
+        });
+        let with = |m: &AnomalyModel, phase| {
+            let mut m = m.clone();
+            m.status.get_or_insert_default().rollout = Some(RolloutStatus {
+                candidate: "2".into(),
+                sha256: candidate.sha256.clone(),
+                phase,
+                message: format!("{phase:?} because"),
+                passed_intervals: 0,
+                started_at: time(1),
+                finished_at: None,
+                last_analysis: None,
+            });
+            m
+        };
+        let done = deployment(1, 1, 1, 1, 1);
+        let s = status(
+            &with(&m, RolloutPhase::Analysing),
+            &Outcome::Applied(&done),
+            time(2),
+        );
+        assert_eq!(cond(&s, "Progressing").reason, "Analysing");
+        assert_eq!(s.serving_revision.as_deref(), Some("1"));
+
+        let failed = status(
+            &with(&m, RolloutPhase::Failed),
+            &Outcome::Applied(&done),
+            time(3),
+        );
+        let d = cond(&failed, "Degraded");
+        assert_eq!(
+            (d.status.as_str(), d.reason.as_str()),
+            ("True", "RolloutFailed")
+        );
+        assert_eq!(
+            cond(&failed, "Ready").status,
+            "True",
+            "the stable revision serves"
+        );
+        assert_eq!(failed.serving_revision.as_deref(), Some("1"));
+
+        m.status = Some(s);
+        let promoted = status(
+            &with(&m, RolloutPhase::Promoted),
+            &Outcome::Applied(&done),
+            time(4),
+        );
+        assert_eq!(cond(&promoted, "Progressing").reason, "RolloutPromoted");
+        assert_eq!(promoted.serving_revision.as_deref(), Some("2"));
+        let last = promoted.history.last().unwrap();
+        assert_eq!(
+            (last.revision.as_str(), last.uri.as_str()),
+            ("2", "file://m2.onnx")
+        );
+        assert_eq!(promoted.history.len(), 2);
+        assert_eq!(promoted.history[0].replaced_at, Some(time(4)));
+        // The rendered spec follows: promoted serves revision 2 alone, failed revision 1 alone.
+        let mut p = with(&m, RolloutPhase::Promoted);
+        let eff = p.effective_spec();
+        assert_eq!((eff.revision.as_str(), eff.rollout.is_none()), ("2", true));
+        assert_eq!(eff.artifact, candidate);
+        let eff = with(&m, RolloutPhase::Failed).effective_spec();
+        assert_eq!((eff.revision.as_str(), eff.rollout.is_none()), ("1", true));
+        // A verdict about another candidate changes nothing.
+        p.spec.rollout.as_mut().unwrap().candidate.artifact.sha256 = "ef".repeat(32);
+        assert_eq!(p.effective_spec(), p.spec);
     }
 }

@@ -214,6 +214,9 @@ pub fn validate(
                 "required for a Canary rollout".into(),
             ));
         }
+        if let Some(a) = &rollout.analysis {
+            check_analysis(a).map_err(|(field, reason)| invalid(field.into(), reason))?;
+        }
         revisions.push(served_revision(
             "spec.rollout.candidate.artifact",
             candidate,
@@ -252,6 +255,43 @@ pub fn validate(
             .as_ref()
             .map(|t| (t.secret_name.clone(), t.client_auth)),
     })
+}
+
+/// `spec.rollout.analysis`: the interval at least 1 s, rates and ratios finite and in range.
+fn check_analysis(a: &vigil_api::v1alpha1::RolloutAnalysis) -> Result<(), (&'static str, String)> {
+    if let Some(i) = &a.interval
+        && vigil_api::v1alpha1::duration_ms(i) < 1000
+    {
+        return Err((
+            "spec.rollout.analysis.interval",
+            "must be at least 1s".into(),
+        ));
+    }
+    if let Some(r) = a.max_error_rate
+        && !(0.0..=1.0).contains(&r)
+    {
+        return Err((
+            "spec.rollout.analysis.maxErrorRate",
+            format!("{r} is not a rate in 0..=1"),
+        ));
+    }
+    if let Some(r) = a.max_anomaly_rate_ratio
+        && !(r.is_finite() && r > 0.0)
+    {
+        return Err((
+            "spec.rollout.analysis.maxAnomalyRateRatio",
+            format!("{r} is not a positive number"),
+        ));
+    }
+    if let Some(l) = &a.max_latency_p99
+        && vigil_api::v1alpha1::duration_ms(l) <= 0
+    {
+        return Err((
+            "spec.rollout.analysis.maxLatencyP99",
+            "must be positive".into(),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -309,6 +349,32 @@ mod tests {
         };
         assert_eq!(e.field, "spec.artifact.sha256");
         assert!(e.message.contains(ONNX_SHA));
+    }
+
+    #[test]
+    fn analysis_settings_out_of_range_name_the_field() {
+        let analysis = |yaml: &str| -> vigil_api::v1alpha1::RolloutAnalysis {
+            serde_norway::from_str(yaml).unwrap()
+        };
+        assert_eq!(
+            check_analysis(&analysis("{interval: 30s, maxErrorRate: 0.1}")),
+            Ok(())
+        );
+        for (yaml, field) in [
+            ("{interval: 500ms}", "spec.rollout.analysis.interval"),
+            ("{maxErrorRate: 1.5}", "spec.rollout.analysis.maxErrorRate"),
+            (
+                "{maxAnomalyRateRatio: 0}",
+                "spec.rollout.analysis.maxAnomalyRateRatio",
+            ),
+            ("{maxLatencyP99: 0s}", "spec.rollout.analysis.maxLatencyP99"),
+        ] {
+            assert_eq!(
+                check_analysis(&analysis(yaml)).unwrap_err().0,
+                field,
+                "{yaml}"
+            );
+        }
     }
 
     #[test]

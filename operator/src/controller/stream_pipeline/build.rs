@@ -474,7 +474,8 @@ pub fn render_pipeline_restoring(
 }
 
 /// `rules.yaml`: the rules (sorted by name), then the models they use, as `---`-separated
-/// documents. Models carry the [`MODEL_SERVER_ANNOTATION`] (`https://` with `spec.tls`, and then
+/// documents; a model's spec as its rollout analysis left it ([`AnomalyModel::effective_spec`]:
+/// a failed candidate dropped, a promoted one served as stable). Models carry the [`MODEL_SERVER_ANNOTATION`] (`https://` with `spec.tls`, and then
 /// the [`CLIENT_TLS_ANNOTATION`] naming the mounted client Secret). Empty when there are no
 /// rules.
 pub fn render_rules(
@@ -497,7 +498,7 @@ pub fn render_rules(
     for model in models {
         let name = model.metadata.name.as_deref().unwrap_or_default();
         let namespace = model.metadata.namespace.as_deref().unwrap_or_default();
-        let mut m = AnomalyModel::new(name, model.spec.clone());
+        let mut m = AnomalyModel::new(name, model.effective_spec());
         m.metadata = rendered_meta(&model.metadata);
         let address = model_server_grpc_address(name, namespace, MODEL_SERVER_GRPC_PORT);
         m.metadata.annotations = Some(match &model.spec.tls {
