@@ -180,6 +180,10 @@ pub mod detector {
             pub failed: u64,
             /// Scored windows past the model's threshold.
             pub anomalous: u64,
+            /// Alerts of the model's rules that fired on this revision's scores (counted
+            /// while a rollout runs).
+            #[serde(default)]
+            pub alerts: u64,
             /// Scored batches by latency bucket ([`LATENCY_BOUNDS_MS`], then one overflow).
             pub latency: Vec<u64>,
         }

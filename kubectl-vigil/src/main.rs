@@ -241,16 +241,18 @@ fn model_text(m: &AnomalyModel) -> String {
         ));
         if let Some(a) = &r.last_analysis {
             out.push_str(&format!(
-                "last interval ({}): {}\n  candidate: {} windows, {} failed, {} anomalous per 1,000, p99 {}\n  stable:    {} windows, {} failed, {} anomalous per 1,000, p99 {}\n",
+                "last interval ({}): {}\n  candidate: {} windows, {} failed, {} anomalous per 1,000, {} alerts, p99 {}\n  stable:    {} windows, {} failed, {} anomalous per 1,000, {} alerts, p99 {}\n",
                 a.at.0,
                 a.verdict,
                 a.candidate.windows,
                 a.candidate.failed,
                 a.candidate.anomaly_rate_per_mille,
+                a.candidate.alerts,
                 a.candidate.latency_p99_ms.map_or("-".into(), |p| format!("{p} ms")),
                 a.stable.windows,
                 a.stable.failed,
                 a.stable.anomaly_rate_per_mille,
+                a.stable.alerts,
                 a.stable.latency_p99_ms.map_or("-".into(), |p| format!("{p} ms")),
             ));
         }

@@ -341,6 +341,9 @@ pub struct RevisionFigures {
     pub failed: i64,
     /// Scored windows past the threshold, per 1,000 scored windows.
     pub anomaly_rate_per_mille: f64,
+    /// Alerts fired on its scores.
+    #[serde(default)]
+    pub alerts: i64,
     /// 99th percentile of batch latency, ms (upper bound of its histogram bucket).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency_p99_ms: Option<f64>,

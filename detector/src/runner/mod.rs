@@ -407,6 +407,15 @@ impl Core {
         for a in &out.alerts {
             sinks.send_alert(a, timer_origin);
             *alerts_sent += 1;
+            // Model alerts carry `revision` while a rollout runs: the alert rate per revision.
+            if let (Some(model), Some(revision)) = (a.labels.get("model"), a.labels.get("revision"))
+            {
+                let status = match a.status {
+                    vigil_core::rules::alert::AlertStatus::Firing => "firing",
+                    vigil_core::rules::alert::AlertStatus::Resolved => "resolved",
+                };
+                metrics.scoring().revision_alert(model, revision, status);
+            }
         }
         for w in &out.windows {
             sinks.send_window(w, now_ms, timer_origin);

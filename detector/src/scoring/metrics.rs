@@ -12,6 +12,7 @@
 //! | `vigil_model_scoring_batch_rows{revision}` | histogram | rows (keys) per batch |
 //! | `vigil_model_scoring_revision_windows_total{revision,role,outcome}` | counter | windows per model revision: `role` `served` (its score decides) or `shadow` (scored for comparison only), `outcome` `scored` or `failed` |
 //! | `vigil_model_scoring_revision_anomalous_windows_total{revision,role}` | counter | scored windows past the model's threshold (`spec.output`); per 1,000 scored windows this is the revision's anomaly rate |
+//! | `vigil_model_scoring_revision_alerts_total{revision,status}` | counter | alert transitions (`firing`, `resolved`) of model rules per revision while a rollout runs (the alerts then carry `revision`); the alert rate per revision |
 //! | `vigil_model_scoring_revision_score{revision,role}` | histogram | the windows' scores mapped to [0, 1] (`spec.output.scale`; 0.5 at the threshold) |
 //!
 //! Every series also has the `model` label. The per-revision series are the evidence a rollout
@@ -62,6 +63,17 @@ pub struct RevisionLabels {
     pub model: String,
     /// Model version (AnomalyModel revision).
     pub revision: String,
+}
+
+/// Labels of an alert transition of a model revision.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RevisionStatusLabels {
+    /// AnomalyModel name.
+    pub model: String,
+    /// Model version (AnomalyModel revision).
+    pub revision: String,
+    /// `firing` or `resolved`.
+    pub status: &'static str,
 }
 
 /// Labels of a model revision in a role.
@@ -118,6 +130,7 @@ pub struct ScoringMetrics {
     revision_windows: Family<RevisionOutcomeLabels, Counter>,
     revision_anomalous: Family<RevisionRoleLabels, Counter>,
     revision_score: HistogramFamily<RevisionRoleLabels>,
+    revision_alerts: Family<RevisionStatusLabels, Counter>,
     evidence: Arc<Mutex<BTreeMap<(String, String), RevisionEvidence>>>,
 }
 
@@ -134,6 +147,7 @@ impl Default for ScoringMetrics {
             revision_windows: Family::default(),
             revision_anomalous: Family::default(),
             revision_score: Family::new_with_constructor(score_histogram as fn() -> Histogram),
+            revision_alerts: Family::default(),
             evidence: Arc::default(),
         }
     }
@@ -189,6 +203,11 @@ impl ScoringMetrics {
             "revision_anomalous_windows",
             "Scored windows past the model's threshold, per revision and role",
             self.revision_anomalous.clone(),
+        );
+        r.register(
+            "revision_alerts",
+            "Alert transitions of model rules per revision while a rollout runs, by status (firing, resolved)",
+            self.revision_alerts.clone(),
         );
         r.register(
             "revision_score",
@@ -337,6 +356,20 @@ impl ScoringMetrics {
         if anomalous {
             self.revision_anomalous.get_or_create(&l).inc();
             self.with_evidence(model, revision, |e| e.anomalous += 1);
+        }
+    }
+
+    /// An alert transition (`firing`, `resolved`) of a model rule scored by `revision`.
+    pub fn revision_alert(&self, model: &str, revision: &str, status: &'static str) {
+        self.revision_alerts
+            .get_or_create(&RevisionStatusLabels {
+                model: model.to_string(),
+                revision: revision.to_string(),
+                status,
+            })
+            .inc();
+        if status == "firing" {
+            self.with_evidence(model, revision, |e| e.alerts += 1);
         }
     }
 

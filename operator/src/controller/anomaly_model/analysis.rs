@@ -37,6 +37,8 @@ pub struct Totals {
     pub failed: u64,
     /// Scored windows past the threshold.
     pub anomalous: u64,
+    /// Alerts fired on its scores.
+    pub alerts: u64,
     /// Batches per latency bucket ([`LATENCY_BOUNDS_MS`], then overflow).
     pub latency: Vec<u64>,
 }
@@ -94,6 +96,7 @@ impl Totals {
             failed: i64::try_from(self.failed).unwrap_or(i64::MAX),
             anomaly_rate_per_mille: (self.anomaly_rate_per_mille() * 10.0).round() / 10.0,
             latency_p99_ms: self.latency_p99_ms(),
+            alerts: i64::try_from(self.alerts).unwrap_or(i64::MAX),
         }
     }
 }
@@ -118,12 +121,14 @@ pub fn delta(before: &Sample, after: &Sample, model: &str) -> BTreeMap<String, T
                 .enumerate()
                 .map(|(i, n)| sub(*n, old.and_then(|o| o.latency.get(i).copied())))
                 .collect();
-            out.entry(r.revision.clone()).or_default().add(
+            let t = out.entry(r.revision.clone()).or_default();
+            t.add(
                 sub(r.scored, old.map(|o| o.scored)),
                 sub(r.failed, old.map(|o| o.failed)),
                 sub(r.anomalous, old.map(|o| o.anomalous)),
                 &latency,
             );
+            t.alerts += sub(r.alerts, old.map(|o| o.alerts));
         }
     }
     out
@@ -303,6 +308,7 @@ mod tests {
             scored,
             failed,
             anomalous,
+            alerts: anomalous / 2,
             latency,
         }
     }
@@ -375,6 +381,7 @@ mod tests {
         assert_eq!(d["2"].scored, 50 + 5);
         assert_eq!(d["2"].failed, 2);
         assert_eq!(d["2"].anomalous, 25);
+        assert_eq!(d["2"].alerts, 15 - 2);
         assert_eq!(d["2"].latency[3], 6 - 1);
         assert!(delta(&before, &after, "other").is_empty());
     }
