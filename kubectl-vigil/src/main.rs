@@ -21,7 +21,9 @@ use clap::{Parser, Subcommand};
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
-use vigil_api::v1alpha1::{AnomalyModel, RevisionRecord, Savepoint, StreamPipeline};
+use vigil_api::v1alpha1::{
+    AnomalyModel, RevisionOutcome, RevisionRecord, Savepoint, StreamPipeline,
+};
 
 /// Field manager of the plugin's writes.
 const MANAGER: &str = "kubectl-vigil";
@@ -104,10 +106,11 @@ fn rollback(m: &AnomalyModel, to: Option<&str>) -> anyhow::Result<(Value, String
         Some(r) => history
             .iter()
             .rev()
+            .filter(|h| h.was_stable())
             .find(|h| h.revision == r)
             .with_context(|| {
                 format!(
-                    "revision {r} is not in the history of am/{} (served: {})",
+                    "revision {r} was not served as stable by am/{} (served: {})",
                     m.name_any(),
                     revisions(m)
                 )
@@ -115,6 +118,7 @@ fn rollback(m: &AnomalyModel, to: Option<&str>) -> anyhow::Result<(Value, String
         None => history
             .iter()
             .rev()
+            .filter(|h| h.was_stable())
             .find(|h| !is_spec(h, m))
             .with_context(|| {
                 format!(
@@ -155,6 +159,7 @@ fn revisions(m: &AnomalyModel) -> String {
         .status
         .iter()
         .flat_map(|s| &s.history)
+        .filter(|h| h.was_stable())
         .map(|h| h.revision.as_str())
         .collect();
     if h.is_empty() {
@@ -258,12 +263,15 @@ fn model_text(m: &AnomalyModel) -> String {
         }
     }
     out.push_str(&conditions_text(&s.conditions));
-    out.push_str("HISTORY  REVISION  SERVED AT             REPLACED AT           ARTIFACT\n");
+    out.push_str(
+        "HISTORY  REVISION  OUTCOME   SERVED AT             REPLACED AT           ARTIFACT\n",
+    );
     for (i, h) in s.history.iter().enumerate() {
         out.push_str(&format!(
-            "{:<8} {:<9} {:<21} {:<21} {}\n",
+            "{:<8} {:<9} {:<9} {:<21} {:<21} {}\n",
             i + 1,
             h.revision,
+            format!("{:?}", h.outcome.unwrap_or(RevisionOutcome::Served)),
             h.served_at.0,
             h.replaced_at
                 .as_ref()
@@ -442,6 +450,7 @@ mod tests {
                     sha256: r.repeat(64),
                     served_at: t.clone(),
                     replaced_at: None,
+                    outcome: None,
                 })
                 .collect(),
             ..AnomalyModelStatus::default()
@@ -471,7 +480,7 @@ mod tests {
         assert_eq!(patch["spec"]["revision"], "1");
         let e = rollback(&m, Some("7")).unwrap_err().to_string();
         assert!(
-            e.contains("revision 7 is not in the history") && e.contains("1, 2, 3"),
+            e.contains("revision 7 was not served as stable") && e.contains("1, 2, 3"),
             "{e}"
         );
         // Spec at 4, not yet served: back to the newest served one.
@@ -497,6 +506,15 @@ mod tests {
         let (patch, said) = rollback(&m, None).unwrap();
         assert_eq!(patch["spec"]["revision"], "3");
         assert!(said.contains("from revision 9 to revision 3"), "{said}");
+        // A candidate that failed its analysis is history, never a rollback target.
+        let mut m = model("3", &["2", "3", "8"], false);
+        m.status.as_mut().unwrap().history[2].outcome = Some(RevisionOutcome::Failed);
+        assert_eq!(rollback(&m, None).unwrap().0["spec"]["revision"], "2");
+        let e = rollback(&m, Some("8")).unwrap_err().to_string();
+        assert!(
+            e.contains("revision 8 was not served as stable") && e.contains("2, 3"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -270,8 +270,8 @@ pub struct AnomalyModelStatus {
     /// The revision the model server serves as stable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serving_revision: Option<String>,
-    /// The revisions served as stable, oldest first, at most [`HISTORY_LIMIT`]: what
-    /// `kubectl vigil rollback` can return to.
+    /// The revisions served, oldest first, at most [`HISTORY_LIMIT`]: the stable ones (what
+    /// `kubectl vigil rollback` can return to) and candidates that failed their analysis.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 10))]
     pub history: Vec<RevisionRecord>,
@@ -395,7 +395,30 @@ pub struct RevisionRecord {
     pub sha256: String,
     /// When its rollout completed.
     pub served_at: Time,
-    /// When another revision's rollout completed; absent while it is served.
+    /// When another revision's rollout completed; absent while it is served. For a failed
+    /// candidate: when it was taken out of traffic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replaced_at: Option<Time>,
+    /// How it came to be served; absent in records written before outcomes: `Served`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<RevisionOutcome>,
+}
+
+/// How a revision in `status.history` was served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum RevisionOutcome {
+    /// It was the spec's stable revision and every model-server replica served it.
+    Served,
+    /// It was a rollout candidate and its analysis promoted it.
+    Promoted,
+    /// It was a rollout candidate, served to some keys (canary) or beside the stable one
+    /// (shadow), and failed its analysis; never a rollback target.
+    Failed,
+}
+
+impl RevisionRecord {
+    /// Whether this revision served as stable at some point (not a failed candidate).
+    pub fn was_stable(&self) -> bool {
+        self.outcome != Some(RevisionOutcome::Failed)
+    }
 }

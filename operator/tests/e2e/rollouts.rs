@@ -313,6 +313,11 @@ async fn a_flooding_candidate_is_rolled_back_and_a_good_one_promoted() {
         ("True", "RolloutFailed")
     );
     assert_eq!(st.serving_revision.as_deref(), Some("1"));
+    let failed_record = st.history.last().unwrap();
+    assert_eq!(
+        (failed_record.revision.as_str(), failed_record.outcome),
+        ("2", Some(vigil_api::v1alpha1::RevisionOutcome::Failed))
+    );
     assert!(
         m.spec.rollout.is_some(),
         "the operator never rewrites the spec"
@@ -354,6 +359,10 @@ async fn a_flooding_candidate_is_rolled_back_and_a_good_one_promoted() {
     .await;
     assert_eq!(promoted.history.last().unwrap().revision, "2");
     assert_eq!(promoted.history.last().unwrap().sha256, calm2_sha);
+    assert_eq!(
+        promoted.history.last().unwrap().outcome,
+        Some(vigil_api::v1alpha1::RevisionOutcome::Promoted)
+    );
     let notes = wait_for(
         "a RolloutPromoted Event",
         Duration::from_secs(30),

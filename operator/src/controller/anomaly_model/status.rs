@@ -6,7 +6,8 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use vigil_api::conditions::{self, set_condition};
 use vigil_api::v1alpha1::{
-    AnomalyModel, AnomalyModelSpec, AnomalyModelStatus, HISTORY_LIMIT, RevisionRecord, RolloutPhase,
+    AnomalyModel, AnomalyModelSpec, AnomalyModelStatus, HISTORY_LIMIT, RevisionOutcome,
+    RevisionRecord, RolloutPhase, RolloutStatus,
 };
 
 use super::validate::ModelProblem;
@@ -113,7 +114,19 @@ pub fn status(model: &AnomalyModel, outcome: &Outcome<'_>, now: Time) -> Anomaly
             let revision = &effective.revision;
             if complete {
                 s.serving_revision = Some(revision.clone());
-                record_served(&mut s.history, &effective, &now);
+                let promoted = s
+                    .rollout
+                    .as_ref()
+                    .is_some_and(|r| r.phase == RolloutPhase::Promoted)
+                    && effective.revision != model.spec.revision;
+                record_served(&mut s.history, &effective, promoted, &now);
+                if let Some(r) = s
+                    .rollout
+                    .clone()
+                    .filter(|r| r.phase == RolloutPhase::Failed)
+                {
+                    record_failed(&mut s.history, model, &r);
+                }
                 set(
                     conditions::READY,
                     true,
@@ -198,18 +211,23 @@ pub fn status(model: &AnomalyModel, outcome: &Outcome<'_>, now: Time) -> Anomaly
     s
 }
 
-/// Appends the served stable revision (of the effective spec) to `history` when it is not its
-/// newest entry (same revision and digest), marking the previous one replaced; keeps
-/// [`HISTORY_LIMIT`] entries.
-fn record_served(history: &mut Vec<RevisionRecord>, spec: &AnomalyModelSpec, now: &Time) {
-    if history.last().is_some_and(|h| {
-        h.revision == spec.revision
-            && h.uri == spec.artifact.uri
-            && h.sha256 == spec.artifact.sha256
-    }) {
-        return;
-    }
-    if let Some(last) = history.last_mut() {
+/// Appends the served stable revision (of the effective spec) to `history` when it is not
+/// its newest stable entry (same revision and digest), marking that one replaced; keeps
+/// [`HISTORY_LIMIT`] entries. `promoted`: it got there by its rollout analysis.
+fn record_served(
+    history: &mut Vec<RevisionRecord>,
+    spec: &AnomalyModelSpec,
+    promoted: bool,
+    now: &Time,
+) {
+    let last_stable = history.iter_mut().rev().find(|h| h.was_stable());
+    if let Some(last) = last_stable {
+        if last.revision == spec.revision
+            && last.uri == spec.artifact.uri
+            && last.sha256 == spec.artifact.sha256
+        {
+            return;
+        }
         last.replaced_at = Some(now.clone());
     }
     history.push(RevisionRecord {
@@ -218,6 +236,35 @@ fn record_served(history: &mut Vec<RevisionRecord>, spec: &AnomalyModelSpec, now
         sha256: spec.artifact.sha256.clone(),
         served_at: now.clone(),
         replaced_at: None,
+        outcome: Some(if promoted {
+            RevisionOutcome::Promoted
+        } else {
+            RevisionOutcome::Served
+        }),
+    });
+    let over = history.len().saturating_sub(HISTORY_LIMIT);
+    history.drain(..over);
+}
+
+/// Records a candidate that failed its analysis (once per revision and digest): served from
+/// the start of its analysis until it failed.
+fn record_failed(history: &mut Vec<RevisionRecord>, model: &AnomalyModel, r: &RolloutStatus) {
+    let Some(candidate) = model.spec.rollout.as_ref().map(|ro| &ro.candidate) else {
+        return;
+    };
+    if history
+        .iter()
+        .any(|h| !h.was_stable() && h.revision == r.candidate && h.sha256 == r.sha256)
+    {
+        return;
+    }
+    history.push(RevisionRecord {
+        revision: r.candidate.clone(),
+        uri: candidate.artifact.uri.clone(),
+        sha256: r.sha256.clone(),
+        served_at: r.started_at.clone(),
+        replaced_at: r.finished_at.clone(),
+        outcome: Some(RevisionOutcome::Failed),
     });
     let over = history.len().saturating_sub(HISTORY_LIMIT);
     history.drain(..over);
@@ -424,6 +471,24 @@ mod tests {
             "the stable revision serves"
         );
         assert_eq!(failed.serving_revision.as_deref(), Some("1"));
+        let h: Vec<_> = failed
+            .history
+            .iter()
+            .map(|h| (h.revision.as_str(), h.outcome, h.replaced_at.is_some()))
+            .collect();
+        assert_eq!(
+            h,
+            [
+                ("1", Some(RevisionOutcome::Served), false),
+                ("2", Some(RevisionOutcome::Failed), false)
+            ],
+            "the failed candidate is recorded, the stable one is not replaced"
+        );
+        // Recorded once, and the stable entry is not appended again after it.
+        let mut again = with(&m, RolloutPhase::Failed);
+        again.status.as_mut().unwrap().history = failed.history.clone();
+        let s2 = status(&again, &Outcome::Applied(&done), time(5));
+        assert_eq!(s2.history, failed.history);
 
         m.status = Some(s);
         let promoted = status(
