@@ -45,6 +45,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
+step "promtool (Debian prometheus package, for the chart's alerting rules)"
+scripts/setup-promtool.sh
+
 step "ONNX Runtime (PyPI wheel)"
 eval "$(scripts/setup-onnxruntime.sh)"
 

@@ -17,6 +17,9 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log format (`text` or `json`), on stderr.
+    #[arg(long, global = true, env = vigil_telemetry::logging::LOG_FORMAT_ENV, value_enum, default_value_t)]
+    log_format: vigil_telemetry::logging::LogFormat,
 }
 
 #[derive(Subcommand)]
@@ -34,16 +37,8 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,rdkafka=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        // Colours only on a terminal: log files and CI output stay plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let cli = Cli::parse();
+    vigil_telemetry::logging::init(cli.log_format, "info,rdkafka=warn");
     match cli.command {
         Command::Score(a) => score::score(&a),
         Command::Run(a) => run::run(&a),

@@ -199,3 +199,46 @@ fn a_run_that_dead_letters_every_record_fails_with_the_top_reasons() {
         ],
     );
 }
+
+/// `VIGIL_LOG_FORMAT=json` (or `--log-format json`): every log line is a JSON object with a
+/// timestamp, a level and the message (the final error is anyhow's report, not a log line).
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let addr = closed_port();
+    for how in [&["--log-format", "json"][..], &[][..]] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vigil"));
+        cmd.args(how)
+            .args([
+                "run",
+                "--pipeline",
+                "manifests/examples/nab/pipeline.yaml",
+                "--rules",
+                "manifests/examples/nab/rules.yaml",
+                "--bootstrap-servers",
+                &addr,
+            ])
+            .current_dir(root())
+            .env("RUST_LOG", "info,rdkafka=warn")
+            .env("RUST_BACKTRACE", "0");
+        if how.is_empty() {
+            cmd.env("VIGIL_LOG_FORMAT", "json");
+        }
+        let out = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let logs: Vec<&str> = stderr
+            .lines()
+            .take_while(|l| !l.starts_with("Error:"))
+            .collect();
+        assert!(!logs.is_empty(), "{stderr}");
+        for line in logs {
+            let v: serde_json::Value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+            assert!(
+                v["timestamp"].is_string() && v["level"].is_string(),
+                "{line}"
+            );
+            assert!(v["fields"]["message"].is_string(), "{line}");
+        }
+        assert!(stderr.contains("Using the Kafka cluster given by --bootstrap-servers"));
+    }
+}

@@ -68,6 +68,7 @@ log "S3 at $VIGIL_S3_ENDPOINT"
 log "packaging checks: chart CRDs and install manifest in sync, helm lint"
 manifests/install/generate.sh --check
 helm lint charts/vigil --strict
+helm lint charts/vigil --strict --set monitoring.podMonitor.enabled=true,monitoring.serviceMonitor.enabled=true,monitoring.prometheusRule.enabled=true,monitoring.dashboards.enabled=true
 log "helm install (operator.enabled=false, networkPolicy.enabled=true: RBAC for the NetworkPolicy test)"
 helm upgrade --install vigil charts/vigil --namespace "$RELEASE_NS" --create-namespace \
 	--set operator.enabled=false --set networkPolicy.enabled=true --wait --timeout 2m >&2

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 use vigil_api::contract::model_server::ModelServerArgs;
 use vigil_model_server::{ModelServer, ServerConfig};
 
@@ -40,9 +39,9 @@ struct Args {
     /// Largest inference request accepted, bytes (larger ones get OUT_OF_RANGE).
     #[arg(long, env = "VIGIL_MODEL_MAX_REQUEST_BYTES", default_value_t = vigil_model_server::config::DEFAULT_MAX_REQUEST_BYTES)]
     max_request_bytes: usize,
-    /// Log as JSON lines instead of text.
-    #[arg(long, env = "VIGIL_LOG_JSON")]
-    log_json: bool,
+    /// Log format (`text` or `json`).
+    #[arg(long, env = vigil_telemetry::logging::LOG_FORMAT_ENV, value_enum, default_value_t)]
+    log_format: vigil_telemetry::logging::LogFormat,
 }
 
 async fn shutdown_signal() {
@@ -91,18 +90,7 @@ async fn main() -> anyhow::Result<()> {
         (false, Some(t)) => vigil_model_server::config::RepositoryApi::Token(t.clone()),
         (false, None) => vigil_model_server::config::RepositoryApi::Open,
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    if args.log_json {
-        tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .json()
-            .init();
-    } else {
-        tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-            .init();
-    }
+    vigil_telemetry::logging::init(args.log_format, "info");
 
     let config = ServerConfig {
         repository: repository.clone(),

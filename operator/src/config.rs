@@ -42,6 +42,9 @@ pub struct OperatorConfig {
     /// Render a NetworkPolicy per pipeline (detectors: metrics port only) and per model server
     /// (gRPC from detector pods, metrics port).
     pub network_policies: bool,
+    /// Log format of the detector and model-server containers (`VIGIL_LOG_FORMAT`): the
+    /// operator's own.
+    pub log_format: vigil_telemetry::logging::LogFormat,
 }
 
 impl OperatorConfig {
@@ -57,6 +60,7 @@ impl OperatorConfig {
             kafka_metadata_ttl: Duration::from_secs(15),
             resync: Duration::from_secs(300),
             network_policies: false,
+            log_format: vigil_telemetry::logging::LogFormat::Text,
         }
     }
 }

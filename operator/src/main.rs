@@ -10,7 +10,6 @@ use anyhow::Context as _;
 use clap::Parser;
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
-use tracing_subscriber::EnvFilter;
 use vigil_operator::config::OperatorConfig;
 use vigil_operator::leader::{LeaseConfig, campaign};
 use vigil_operator::metrics::Metrics;
@@ -75,14 +74,15 @@ struct Args {
     /// Every object is reconciled at least this often.
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     resync: Duration,
-    /// Log as JSON lines.
     /// Render a NetworkPolicy per pipeline and per model server (ingress: detectors' metrics
     /// port; model servers' gRPC port from detector pods and metrics port). Needs RBAC on
     /// networking.k8s.io networkpolicies (the chart's `networkPolicy.enabled`).
     #[arg(long, env = "VIGIL_NETWORK_POLICIES")]
     network_policies: bool,
-    #[arg(long, env = "VIGIL_LOG_JSON")]
-    log_json: bool,
+    /// Log format (`text` or `json`); also set on the detector and model-server containers
+    /// the operator renders (`VIGIL_LOG_FORMAT`).
+    #[arg(long, env = vigil_telemetry::logging::LOG_FORMAT_ENV, value_enum, default_value_t)]
+    log_format: vigil_telemetry::logging::LogFormat,
 }
 
 /// How long in-flight reconciles may take after SIGTERM before the process exits anyway
@@ -127,19 +127,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     // One rustls provider for the whole process (kube's and the savepoint requests' clients).
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,kube_lease_manager=warn,rdkafka=warn"));
-    if args.log_json {
-        tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(filter)
-            .init();
-    } else {
-        tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-            .init();
-    }
+    vigil_telemetry::logging::init(args.log_format, "info,kube_lease_manager=warn,rdkafka=warn");
 
     let client = kube::Client::try_default()
         .await
@@ -168,6 +156,7 @@ async fn main() -> anyhow::Result<()> {
         kafka_metadata_ttl: args.kafka_metadata_ttl,
         resync: args.resync,
         network_policies: args.network_policies,
+        log_format: args.log_format,
     };
 
     let mut lost_leadership = false;

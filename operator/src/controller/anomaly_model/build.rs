@@ -270,6 +270,10 @@ pub fn build(
         image_pull_policy: config.image_pull_policy.clone(),
         command: Some(vec![MODEL_SERVER_BINARY.into()]),
         args: Some(args.to_args()),
+        env: Some(vec![env_var(
+            vigil_telemetry::logging::LOG_FORMAT_ENV,
+            config.log_format.as_str(),
+        )]),
         ports: Some(vec![
             ContainerPort {
                 name: Some("grpc".into()),

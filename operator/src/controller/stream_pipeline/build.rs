@@ -238,6 +238,11 @@ fn detector_pod(
         },
         field_env(GROUP_INSTANCE_ENV, "metadata.name"),
         field_env("POD_NAMESPACE", "metadata.namespace"),
+        EnvVar {
+            name: vigil_telemetry::logging::LOG_FORMAT_ENV.into(),
+            value: Some(config.log_format.as_str().into()),
+            ..EnvVar::default()
+        },
     ];
     // The config is mounted as a directory, never with subPath: kubelet only refreshes
     // whole-volume ConfigMap mounts, and rule reloads depend on that.
