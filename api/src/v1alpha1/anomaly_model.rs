@@ -278,6 +278,9 @@ pub struct AnomalyModelStatus {
     /// The analysed rollout of `spec.rollout.candidate` (with `spec.rollout.analysis`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RolloutStatus>,
+    /// The last accepted spec change: generation, who applied it, what changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_change: Option<crate::v1alpha1::SpecChange>,
 }
 
 /// Where an analysed rollout stands.

@@ -130,3 +130,27 @@ pub fn duration_ms(d: &kube::core::Duration) -> i64 {
     let ms = std::time::Duration::from(*d).as_millis() as i64;
     if d.is_negative() { -ms } else { ms }
 }
+
+/// The last accepted change of an object's spec (the audit trail in status; each one is also
+/// a `SpecChanged` Event): which generation, who applied it (the field manager that last
+/// wrote `spec`, from `metadata.managedFields`), and which top-level spec fields changed.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SpecChange {
+    /// `metadata.generation` of the change.
+    pub generation: i64,
+    /// Field manager that wrote `spec` last, e.g. `kubectl-client-side-apply`,
+    /// `argocd-controller`, `kubectl-vigil`, `helm`; `unknown` without managedFields.
+    pub manager: String,
+    /// Its operation: `Apply` (server-side apply) or `Update`.
+    pub operation: String,
+    /// When the manager wrote it (managedFields time, seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    /// Top-level spec fields added, removed or changed since the previous accepted
+    /// generation, e.g. `spec.threshold`; every field for the first one.
+    pub changed: Vec<String>,
+    /// Per top-level spec field, the first 16 hex digits of the SHA-256 of its JSON: what the
+    /// next change is compared with.
+    pub field_digests: std::collections::BTreeMap<String, String>,
+}

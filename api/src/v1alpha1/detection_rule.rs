@@ -221,6 +221,9 @@ pub struct DetectionRuleStatus {
     /// Pipelines whose detectors run this rule.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pipelines: Vec<String>,
+    /// The last accepted spec change: generation, who applied it, what changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_change: Option<crate::v1alpha1::SpecChange>,
 }
 
 /// The kinds of DetectionRule: one per member of the spec's one-of. Everything that walks

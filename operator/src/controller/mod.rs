@@ -13,6 +13,7 @@
 //! model to the pipelines (and rules) it affects.
 
 pub mod anomaly_model;
+pub mod audit;
 pub mod detection_rule;
 pub mod pod;
 pub mod savepoint;
@@ -178,6 +179,23 @@ impl Context {
                 .map_err(|_| Error::CacheUnavailable(kind))?;
         }
         Ok(())
+    }
+
+    /// Publishes one Event (best effort, failures logged).
+    pub async fn publish_event<K>(&self, obj: &K, reason: &str, note: String, action: &str)
+    where
+        K: Resource<DynamicType = ()>,
+    {
+        let event = Event {
+            type_: EventType::Normal,
+            reason: reason.into(),
+            note: Some(note),
+            action: action.into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, &obj.object_ref(&())).await {
+            tracing::warn!(error = %e, "Failed to publish an Event.");
+        }
     }
 
     /// Publishes an Event for each condition whose status or reason changed between `old`

@@ -118,6 +118,42 @@ async fn a_rule_change_reaches_the_config_without_restarting_detectors() {
         "detector pods were replaced"
     );
 
+    // The audit trail: status.lastChange and a SpecChanged Event name the applier (this
+    // test's field manager) and the field that changed.
+    let change = wait_for("status.lastChange of generation 2", T, || async {
+        let r = ns
+            .api::<vigil_api::v1alpha1::DetectionRule>()
+            .get("hot")
+            .await
+            .ok()?;
+        r.status?.last_change.filter(|c| c.generation == 2)
+    })
+    .await;
+    assert_eq!(change.manager, crate::harness::TEST_MANAGER);
+    assert_eq!(change.operation, "Apply");
+    assert_eq!(change.changed, ["spec.threshold"]);
+    let note = wait_for("a SpecChanged Event", T, || async {
+        ns.api::<k8s_openapi::api::events::v1::Event>()
+            .list(&Default::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .filter_map(|e| {
+                e.note
+                    .filter(|_| e.reason.as_deref() == Some("SpecChanged"))
+            })
+            .find(|n| n.starts_with("generation 2 "))
+    })
+    .await;
+    assert_eq!(
+        note,
+        format!(
+            "generation 2 applied by {} (Apply): spec.threshold changed",
+            crate::harness::TEST_MANAGER
+        )
+    );
+
     // Change the pipeline: the hash moves and the StatefulSet rolls every pod.
     let yaml = fixtures::pipeline("reload", &topic, 2, "reload")
         .replace("maxOutOfOrderness: 5s", "maxOutOfOrderness: 10s");

@@ -12,15 +12,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
-use kube::{Resource, ResourceExt};
 use vigil_api::contract::detector::rollouts::{Decision, RolloutDecision};
 use vigil_api::v1alpha1::{AnomalyModel, RolloutPhase, RolloutStatus};
 
 use self::status::Outcome;
 use self::validate::ModelProblem;
-use super::{Context, Error, requeue_on_error};
+use super::{Context, Error, audit, requeue_on_error};
 use crate::apply::{apply, apply_status};
 
 /// Controller name in metrics and logs.
@@ -46,7 +45,9 @@ pub async fn reconcile(model: Arc<AnomalyModel>, ctx: Arc<Context>) -> Result<Ac
     }
     let deref = dereference::dereference(&model, &ctx).await?;
     let now = Time(k8s_openapi::jiff::Timestamp::now());
-    let (new_status, action) = match validate::validate(&model, &deref) {
+    let valid_spec = validate::validate(&model, &deref);
+    let valid = valid_spec.is_ok();
+    let (new_status, action) = match valid_spec {
         Err(problem) => {
             let action = match &problem {
                 ModelProblem::Invalid(_) => Action::await_change(),
@@ -85,7 +86,16 @@ pub async fn reconcile(model: Arc<AnomalyModel>, ctx: Arc<Context>) -> Result<Ac
             )
         }
     };
+    let mut new_status = new_status;
     let old = model.status.as_ref();
+    // Audit trail: an accepted (valid) new generation records who applied it and what changed.
+    let previous = old.and_then(|s| s.last_change.as_ref());
+    let change = valid
+        .then(|| audit::spec_change(&model.metadata, &model.spec, previous))
+        .flatten();
+    if let Some(c) = &change {
+        new_status.last_change = Some(c.clone());
+    }
     if status::changed(old, &new_status) {
         apply_status(&ctx.client, model.as_ref(), &new_status).await?;
         let old_conditions = old.map(|s| s.conditions.as_slice()).unwrap_or_default();
@@ -194,16 +204,8 @@ async fn decide(
     if fresh {
         tracing::info!(model = %model.name_any(), candidate = %new.candidate, phase = ?new.phase, detectors = told, message = %new.message, "Rollout decided.");
         if new.phase == RolloutPhase::Promoted {
-            let event = Event {
-                type_: EventType::Normal,
-                reason: "RolloutPromoted".into(),
-                note: Some(new.message.clone()),
-                action: "Promote".into(),
-                secondary: None,
-            };
-            if let Err(e) = ctx.recorder.publish(&event, &model.object_ref(&())).await {
-                tracing::warn!(error = %e, "Failed to publish an Event.");
-            }
+            ctx.publish_event(model, "RolloutPromoted", new.message.clone(), "Promote")
+                .await;
         }
     }
     Ok(())

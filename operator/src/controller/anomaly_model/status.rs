@@ -277,7 +277,8 @@ pub fn changed(old: Option<&AnomalyModelStatus>, new: &AnomalyModelStatus) -> bo
         && old.observed_generation == new.observed_generation
         && old.serving_revision == new.serving_revision
         && old.history == new.history
-        && old.rollout == new.rollout)
+        && old.rollout == new.rollout
+        && old.last_change == new.last_change)
 }
 
 #[cfg(test)]

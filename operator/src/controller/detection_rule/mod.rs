@@ -20,7 +20,7 @@ use vigil_api::v1alpha1::{AnomalyModel, DetectionRule, StreamPipeline};
 
 use self::status::Outcome;
 use self::validate::{validate_rule, validate_rules_for_pipeline};
-use super::{Context, Error, requeue_on_error};
+use super::{Context, Error, audit, requeue_on_error};
 use crate::apply::apply_status;
 use crate::controller::stream_pipeline::dereference::selecting_rules;
 
@@ -73,8 +73,20 @@ pub async fn reconcile(rule: Arc<DetectionRule>, ctx: Arc<Context>) -> Result<Ac
     let deref = dereference::dereference(&rule, &ctx);
     let outcome = check(&rule, &deref);
     let now = Time(k8s_openapi::jiff::Timestamp::now());
-    let new_status = status::status(&rule, &outcome, now);
+    let mut new_status = status::status(&rule, &outcome, now);
     let old = rule.status.as_ref();
+    // Audit trail: an accepted new generation records who applied it and what changed.
+    let accepted = new_status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == vigil_api::conditions::ACCEPTED && c.status == "True");
+    let previous = old.and_then(|s| s.last_change.as_ref());
+    let change = accepted
+        .then(|| audit::spec_change(&rule.metadata, &rule.spec, previous))
+        .flatten();
+    if let Some(c) = &change {
+        new_status.last_change = Some(c.clone());
+    }
     if status::changed(old, &new_status) {
         if let Outcome::Invalid(e) = &outcome {
             tracing::info!(rule = %rule.name_any(), error = %e, "Rule is invalid.");

@@ -71,7 +71,8 @@ pub fn changed(old: Option<&DetectionRuleStatus>, new: &DetectionRuleStatus) -> 
     let Some(old) = old else { return true };
     !(conditions::eq_time_insensitive(&old.conditions, &new.conditions)
         && old.observed_generation == new.observed_generation
-        && old.pipelines == new.pipelines)
+        && old.pipelines == new.pipelines
+        && old.last_change == new.last_change)
 }
 
 #[cfg(test)]
