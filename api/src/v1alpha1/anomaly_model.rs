@@ -221,6 +221,11 @@ pub struct RolloutAnalysis {
     /// Most the 99th percentile of the candidate's batch latency may be. Default: no check.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_latency_p99: Option<kube::core::Duration>,
+    /// Longest an analysis may go without reaching a verdict (too few windows, e.g. no
+    /// traffic) before it fails, so a stuck rollout does not stay Progressing forever
+    /// (Flagger's progress deadline). Default 10m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress_deadline: Option<kube::core::Duration>,
 }
 
 /// Defaults of [`RolloutAnalysis`].
@@ -235,6 +240,8 @@ pub mod analysis_defaults {
     pub const MAX_ANOMALY_RATE_RATIO: f64 = 3.0;
     /// `maxErrorRate`.
     pub const MAX_ERROR_RATE: f64 = 0.05;
+    /// `progressDeadline`, seconds.
+    pub const PROGRESS_DEADLINE_SECS: u64 = 600;
 }
 
 /// The candidate of a rollout.

@@ -258,7 +258,20 @@ pub fn step(
         candidate: candidate.figures(),
         stable: stable.figures(),
     });
+    let deadline_ms = analysis
+        .and_then(|a| a.progress_deadline.as_ref())
+        .map_or(d::PROGRESS_DEADLINE_SECS as i64 * 1000, duration_ms);
+    let running_ms = now.0.as_millisecond() - s.started_at.0.as_millisecond();
     match verdict {
+        Verdict::Inconclusive(m) if running_ms > deadline_ms => {
+            s.phase = RolloutPhase::Failed;
+            s.finished_at = Some(now.clone());
+            s.message = format!(
+                "revision {} reached no verdict within progressDeadline ({} s) and gets no windows: {m}",
+                c.revision,
+                deadline_ms / 1000
+            );
+        }
         Verdict::Inconclusive(m) => {
             s.message = format!(
                 "{} of {iterations} intervals passed; the last was inconclusive: {m}",
@@ -334,6 +347,7 @@ mod tests {
             max_anomaly_rate_ratio: None,
             max_error_rate: None,
             max_latency_p99: Some("20ms".parse().unwrap()),
+            progress_deadline: Some("60s".parse().unwrap()),
         }
     }
 

@@ -431,6 +431,7 @@ mod tests {
                 max_anomaly_rate_ratio: None,
                 max_error_rate: None,
                 max_latency_p99: None,
+                progress_deadline: None,
             }),
         });
         let with = |m: &AnomalyModel, phase| {

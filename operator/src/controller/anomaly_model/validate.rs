@@ -283,6 +283,14 @@ fn check_analysis(a: &vigil_api::v1alpha1::RolloutAnalysis) -> Result<(), (&'sta
             format!("{r} is not a positive number"),
         ));
     }
+    if let Some(p) = &a.progress_deadline
+        && vigil_api::v1alpha1::duration_ms(p) < 1000
+    {
+        return Err((
+            "spec.rollout.analysis.progressDeadline",
+            "must be at least 1s".into(),
+        ));
+    }
     if let Some(l) = &a.max_latency_p99
         && vigil_api::v1alpha1::duration_ms(l) <= 0
     {
@@ -368,6 +376,10 @@ mod tests {
                 "spec.rollout.analysis.maxAnomalyRateRatio",
             ),
             ("{maxLatencyP99: 0s}", "spec.rollout.analysis.maxLatencyP99"),
+            (
+                "{progressDeadline: 0s}",
+                "spec.rollout.analysis.progressDeadline",
+            ),
         ] {
             assert_eq!(
                 check_analysis(&analysis(yaml)).unwrap_err().0,
