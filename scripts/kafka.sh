@@ -333,6 +333,7 @@ print_env() {
 	printf 'export KAFKA_TLS_CLIENT_CERT=%q\n' "$TLS/client.crt"
 	printf 'export KAFKA_TLS_CLIENT_KEY=%q\n' "$TLS/client.key"
 	printf 'export KAFKA_SASL_USER=%q\n' "$SASL_USER"
+	printf 'export KAFKA_PID_FILE=%q\n' "$PIDFILE"
 	if [[ -f "$TLS/sasl-password" ]]; then
 		printf 'export KAFKA_SASL_PASSWORD=%q\n' "$(sasl_password)"
 	fi

@@ -133,6 +133,60 @@ pub mod detector {
         }
     }
 
+    pub mod lag {
+        //! `GET /lag` on the detector's metrics port: the p50/p95/p99 of each stage's latency
+        //! over the last minute and where each stands against `spec.lag` (the operator's
+        //! `Lagging` condition reads it).
+        use serde::{Deserialize, Serialize};
+
+        /// Path of the report.
+        pub const LAG_PATH: &str = "/lag";
+
+        /// What `GET /lag` answers.
+        #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        pub struct LagReport {
+            /// `spec.lag.warn`, seconds.
+            pub warn_seconds: f64,
+            /// `spec.lag.critical`, seconds.
+            pub critical_seconds: f64,
+            /// One entry per stage with samples in the last minute.
+            pub stages: Vec<StageLag>,
+        }
+
+        /// One stage over the last minute.
+        #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        pub struct StageLag {
+            /// Stage name (`processed_to_delivered`, ...).
+            pub stage: String,
+            /// Samples (per-event stages are sampled 1 in 16).
+            pub samples: u64,
+            /// Percentiles, seconds.
+            pub p50: f64,
+            /// 95th percentile, seconds.
+            pub p95: f64,
+            /// 99th percentile, seconds.
+            pub p99: f64,
+            /// `Ok`, `Warn` or `Critical`: the p99 against the thresholds.
+            pub level: LagLevel,
+        }
+
+        /// Where a stage's p99 stands.
+        #[derive(
+            Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize,
+        )]
+        pub enum LagLevel {
+            /// Under `warn`.
+            #[default]
+            Ok,
+            /// Past `warn`.
+            Warn,
+            /// Past `critical`.
+            Critical,
+        }
+    }
+
     /// The rollout channel on the detector's metrics port, between the operator's analysis
     /// of an AnomalyModel rollout and each detector (the savepoint channel's shape: the
     /// operator calls each ready detector pod directly).

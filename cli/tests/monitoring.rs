@@ -46,6 +46,7 @@ fn exported() -> BTreeSet<String> {
     d.consumer_lag("events", 0, 10);
     d.watermark_delay("fast", 1.0);
     d.stage_latency("kafka_to_delivered", 0.5);
+    d.lag().refresh(std::time::Instant::now());
     let s = d.scoring();
     s.set_degraded("m", true);
     s.set_backlog(3);

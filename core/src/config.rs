@@ -237,6 +237,17 @@ impl PipelineConfig {
                 "must be positive",
             ));
         }
+        let (lag_warn_ms, lag_critical_ms) =
+            vigil_api::v1alpha1::LagThresholds::millis(spec.lag.as_ref());
+        if lag_warn_ms <= 0 {
+            return Err(InvalidSpec::new("spec.lag.warn", "must be positive"));
+        }
+        if lag_critical_ms <= lag_warn_ms {
+            return Err(InvalidSpec::new(
+                "spec.lag.critical",
+                format!("must be longer than spec.lag.warn ({lag_warn_ms} ms)"),
+            ));
+        }
         let max_keys = ks.max_keys.map_or(DEFAULT_MAX_KEYS, |m| m as usize);
         if max_keys == 0 {
             return Err(InvalidSpec::new(
@@ -468,6 +479,7 @@ mod tests {
     /// Declared, not implemented: refused with the field named, never silently ignored.
     #[test]
     fn checkpointing_and_upgrade_mode_are_validated() {
+        assert!(pipeline("  lag: {warn: 1s, critical: 30s}\n").is_ok());
         let p = pipeline("").unwrap();
         assert!(p.checkpointing.is_none());
         assert_eq!(p.upgrade_mode, UpgradeMode::Stateless);
@@ -518,6 +530,17 @@ mod tests {
                 "spec.checkpointing.restoreFrom",
                 "not a savepoint name",
             ),
+            (
+                "  lag: {warn: 20s, critical: 10s}\n",
+                "spec.lag.critical",
+                "longer than spec.lag.warn",
+            ),
+            (
+                "  lag: {critical: 10s}\n",
+                "spec.lag.critical",
+                "(15000 ms)",
+            ),
+            ("  lag: {warn: 0s}\n", "spec.lag.warn", "positive"),
         ] {
             let e = pipeline(yaml).unwrap_err();
             assert_eq!(e.field, field, "{yaml}");

@@ -11,9 +11,11 @@
 //! - [`supervisor`]: the configuration from manifest files, watched and applied to the
 //!   running runner (rules swapped in place, pipeline changes restart it).
 //! - [`telemetry`]: Prometheus metrics of the data path.
+//! - [`lag`]: stage lag over the last minute against the pipeline's `spec.lag` thresholds.
 
 pub mod checkpoint;
 pub mod driver;
+pub mod lag;
 pub mod runner;
 pub mod scoring;
 pub mod sink;

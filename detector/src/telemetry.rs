@@ -114,6 +114,7 @@ pub struct Metrics {
     restored_keys: Counter,
     client_error_log: Arc<ClientErrorLog>,
     scoring: crate::scoring::ScoringMetrics,
+    lag: crate::lag::LagMonitor,
 }
 
 /// Labels of `vigil_checkpoints_total`.
@@ -219,6 +220,7 @@ impl Metrics {
             watermark_delay: Family::default(),
             stage_latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             scoring: crate::scoring::ScoringMetrics::default(),
+            lag: crate::lag::LagMonitor::default(),
         };
         r.register(
             "events_in",
@@ -342,6 +344,8 @@ impl Metrics {
         );
         // `vigil_model_scoring_*`, named in crate::scoring::metrics.
         m.scoring.register(&mut r);
+        // `vigil_stage_lag_*`, named in crate::lag.
+        m.lag.register(&mut r);
         Self {
             registry: Arc::new(r),
             ..m
@@ -579,6 +583,12 @@ impl Metrics {
         self.stage_latency
             .get_or_create(&StageLabels { stage })
             .observe(seconds);
+        self.lag.observe(stage, seconds, std::time::Instant::now());
+    }
+
+    /// The stage lag monitor (`spec.lag`).
+    pub fn lag(&self) -> &crate::lag::LagMonitor {
+        &self.lag
     }
 }
 
@@ -649,7 +659,8 @@ pub async fn serve_with_savepoints(
     serve_detector(addr, metrics, savepoints, None).await
 }
 
-/// [`serve_with_savepoints`], plus the rollout channel when `rollouts` is given
+/// [`serve_with_savepoints`], plus `GET /lag` (the stage lag report, [`crate::lag`]) and the
+/// rollout channel when `rollouts` is given
 /// ([`vigil_api::contract::detector::rollouts`]): `GET /rollouts` answers the per-revision
 /// evidence, `POST /rollouts/<model>` records a decision (`204`; `400` naming what is wrong
 /// with the body).
@@ -682,6 +693,14 @@ pub async fn serve_detector(
                 .with_state(trigger),
         );
     }
+    app = app.merge(
+        axum::Router::new()
+            .route(
+                vigil_api::contract::detector::lag::LAG_PATH,
+                axum::routing::get(lag_report),
+            )
+            .with_state(metrics.clone()),
+    );
     if let Some(decisions) = rollouts {
         use vigil_api::contract::detector::rollouts::ROLLOUTS_PATH;
         app = app.merge(
@@ -706,6 +725,16 @@ fn instance() -> &'static str {
             .map_or(0, |d| d.as_nanos());
         format!("{}-{nanos}", std::process::id())
     })
+}
+
+async fn lag_report(
+    axum::extract::State(metrics): axum::extract::State<Metrics>,
+) -> impl axum::response::IntoResponse {
+    let body = serde_json::to_string(&metrics.lag().report()).unwrap_or_default();
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
 }
 
 type RolloutState = (Metrics, crate::scoring::RolloutDecisions);

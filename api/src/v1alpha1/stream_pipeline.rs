@@ -97,6 +97,46 @@ pub struct StreamPipelineSpec {
     /// with its defaults when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_state: Option<KeyStateSpec>,
+    /// Thresholds on the p99 latency of each pipeline stage over the last minute (see
+    /// [`LagThresholds`]); applies with its defaults when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag: Option<LagThresholds>,
+}
+
+/// Warn and critical thresholds on stage lag: the 99th percentile, over the last minute, of
+/// each stage's latency (`event_to_kafka`, `kafka_to_processed`, `processed_to_delivered`,
+/// `kafka_to_delivered`; `vigil_stage_latency_seconds`). Past one, the detector's
+/// `vigil_stage_lag_level{stage}` says so (1 warn, 2 critical; the chart's PrometheusRule fires
+/// on it) and the pipeline's `Lagging` condition names the stage and pod. Defaults warn 15 s,
+/// critical 45 s (the dual-stream tuning practice Vigil follows).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LagThresholds {
+    /// Warn past this p99. Default 15s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warn: Option<Duration>,
+    /// Critical past this p99. Default 45s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub critical: Option<Duration>,
+}
+
+impl LagThresholds {
+    /// Default `warn`, ms.
+    pub const DEFAULT_WARN_MS: i64 = 15_000;
+    /// Default `critical`, ms.
+    pub const DEFAULT_CRITICAL_MS: i64 = 45_000;
+
+    /// `(warn, critical)` in ms, defaults filled in.
+    pub fn millis(this: Option<&Self>) -> (i64, i64) {
+        let get = |d: Option<&Duration>, default| d.map_or(default, crate::v1alpha1::duration_ms);
+        (
+            get(this.and_then(|t| t.warn.as_ref()), Self::DEFAULT_WARN_MS),
+            get(
+                this.and_then(|t| t.critical.as_ref()),
+                Self::DEFAULT_CRITICAL_MS,
+            ),
+        )
+    }
 }
 
 /// Bounds on the state kept per entity key.

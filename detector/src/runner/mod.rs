@@ -295,6 +295,8 @@ struct Core {
     checkpointing: Option<checkpointing::Checkpointing>,
     /// The operator's rollout decisions and the version of them applied.
     decisions: (crate::scoring::RolloutDecisions, u64),
+    /// When the stage lag report was last recomputed (wall clock, ms).
+    lag_refreshed_ms: i64,
 }
 
 impl RebalanceHandler for Shared {
@@ -487,6 +489,10 @@ impl Core {
                     .watermark_delay(&self.tiers[i], (now_ms - wm) as f64 / 1e3);
             }
         }
+        if now_ms - self.lag_refreshed_ms >= 1000 {
+            self.lag_refreshed_ms = now_ms;
+            self.metrics.lag().refresh(Instant::now());
+        }
     }
 
     /// Snapshots the committable offsets at the end of the current epoch.
@@ -616,6 +622,9 @@ pub fn spawn(cfg: RunnerConfig, metrics: Metrics) -> Result<RunnerHandle, RunErr
         }),
         None => None,
     };
+    let (warn_ms, critical_ms) =
+        vigil_api::v1alpha1::LagThresholds::millis(cfg.pipeline.spec.lag.as_ref());
+    metrics.lag().set_thresholds(warn_ms, critical_ms);
     let shared = Arc::new(Shared {
         core: Mutex::new(Core {
             driver: Driver::new(engine, None),
@@ -637,6 +646,7 @@ pub fn spawn(cfg: RunnerConfig, metrics: Metrics) -> Result<RunnerHandle, RunErr
             scorer_config: cfg.scorer.clone(),
             checkpointing,
             decisions: (cfg.rollout_decisions.clone(), 0),
+            lag_refreshed_ms: 0,
         }),
     });
     shared

@@ -248,7 +248,8 @@ pub fn transitions(old: &[Condition], new: &[Condition]) -> Vec<Transition> {
         })
         .map(|c| {
             let bad_when_true = c.type_ == conditions::DEGRADED
-                || c.type_ == stream_pipeline::status::REPLICAS_CLAMPED;
+                || c.type_ == stream_pipeline::status::REPLICAS_CLAMPED
+                || c.type_ == stream_pipeline::lag::LAGGING;
             // Pods starting is progress, not a problem.
             let starting = matches!(c.reason.as_str(), "DetectorsNotReady" | "Starting");
             let warning = (c.status == "True") == bad_when_true && !starting;

@@ -3,6 +3,7 @@
 
 pub mod build;
 pub mod dereference;
+pub mod lag;
 pub mod status;
 pub mod upgrade;
 pub mod validate;
@@ -101,16 +102,31 @@ pub async fn reconcile(pipeline: Arc<StreamPipeline>, ctx: Arc<Context>) -> Resu
                 .is_some_and(|s| s.selector.is_some());
             let stateful_set = apply_children(&ctx, &children, existing).await?;
             ctx.metrics.applied(CONTROLLER, started);
-            let s = status::status(
+            let mut s = status::status(
                 &pipeline,
                 &Outcome::Applied {
                     validated: &validated,
                     stateful_set: &stateful_set,
                 },
-                now,
+                now.clone(),
             );
+            // Stage lag against spec.lag, from the detectors' reports.
+            let ns = pipeline.namespace().unwrap_or_default();
+            let reports = lag::read(&ctx, &ns, &pipeline.name_any()).await?;
+            if let Some((lagging, reason, message)) = lag::condition(&reports) {
+                vigil_api::conditions::set_condition(
+                    &mut s.conditions,
+                    lag::LAGGING,
+                    lagging,
+                    reason,
+                    message,
+                    pipeline.metadata.generation,
+                    now,
+                );
+            }
             let action = match validated.limit {
                 ReplicaLimit::Unknown { .. } => Action::requeue(KAFKA_RETRY),
+                _ if !reports.is_empty() => Action::requeue(ctx.config.resync.min(lag::LAG_POLL)),
                 _ => Action::requeue(ctx.config.resync),
             };
             (s, action)
