@@ -348,6 +348,23 @@ async fn a_flooding_candidate_is_rolled_back_and_a_good_one_promoted() {
     )
     .await;
 
+    // The operator reads the detector's stage lag report too: every stage under spec.lag.warn.
+    let (_, reason, message) =
+        wait_for("the Lagging condition", Duration::from_secs(60), || async {
+            let p = ns
+                .api::<vigil_api::v1alpha1::StreamPipeline>()
+                .get("rolling")
+                .await
+                .ok()?;
+            condition(&p.status?.conditions, "Lagging").filter(|c| c.0 == "False")
+        })
+        .await;
+    assert_eq!(reason, "WithinThresholds");
+    assert!(
+        message.contains("under 15 s") && message.contains("1 detector(s)"),
+        "{message}"
+    );
+
     // The steady candidate passes 3 intervals and is promoted.
     let promoted = wait_for("steady promoted", Duration::from_secs(120), || async {
         let m = models.get("steady").await.ok()?;

@@ -16,7 +16,8 @@ pub const LAGGING: &str = "Lagging";
 /// How often a pipeline with detectors is read again.
 pub const LAG_POLL: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// Each detector pod of `pipeline` that answered: (pod, report).
+/// The detector pods of `pipeline` with an IP, and the reports of those that answered:
+/// `(pods, [(pod, report)])`.
 ///
 /// # Errors
 /// Listing the pods failed.
@@ -24,7 +25,7 @@ pub async fn read(
     ctx: &Context,
     namespace: &str,
     pipeline: &str,
-) -> Result<Vec<(String, LagReport)>, Error> {
+) -> Result<(usize, Vec<(String, LagReport)>), Error> {
     let pods = Api::<Pod>::namespaced(ctx.client.clone(), namespace)
         .list(&ListParams::default().labels(&selector_string(&detector_selector(pipeline))))
         .await
@@ -41,6 +42,7 @@ pub async fn read(
         .filter(|p| p.metadata.deletion_timestamp.is_none())
         .filter_map(|p| Some((p.name_any(), p.status?.pod_ip?)))
         .collect();
+    let pods = targets.len();
     let answers = futures::future::join_all(targets.into_iter().map(|(pod, ip)| {
         let http = http.clone();
         async move {
@@ -60,7 +62,7 @@ pub async fn read(
         }
     }))
     .await;
-    Ok(answers.into_iter().flatten().collect())
+    Ok((pods, answers.into_iter().flatten().collect()))
 }
 
 /// `(lagging, reason, message)` of the `Lagging` condition; `None` when no detector answered.

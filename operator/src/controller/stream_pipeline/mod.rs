@@ -112,7 +112,7 @@ pub async fn reconcile(pipeline: Arc<StreamPipeline>, ctx: Arc<Context>) -> Resu
             );
             // Stage lag against spec.lag, from the detectors' reports.
             let ns = pipeline.namespace().unwrap_or_default();
-            let reports = lag::read(&ctx, &ns, &pipeline.name_any()).await?;
+            let (pods, reports) = lag::read(&ctx, &ns, &pipeline.name_any()).await?;
             if let Some((lagging, reason, message)) = lag::condition(&reports) {
                 vigil_api::conditions::set_condition(
                     &mut s.conditions,
@@ -126,7 +126,7 @@ pub async fn reconcile(pipeline: Arc<StreamPipeline>, ctx: Arc<Context>) -> Resu
             }
             let action = match validated.limit {
                 ReplicaLimit::Unknown { .. } => Action::requeue(KAFKA_RETRY),
-                _ if !reports.is_empty() => Action::requeue(ctx.config.resync.min(lag::LAG_POLL)),
+                _ if pods > 0 => Action::requeue(ctx.config.resync.min(lag::LAG_POLL)),
                 _ => Action::requeue(ctx.config.resync),
             };
             (s, action)
