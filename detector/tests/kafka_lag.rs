@@ -1,8 +1,10 @@
 //! Stage lag thresholds (`spec.lag`) against a real broker (`KAFKA_BOOTSTRAP`) that is made
-//! slow: the broker process is stopped (SIGSTOP) for 3 s, so alerts processed meanwhile are
-//! acknowledged late. The `processed_to_delivered` stage's p99 goes past `warn` (1 s) but not
-//! `critical` (30 s): `GET /lag` and `vigil_stage_lag_level` say so, and once the slow
-//! samples are older than a minute both clear.
+//! slow: the broker process is stopped (SIGSTOP) for 3 s, so the records produced meanwhile
+//! reach the detector, and the alerts they fire reach the alerts topic, seconds late. The
+//! delivered stage (`kafka_to_delivered`: Kafka timestamp of the record that fired a window ->
+//! alert acknowledged by the broker) goes past `warn` (1 s) but not `critical` (30 s):
+//! `GET /lag` and `vigil_stage_lag_level` say so, and once the slow samples are older than a
+//! minute both clear.
 //!
 //! Needs `scripts/kafka.sh start && eval "$(scripts/kafka.sh env)"` (`KAFKA_PID_FILE` names the
 //! broker process). The broker is shared: this test is alone in its binary, and cargo runs
@@ -58,7 +60,7 @@ fn delivered_level(addr: std::net::SocketAddr) -> Option<(LagLevel, f64)> {
     let r: LagReport = serde_json::from_str(&http_get(addr, "/lag")).ok()?;
     r.stages
         .iter()
-        .find(|s| s.stage == "processed_to_delivered")
+        .find(|s| s.stage == "kafka_to_delivered")
         .map(|s| (s.level, s.p99))
 }
 
@@ -72,7 +74,7 @@ fn signal(sig: &str, pid: &str) {
 }
 
 #[test]
-fn a_slow_broker_pushes_the_delivered_stage_past_warn_and_it_clears() {
+fn a_stalled_broker_pushes_the_delivered_stage_past_warn_and_it_clears() {
     let pid_file =
         std::env::var("KAFKA_PID_FILE").expect("KAFKA_PID_FILE (eval \"$(scripts/kafka.sh env)\")");
     let pid = std::fs::read_to_string(&pid_file)
@@ -132,7 +134,7 @@ fn a_slow_broker_pushes_the_delivered_stage_past_warn_and_it_clears() {
         http_get(addr, "/lag")
     );
 
-    // The broker stops for 3 s: alerts processed meanwhile are acknowledged late.
+    // The broker stops for 3 s: what is produced meanwhile arrives late, and so do its alerts.
     signal("-STOP", &pid);
     std::thread::sleep(Duration::from_secs(3));
     signal("-CONT", &pid);
@@ -149,11 +151,11 @@ fn a_slow_broker_pushes_the_delivered_stage_past_warn_and_it_clears() {
     assert!(
         metrics
             .encode()
-            .contains(r#"vigil_stage_lag_level{stage="processed_to_delivered"} 1"#),
+            .contains(r#"vigil_stage_lag_level{stage="kafka_to_delivered"} 1"#),
         "{}",
         metrics.encode()
     );
-    println!("LAG processed_to_delivered p99 {p99:.2} s after a 3 s broker stop (warn 1 s)");
+    println!("LAG kafka_to_delivered p99 {p99:.2} s after a 3 s broker stop (warn 1 s)");
 
     // A minute later the slow samples have aged out.
     assert!(
@@ -170,7 +172,7 @@ fn a_slow_broker_pushes_the_delivered_stage_past_warn_and_it_clears() {
     assert!(
         metrics
             .encode()
-            .contains(r#"vigil_stage_lag_level{stage="processed_to_delivered"} 0"#)
+            .contains(r#"vigil_stage_lag_level{stage="kafka_to_delivered"} 0"#)
     );
     stop.store(true, Ordering::Relaxed);
     producer.join().unwrap();
