@@ -5,8 +5,14 @@
 //! - [`stream_pipeline`]: a pipeline's detectors (ConfigMap, StatefulSet, Service, PDB, RBAC).
 //! - [`detection_rule`]: a rule's `Accepted` condition and the pipelines that use it (rules
 //!   have no children: they are rendered into pipelines' ConfigMaps).
-//! - [`anomaly_model`]: a model's server (ConfigMap, Deployment, Service).
+//! - [`anomaly_model`]: a model's server (ConfigMap, Deployment, Service) and the analysis of
+//!   its rollouts.
 //! - [`savepoint`]: a Savepoint taken from a pipeline's detectors (no children).
+//! - [`audit`]: who applied each accepted rule or model generation and what changed.
+//!
+//! The operator reaches detector pods directly on their metrics port (savepoints, rollout
+//! evidence and verdicts, stage lag reports); the shapes are in
+//! `vigil_api::contract::detector`.
 //!
 //! The controllers share their caches (reflector stores): the pipeline controller reads rules
 //! and models, the rule controller reads pipelines and models. Watches map a changed rule or

@@ -1,5 +1,9 @@
 //! AnomalyModel controller: serves a model with vigil-model-server (ConfigMap of per-version
-//! configs, Deployment, Service) and reports the revision being served.
+//! configs, Deployment, Service) and reports the revision being served. With
+//! `spec.rollout.analysis` it also judges the candidate every interval ([`analysis`], pure;
+//! [`evidence`], the detectors' counters), tells the detectors a verdict and records it in
+//! `status.rollout`; every accepted generation leaves an audit record
+//! ([`crate::controller::audit`]).
 
 pub mod analysis;
 pub mod build;

@@ -1,5 +1,6 @@
 //! StreamPipeline controller: runs a pipeline as a StatefulSet of detectors in one Kafka
-//! consumer group, with its rules rendered into a ConfigMap.
+//! consumer group, with its rules rendered into a ConfigMap, and reports its detectors' stage
+//! lag against `spec.lag` as the `Lagging` condition ([`lag`]).
 
 pub mod build;
 pub mod dereference;
