@@ -40,6 +40,9 @@ pub struct ModelInput {
     pub candidate: bool,
     /// Also scored by the candidate revision, for comparison only (shadow rollout).
     pub shadow: bool,
+    /// Processing time (epoch ms) at which the window closed: the start of the detector's
+    /// `closed_to_scored` stage (scoring backlog and inference).
+    pub closed_ms: i64,
 }
 
 impl ModelInput {
@@ -491,6 +494,7 @@ spec:
             raw_features: vec![],
             candidate,
             shadow: false,
+            closed_ms: 0,
         };
         assert_eq!((input(false).version(), input(true).version()), ("3", "4"));
     }

@@ -43,9 +43,23 @@ impl Driver {
     /// Applies the scores the background worker returned since the last call to the alert
     /// lifecycle; the number of windows applied.
     pub fn apply_scored(&mut self, now_ms: i64, out: &mut Outputs) -> usize {
+        self.apply_scored_observing(now_ms, out, |_| {})
+    }
+
+    /// [`Self::apply_scored`], calling `observe` with each window's time from close to score
+    /// (ms of processing time): the `closed_to_scored` stage.
+    pub fn apply_scored_observing(
+        &mut self,
+        now_ms: i64,
+        out: &mut Outputs,
+        mut observe: impl FnMut(i64),
+    ) -> usize {
         match &self.worker {
             Some(w) => {
                 let scored = w.take_scored();
+                for (input, _) in &scored {
+                    observe((now_ms - input.closed_ms).max(0));
+                }
                 self.engine.apply_model_scores(&scored, now_ms, out)
             }
             None => 0,

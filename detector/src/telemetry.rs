@@ -43,7 +43,8 @@ pub struct StageLabels {
     /// `event_to_kafka` (event time -> Kafka timestamp), `kafka_to_processed` (Kafka timestamp
     /// -> engine), `processed_to_delivered` (engine -> alert acknowledged by the broker),
     /// `kafka_to_delivered` (Kafka timestamp of the record that fired a window -> alert
-    /// acknowledged).
+    /// acknowledged), `closed_to_scored` (a model window closed -> its score applied: the
+    /// scoring backlog and inference).
     pub stage: &'static str,
 }
 

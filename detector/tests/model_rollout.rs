@@ -323,6 +323,14 @@ fn an_aborted_canary_goes_back_to_the_stable_revision_without_a_restart() {
         "batches timed"
     );
 
+    // The scoring stage is timed (window closed -> score applied) and in the lag report.
+    assert!(
+        metrics
+            .encode()
+            .contains(r#"vigil_stage_latency_seconds_count{stage="closed_to_scored"}"#),
+        "{}",
+        metrics.encode()
+    );
     // A body that is not a decision is refused, naming the endpoint.
     let (code, body) = http(addr, "POST", "/rollouts/iforest", r#"{"candidate":"2"}"#);
     assert_eq!(code, 400);

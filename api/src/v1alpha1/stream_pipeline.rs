@@ -104,8 +104,8 @@ pub struct StreamPipelineSpec {
 }
 
 /// Warn and critical thresholds on stage lag: the 99th percentile, over the last minute, of
-/// each stage's latency (`event_to_kafka`, `kafka_to_processed`, `processed_to_delivered`,
-/// `kafka_to_delivered`; `vigil_stage_latency_seconds`). Past one, the detector's
+/// each stage's latency (`event_to_kafka`, `kafka_to_processed`, `closed_to_scored` (model
+/// scoring), `processed_to_delivered`, `kafka_to_delivered`; `vigil_stage_latency_seconds`). Past one, the detector's
 /// `vigil_stage_lag_level{stage}` says so (1 warn, 2 critical; the chart's PrometheusRule fires
 /// on it) and the pipeline's `Lagging` condition names the stage and pod. Defaults warn 15 s,
 /// critical 45 s (the dual-stream tuning practice Vigil follows).

@@ -89,6 +89,7 @@ impl Engine {
                             raw_features: raw,
                             candidate,
                             shadow,
+                            closed_ms: now_ms,
                         });
                     }
                     WindowVector::Filling => {}

@@ -468,7 +468,11 @@ impl Core {
     }
 
     fn tick(&mut self, now_ms: i64) {
-        self.driver.apply_scored(now_ms, &mut self.out);
+        let metrics = &self.metrics;
+        self.driver
+            .apply_scored_observing(now_ms, &mut self.out, |ms| {
+                metrics.stage_latency("closed_to_scored", ms as f64 / 1e3);
+            });
         for v in self.driver.take_shadow() {
             self.sinks.send_shadow(&v, now_ms);
         }

@@ -882,6 +882,7 @@ pub(crate) mod tests {
                 raw_features: vec![i as f64],
                 candidate: false,
                 shadow: false,
+                closed_ms: 0,
             })
             .collect()
     }
