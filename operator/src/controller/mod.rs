@@ -165,6 +165,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Publishes Kubernetes Events.
     pub recorder: Recorder,
+    /// Who publishes them.
+    pub reporter: Reporter,
     /// Per cache (kind name): becomes `true` once it has had its initial list.
     pub caches_ready: Vec<(&'static str, watch::Receiver<bool>)>,
     /// The last read of the detectors per analysed model rollout.
@@ -187,7 +189,9 @@ impl Context {
         Ok(())
     }
 
-    /// Publishes one Event (best effort, failures logged).
+    /// Publishes one Event of its own (best effort, failures logged). A fresh recorder: the
+    /// shared one folds an Event with the same reason and action into the earlier one's
+    /// `series` (keeping the first note), and each audit record or verdict must stay readable.
     pub async fn publish_event<K>(&self, obj: &K, reason: &str, note: String, action: &str)
     where
         K: Resource<DynamicType = ()>,
@@ -199,7 +203,8 @@ impl Context {
             action: action.into(),
             secondary: None,
         };
-        if let Err(e) = self.recorder.publish(&event, &obj.object_ref(&())).await {
+        let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
+        if let Err(e) = recorder.publish(&event, &obj.object_ref(&())).await {
             tracing::warn!(error = %e, "Failed to publish an Event.");
         }
     }
@@ -319,6 +324,10 @@ pub async fn run(
         tokio::spawn(rules_cache),
         tokio::spawn(models_cache),
     ];
+    let reporter = Reporter {
+        controller: FIELD_MANAGER.into(),
+        instance: std::env::var("POD_NAME").ok(),
+    };
     let ctx = Arc::new(Context {
         caches_ready: vec![
             ("StreamPipeline", pipelines_ready),
@@ -333,13 +342,8 @@ pub async fn run(
         models: models.clone(),
         metrics,
         rollout_reads: anomaly_model::evidence::Reads::default(),
-        recorder: Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: FIELD_MANAGER.into(),
-                instance: std::env::var("POD_NAME").ok(),
-            },
-        ),
+        recorder: Recorder::new(client.clone(), reporter.clone()),
+        reporter,
     });
 
     let network_policies = ctx.config.network_policies;

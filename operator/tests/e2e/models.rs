@@ -390,6 +390,32 @@ async fn a_missing_model_degrades_the_pipeline_until_it_is_served() {
             .collect::<Vec<_>>(),
         ["1", "2", "1"]
     );
+    // The audit trail names the plugin as the writer of the rollback.
+    let change = wait_for("lastChange by kubectl-vigil", T, || async {
+        let m = models.get("iforest").await.ok()?;
+        m.status?
+            .last_change
+            .filter(|c| c.manager == "kubectl-vigil")
+    })
+    .await;
+    assert_eq!(change.operation, "Update");
+    assert!(
+        change.changed.contains(&"spec.revision".to_string()),
+        "{change:?}"
+    );
+    wait_for("a SpecChanged Event naming kubectl-vigil", T, || async {
+        ns.api::<k8s_openapi::api::events::v1::Event>()
+            .list(&Default::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .filter_map(|e| e.note)
+            .find(|n| {
+                n.contains("applied by kubectl-vigil (Update): ") && n.contains("spec.revision")
+            })
+    })
+    .await;
     wait_for("revision 1 in the detectors' rules.yaml", T, || async {
         let cm = ns
             .api::<ConfigMap>()

@@ -106,6 +106,12 @@ pub async fn reconcile(model: Arc<AnomalyModel>, ctx: Arc<Context>) -> Result<Ac
         ctx.publish_transitions(model.as_ref(), old_conditions, &new_status.conditions)
             .await;
     }
+    if let Some(c) = &change {
+        let note = audit::sentence(c, previous.is_none());
+        tracing::info!(model = %model.name_any(), %note, "AnomalyModel change accepted.");
+        ctx.publish_event(model.as_ref(), audit::REASON, note, "Accept")
+            .await;
+    }
     decide(
         &model,
         &ctx,

@@ -96,6 +96,12 @@ pub async fn reconcile(rule: Arc<DetectionRule>, ctx: Arc<Context>) -> Result<Ac
         ctx.publish_transitions(rule.as_ref(), old_conditions, &new_status.conditions)
             .await;
     }
+    if let Some(c) = &change {
+        let note = audit::sentence(c, previous.is_none());
+        tracing::info!(rule = %rule.name_any(), %note, "DetectionRule change accepted.");
+        ctx.publish_event(rule.as_ref(), audit::REASON, note, "Accept")
+            .await;
+    }
     // Changes of the pipelines and models it reads trigger it through watches.
     Ok(Action::requeue(ctx.config.resync))
 }
