@@ -325,9 +325,9 @@ fn an_aborted_canary_goes_back_to_the_stable_revision_without_a_restart() {
 
     // The scoring stage is timed (window closed -> score applied) and in the lag report.
     assert!(
-        metrics
-            .encode()
-            .contains(r#"vigil_stage_latency_seconds_count{stage="closed_to_scored"}"#),
+        wait_until(Duration::from_secs(10), || metrics.encode().contains(
+            r#"vigil_stage_latency_seconds_count{stage="closed_to_scored"}"#
+        )),
         "{}",
         metrics.encode()
     );
