@@ -31,16 +31,20 @@ fn digests(spec: &impl Serialize) -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
-/// The manager that wrote `spec` last: the managedFields entry of the main resource (not a
-/// subresource) that owns fields under `spec` with the latest time.
+/// The manager that wrote `spec` last: among the managedFields entries of the main resource
+/// (not a subresource) that own fields under `spec`, those owning one of the `changed` fields
+/// (`spec.<field>`) if any, and of them the one with the latest time. managedFields times have
+/// one-second resolution; ownership breaks the tie when two managers wrote in the same second
+/// (an Update takes the fields it changes from the earlier writer).
 fn spec_writer(
     meta: &ObjectMeta,
+    changed: &[String],
 ) -> (
     String,
     String,
     Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
 ) {
-    let best = meta
+    let writers: Vec<_> = meta
         .managed_fields
         .iter()
         .flatten()
@@ -50,12 +54,26 @@ fn spec_writer(
                 .as_ref()
                 .is_some_and(|f| f.0.get("f:spec").is_some())
         })
-        .max_by(|a, b| {
-            a.time
-                .as_ref()
-                .map(|t| t.0)
-                .cmp(&b.time.as_ref().map(|t| t.0))
-        });
+        .collect();
+    let owns_changed = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry| {
+        let spec = m.fields_v1.as_ref().and_then(|f| f.0.get("f:spec"));
+        changed.iter().any(|c| {
+            let field = c.strip_prefix("spec.").unwrap_or(c);
+            spec.and_then(|s| s.get(format!("f:{field}"))).is_some()
+        })
+    };
+    let owners: Vec<_> = writers
+        .iter()
+        .copied()
+        .filter(|m| owns_changed(m))
+        .collect();
+    let pool = if owners.is_empty() { writers } else { owners };
+    let best = pool.into_iter().max_by(|a, b| {
+        a.time
+            .as_ref()
+            .map(|t| t.0)
+            .cmp(&b.time.as_ref().map(|t| t.0))
+    });
     match best {
         Some(m) => (
             m.manager.clone().unwrap_or_else(|| "unknown".into()),
@@ -92,7 +110,7 @@ pub fn spec_change(
         );
         changed.sort();
     }
-    let (manager, operation, time) = spec_writer(meta);
+    let (manager, operation, time) = spec_writer(meta, &changed);
     Some(SpecChange {
         generation,
         manager,
@@ -189,8 +207,37 @@ mod tests {
             sentence(&second, false),
             "generation 2 applied by kubectl-edit (Update): spec.severity, spec.threshold changed"
         );
-        // Without managedFields the writer is unknown.
+        // Two writers in the same second: the one that owns the changed field wins.
         meta.generation = Some(3);
+        let owner = |manager: &str, field: &str| ManagedFieldsEntry {
+            manager: Some(manager.into()),
+            operation: Some("Update".into()),
+            time: Some(Time(
+                k8s_openapi::jiff::Timestamp::from_second(500).unwrap(),
+            )),
+            fields_v1: Some(FieldsV1(
+                serde_json::json!({"f:spec": {format!("f:{field}"): {}}}),
+            )),
+            ..ManagedFieldsEntry::default()
+        };
+        meta.managed_fields = Some(vec![
+            owner("kubectl-vigil", "window"),
+            owner("vigil-e2e", "threshold"),
+        ]);
+        let v3 = serde_json::json!({"window": "slow", "threshold": {"value": 95.5}});
+        let tie = spec_change(&meta, &v3, Some(&second)).unwrap();
+        assert_eq!(tie.changed, ["spec.window"]);
+        assert_eq!(tie.manager, "kubectl-vigil");
+        meta.managed_fields = Some(vec![
+            owner("vigil-e2e", "window"),
+            owner("kubectl-vigil", "threshold"),
+        ]);
+        assert_eq!(
+            spec_change(&meta, &v3, Some(&second)).unwrap().manager,
+            "vigil-e2e"
+        );
+        // Without managedFields the writer is unknown.
+        meta.generation = Some(4);
         meta.managed_fields = None;
         let third = spec_change(&meta, &v2, Some(&second)).unwrap();
         assert_eq!(third.manager, "unknown");
