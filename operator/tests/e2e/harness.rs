@@ -404,3 +404,42 @@ pub fn condition(
         .find(|c| c.type_ == type_)
         .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
 }
+
+/// `kubectl <args> -n <namespace>` with the built `kubectl-vigil` plugin on PATH (kubectl's
+/// plugin convention); its stdout and stderr. Fails the test when kubectl does.
+pub fn kubectl_in(ns: &TestNamespace, args: &[&str]) -> String {
+    let plugin_dir = crate::kubelet::target_bin("kubectl-vigil")
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let path = format!(
+        "{}:{}",
+        plugin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = std::process::Command::new("kubectl")
+        .args(args)
+        .args(["-n", &ns.name])
+        .env("PATH", path)
+        .output()
+        .expect("kubectl runs (e2e/cluster.sh env puts it on PATH)");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "kubectl {args:?}: {text}");
+    text
+}
+
+/// Notes of the events.k8s.io Events of the namespace with `reason`.
+pub async fn event_notes(ns: &TestNamespace, reason: &str) -> Vec<String> {
+    ns.api::<k8s_openapi::api::events::v1::Event>()
+        .list(&Default::default())
+        .await
+        .map(|l| {
+            l.items
+                .into_iter()
+                .filter(|e| e.reason.as_deref() == Some(reason))
+                .filter_map(|e| e.note)
+                .collect()
+        })
+        .unwrap_or_default()
+}

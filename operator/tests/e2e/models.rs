@@ -351,27 +351,7 @@ async fn a_missing_model_degrades_the_pipeline_until_it_is_served() {
             .clone()
     };
     let before = template(sts_api.get("scored-detector").await.unwrap());
-    let kubectl = |args: &[&str]| {
-        let plugin_dir = crate::kubelet::target_bin("kubectl-vigil")
-            .parent()
-            .unwrap()
-            .to_path_buf();
-        let path = format!(
-            "{}:{}",
-            plugin_dir.display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
-        let out = std::process::Command::new("kubectl")
-            .args(args)
-            .args(["-n", &ns.name])
-            .env("PATH", path)
-            .output()
-            .expect("kubectl runs (e2e/cluster.sh env puts it on PATH)");
-        let text = String::from_utf8_lossy(&out.stdout).to_string()
-            + &String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "kubectl {args:?}: {text}");
-        text
-    };
+    let kubectl = |args: &[&str]| crate::harness::kubectl_in(&ns, args);
     let said = kubectl(&["vigil", "rollback", "am/iforest"]);
     assert!(
         said.contains("rolled back from revision 2 to revision 1"),
@@ -404,13 +384,9 @@ async fn a_missing_model_degrades_the_pipeline_until_it_is_served() {
         "{change:?}"
     );
     wait_for("a SpecChanged Event naming kubectl-vigil", T, || async {
-        ns.api::<k8s_openapi::api::events::v1::Event>()
-            .list(&Default::default())
+        crate::harness::event_notes(&ns, "SpecChanged")
             .await
-            .ok()?
-            .items
             .into_iter()
-            .filter_map(|e| e.note)
             .find(|n| {
                 n.contains("applied by kubectl-vigil (Update): ") && n.contains("spec.revision")
             })

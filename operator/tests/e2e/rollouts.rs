@@ -188,18 +188,18 @@ fn producer(topic: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()>
     })
 }
 
-async fn events_with_reason(ns: &TestNamespace, reason: &str) -> Vec<String> {
-    ns.api::<k8s_openapi::api::events::v1::Event>()
-        .list(&Default::default())
+/// The AnomalyModel `name` as rendered into the pipeline's `rules.yaml`.
+async fn rendered_model(ns: &TestNamespace, name: &str) -> Option<AnomalyModel> {
+    let cm = ns
+        .api::<ConfigMap>()
+        .get("rolling-detector-config")
         .await
-        .map(|l| {
-            l.items
-                .into_iter()
-                .filter(|e| e.reason.as_deref() == Some(reason))
-                .map(|e| e.note.unwrap_or_default())
-                .collect()
-        })
-        .unwrap_or_default()
+        .ok()?;
+    let mut m = Manifests::default();
+    m.add_str("rules.yaml", &cm.data?["rules.yaml"]).ok()?;
+    m.models
+        .into_iter()
+        .find(|m| m.metadata.name.as_deref() == Some(name))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -323,7 +323,7 @@ async fn a_flooding_candidate_is_rolled_back_and_a_good_one_promoted() {
         "the operator never rewrites the spec"
     );
     let notes = wait_for("a RolloutFailed Event", Duration::from_secs(30), || async {
-        Some(events_with_reason(&ns, "RolloutFailed").await).filter(|e| !e.is_empty())
+        Some(crate::harness::event_notes(&ns, "RolloutFailed").await).filter(|e| !e.is_empty())
     })
     .await;
     assert!(notes[0].contains("revision 2 failed"), "{notes:?}");
@@ -332,17 +332,7 @@ async fn a_flooding_candidate_is_rolled_back_and_a_good_one_promoted() {
         "rules.yaml without the failed candidate",
         Duration::from_secs(30),
         || async {
-            let cm = ns
-                .api::<ConfigMap>()
-                .get("rolling-detector-config")
-                .await
-                .ok()?;
-            let mut m = Manifests::default();
-            m.add_str("rules.yaml", &cm.data?["rules.yaml"]).ok()?;
-            let f = m
-                .models
-                .iter()
-                .find(|m| m.metadata.name.as_deref() == Some("flooding"))?;
+            let f = rendered_model(&ns, "flooding").await?;
             f.spec.rollout.is_none().then_some(())
         },
     )
@@ -384,7 +374,8 @@ async fn a_flooding_candidate_is_rolled_back_and_a_good_one_promoted() {
         "a RolloutPromoted Event",
         Duration::from_secs(30),
         || async {
-            Some(events_with_reason(&ns, "RolloutPromoted").await).filter(|e| !e.is_empty())
+            Some(crate::harness::event_notes(&ns, "RolloutPromoted").await)
+                .filter(|e| !e.is_empty())
         },
     )
     .await;
@@ -407,27 +398,7 @@ async fn a_flooding_candidate_is_rolled_back_and_a_good_one_promoted() {
     assert!(served(&metrics, "steady", "2").await >= two + KEYS as u64);
 
     // `kubectl vigil rollback am/steady`: revision 1 for every key again, no restart.
-    let plugin_dir = crate::kubelet::target_bin("kubectl-vigil")
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let path = format!(
-        "{}:{}",
-        plugin_dir.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    let kubectl = |args: &[&str]| {
-        let out = std::process::Command::new("kubectl")
-            .args(args)
-            .args(["-n", &ns.name])
-            .env("PATH", &path)
-            .output()
-            .expect("kubectl runs");
-        let text = String::from_utf8_lossy(&out.stdout).to_string()
-            + &String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "kubectl {args:?}: {text}");
-        text
-    };
+    let kubectl = |args: &[&str]| crate::harness::kubectl_in(&ns, args);
     let status = kubectl(&["vigil", "status", "am/steady"]);
     assert!(
         status.contains("analysis: revision 2 Promoted, 3 intervals passed"),
@@ -443,17 +414,7 @@ async fn a_flooding_candidate_is_rolled_back_and_a_good_one_promoted() {
         "revision 1 in rules.yaml",
         Duration::from_secs(30),
         || async {
-            let cm = ns
-                .api::<ConfigMap>()
-                .get("rolling-detector-config")
-                .await
-                .ok()?;
-            let mut m = Manifests::default();
-            m.add_str("rules.yaml", &cm.data?["rules.yaml"]).ok()?;
-            let s = m
-                .models
-                .iter()
-                .find(|m| m.metadata.name.as_deref() == Some("steady"))?;
+            let s = rendered_model(&ns, "steady").await?;
             (s.spec.revision == "1" && s.spec.rollout.is_none()).then_some(())
         },
     )

@@ -133,16 +133,9 @@ async fn a_rule_change_reaches_the_config_without_restarting_detectors() {
     assert_eq!(change.operation, "Apply");
     assert_eq!(change.changed, ["spec.threshold"]);
     let note = wait_for("a SpecChanged Event", T, || async {
-        ns.api::<k8s_openapi::api::events::v1::Event>()
-            .list(&Default::default())
+        crate::harness::event_notes(&ns, "SpecChanged")
             .await
-            .ok()?
-            .items
             .into_iter()
-            .filter_map(|e| {
-                e.note
-                    .filter(|_| e.reason.as_deref() == Some("SpecChanged"))
-            })
             .find(|n| n.starts_with("generation 2 "))
     })
     .await;
