@@ -55,8 +55,14 @@ impl RolloutDecisions {
 
     /// The decisions when their version is not `seen`.
     pub fn changed_since(&self, seen: u64) -> Option<(u64, Vec<(String, RolloutDecision)>)> {
-        let all = self.all();
-        (all.0 != seen).then_some(all)
+        // Called at every tick of the run loop: compare the version before copying anything.
+        let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        (g.0 != seen).then(|| {
+            (
+                g.0,
+                g.1.iter().map(|(m, d)| (m.clone(), d.clone())).collect(),
+            )
+        })
     }
 }
 
