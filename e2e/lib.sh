@@ -24,10 +24,12 @@ module_version() {
 KUBERNETES_VERSION="$(module_version kubernetes k8s.io/kubernetes)"
 KWOK_VERSION="$(module_version kwok sigs.k8s.io/kwok)"
 HELM_VERSION="$(module_version helm helm.sh/helm/v4)"
+JAEGER_VERSION="$(module_version jaeger github.com/jaegertracing/jaeger)"
 
 KUBE_BIN_DIR="$BIN_CACHE/kubernetes-$KUBERNETES_VERSION"
 KWOK_BIN_DIR="$BIN_CACHE/kwok-$KWOK_VERSION"
 HELM_BIN_DIR="$BIN_CACHE/helm-$HELM_VERSION"
+JAEGER_BIN_DIR="$BIN_CACHE/jaeger-$JAEGER_VERSION"
 KUBE_BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
 
 # kwok Stage files (from the kwok module at the pinned version, copied next to the
@@ -161,6 +163,7 @@ go_build_tools() {
 ensure_kubernetes() { go_build_tools kubernetes "$KUBE_BIN_DIR" "${KUBE_BINARIES[@]}"; }
 ensure_kwok() { go_build_tools kwok "$KWOK_BIN_DIR" kwok; }
 ensure_helm() { go_build_tools helm "$HELM_BIN_DIR" helm; }
+ensure_jaeger() { go_build_tools jaeger "$JAEGER_BIN_DIR" jaeger; }
 
 # Sets ETCD_BIN. Order: $VIGIL_ETCD; a copy cached earlier; the binary of the
 # Debian package etcd-server, unpacked into the cache with dpkg-deb (it is not

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Obtains the e2e binaries into ${VIGIL_CACHE:-$HOME/.cache/vigil}/bin: etcd (Debian
 # package etcd-server), the Kubernetes control plane and kubectl, kwok and helm
-# (built from the Go modules in e2e/tools). Does nothing for binaries already cached.
+# (built from the Go modules in e2e/tools), and Jaeger for the trace tests (only when asked:
+# jaeger). Does nothing for binaries already cached.
 #
-# Usage: e2e/tools.sh [all|etcd|kubernetes|kwok|helm|paths]
+# Usage: e2e/tools.sh [all|etcd|kubernetes|kwok|helm|jaeger|paths]
 #   paths  prints where each binary is (after obtaining them all)
 set -euo pipefail
 # shellcheck source=e2e/lib.sh
@@ -15,6 +16,10 @@ etcd) ensure_etcd ;;
 kubernetes) ensure_kubernetes ;;
 kwok) ensure_kwok ;;
 helm) ensure_helm ;;
+jaeger)
+	ensure_jaeger
+	printf '%s\n' "$JAEGER_BIN_DIR/jaeger"
+	;;
 paths)
 	ensure_all
 	printf 'etcd=%s\n' "$ETCD_BIN"

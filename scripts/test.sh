@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Vigil's whole test suite, as CI runs it: static checks, unit/property/golden tests, and the
 # integration tests against real components that this script starts (an Apache Kafka broker,
-# an S3-compatible object store (SeaweedFS), ONNX Runtime, a Kubernetes control plane). First run on a fresh machine downloads and builds
+# an S3-compatible object store (SeaweedFS), ONNX Runtime, Jaeger, a Kubernetes control plane). First run on a fresh machine downloads and builds
 # those into ${VIGIL_CACHE:-~/.cache/vigil}; later runs reuse them.
 #
 #   scripts/test.sh            everything
@@ -59,7 +59,11 @@ step "S3-compatible object store (SeaweedFS, for s3:// checkpoints)"
 scripts/seaweedfs.sh start
 eval "$(scripts/seaweedfs.sh env)"
 
-step "tests (unit, property, golden, real Kafka, S3, ONNX Runtime + gRPC)"
+step "Jaeger (built from its Go module, for the end-to-end trace test)"
+VIGIL_JAEGER="$(e2e/tools.sh jaeger | tail -n1)"
+export VIGIL_JAEGER
+
+step "tests (unit, property, golden, real Kafka, S3, ONNX Runtime + gRPC, Jaeger)"
 cargo test --workspace --no-fail-fast
 
 step "the demo from a copy of the repository with no ../shared folder beside it"

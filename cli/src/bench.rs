@@ -72,6 +72,12 @@ pub struct BenchArgs {
     /// time), e.g. 1000000.
     #[arg(long)]
     pub state_keys: Option<usize>,
+    /// Every Nth bench record carries a W3C `traceparent` header (sampled flag set, a
+    /// different trace id each), as from producers that trace every record; 0: none. With
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` set the detector phase traces the ones its sampler keeps
+    /// (docs/observability.md): what tracing costs.
+    #[arg(long, default_value_t = 0)]
+    pub traceparent_every: usize,
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
@@ -245,11 +251,20 @@ fn send(
     key: &[u8],
     payload: &[u8],
     ts: i64,
+    traceparent: Option<&str>,
 ) -> anyhow::Result<()> {
     let mut rec = BaseRecord::to(topic)
         .key(key)
         .payload(payload)
         .timestamp(ts);
+    if let Some(tp) = traceparent {
+        rec = rec.headers(
+            rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header {
+                key: "traceparent",
+                value: Some(tp),
+            }),
+        );
+    }
     loop {
         match p.send(rec) {
             Ok(()) => return Ok(()),
@@ -267,18 +282,45 @@ fn send(
     }
 }
 
-fn produce_all(bootstrap: &str, topic: &str, n: usize, keys: usize) -> anyhow::Result<f64> {
+/// A sampled W3C `traceparent` of record `i`: trace and span ids spread by SplitMix64, so a
+/// trace-id ratio sampler keeps its ratio of them.
+fn traceparent(i: usize) -> String {
+    let mix = |mut z: u64| {
+        z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    let i = i as u64;
+    format!(
+        "00-{:016x}{:016x}-{:016x}-01",
+        mix(i),
+        mix(i ^ 0x5555),
+        mix(i ^ 0xAAAA) | 1
+    )
+}
+
+fn produce_all(
+    bootstrap: &str,
+    topic: &str,
+    n: usize,
+    keys: usize,
+    traceparent_every: usize,
+) -> anyhow::Result<f64> {
     let p = producer(bootstrap)?;
     let base = wall_clock_ms() - 86_400_000;
     let start = Instant::now();
     for i in 0..n {
         let (k, payload) = event(i, keys, base);
+        let tp =
+            (traceparent_every > 0 && i.is_multiple_of(traceparent_every)).then(|| traceparent(i));
         send(
             &p,
             topic,
             k.as_bytes(),
             &payload,
             base + (i / keys) as i64 * 1000,
+            tp.as_deref(),
         )?;
     }
     p.flush(Duration::from_secs(120))
@@ -420,7 +462,7 @@ fn latency_phase(
             let v = if (now / 100) % 2 == 0 { 90.0 } else { 10.0 };
             let host = format!("host-{:05}", sent % keys);
             let payload = format!(r#"{{"host":"{host}","ts":{now},"cpu":{v}}}"#);
-            send(&p, topic, host.as_bytes(), payload.as_bytes(), now)?;
+            send(&p, topic, host.as_bytes(), payload.as_bytes(), now, None)?;
             sent += 1;
         }
         if warm_samples == 0 && start.elapsed() >= warmup {
@@ -656,7 +698,16 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
         None => admin::ensure_topics(&bootstrap, &topics)?,
     }
     let result = (|| -> anyhow::Result<()> {
-        let produce_eps = produce_all(&bootstrap, &topic, events, a.keys)?;
+        let produce_eps = produce_all(&bootstrap, &topic, events, a.keys, a.traceparent_every)?;
+        println!(
+            "tracing: traceparent_every={} exporter={}",
+            a.traceparent_every,
+            if vigil_telemetry::trace::enabled() {
+                "otlp"
+            } else {
+                "off"
+            }
+        );
         println!("produce: events={events} events_per_s={produce_eps:.0}");
         let (raw, raw_per_cpu) = raw_consume(&bootstrap, &topic, events, &a.consumer_properties)?;
         let (e2e, per_cpu) =

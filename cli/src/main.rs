@@ -38,7 +38,11 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    vigil_telemetry::logging::init(cli.log_format, "info,rdkafka=warn");
+    let _telemetry = vigil_telemetry::logging::init(
+        cli.log_format,
+        "info,rdkafka=warn",
+        vigil_telemetry::trace::Defaults::DETECTOR,
+    );
     match cli.command {
         Command::Score(a) => score::score(&a),
         Command::Run(a) => run::run(&a),

@@ -17,7 +17,9 @@ mod keys;
 mod partitions;
 mod rules;
 pub mod snapshot;
+mod traces;
 
+use crate::TraceParent;
 use crate::config::{FieldTable, InvalidSpec, PipelineConfig};
 use crate::decode::{DecodeError, Decoder};
 use crate::model::ModelInput;
@@ -239,6 +241,24 @@ pub struct Outputs {
     /// Feature vectors of model rules' closed windows, to score with
     /// the detector runtime's model scorer and hand back to [`Engine::apply_model_scores`].
     pub model_inputs: Vec<ModelInput>,
+    /// Fired windows that hold a traced event (see [`Engine::process_traced`]): the detector
+    /// runtime opens a span per firing. Their model inputs and alerts carry the same trace.
+    pub fired_traces: Vec<FiredTrace>,
+}
+
+/// A fired window holding a traced event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FiredTrace {
+    /// Tier name.
+    pub tier: String,
+    /// Entity key.
+    pub key: Box<str>,
+    /// Window start, epoch ms.
+    pub start: i64,
+    /// Window end (exclusive), epoch ms.
+    pub end: i64,
+    /// The trace of the window's newest traced event.
+    pub trace: TraceParent,
 }
 
 impl Outputs {
@@ -249,6 +269,7 @@ impl Outputs {
         self.dead_letters.clear();
         self.event_scores.clear();
         self.model_inputs.clear();
+        self.fired_traces.clear();
     }
 }
 
@@ -313,6 +334,10 @@ pub struct Engine {
     per_event_rules: bool,
     /// Per-rule scores of the current event (reused).
     event_rule_scores: Vec<Option<f64>>,
+    /// The trace of the record being processed ([`Engine::process_traced`]).
+    current_trace: Option<TraceParent>,
+    /// Traced events held in open windows.
+    traces: traces::Traces,
 }
 
 impl Engine {
@@ -338,6 +363,8 @@ impl Engine {
             opts,
             per_event_rules: false,
             event_rule_scores: Vec::new(),
+            current_trace: None,
+            traces: traces::Traces::new(),
             cfg,
         };
         let errors = engine.replace_rules(rules, models);
@@ -499,6 +526,23 @@ impl Engine {
         self.keys.state_bytes_per_key()
     }
 
+    /// [`Self::process`] for a record that came with a sampled trace: the windows it lands in
+    /// carry `trace` to the model inputs and alerts they produce when they fire (the newest
+    /// traced event of a window wins), and each such firing is listed in
+    /// [`Outputs::fired_traces`].
+    pub fn process_traced(
+        &mut self,
+        rec: &RawRecord<'_>,
+        trace: TraceParent,
+        now_ms: i64,
+        out: &mut Outputs,
+    ) -> Option<i64> {
+        self.current_trace = Some(trace);
+        let r = self.process(rec, now_ms, out);
+        self.current_trace = None;
+        r
+    }
+
     /// Processes one record at processing time `now_ms`, appending what it produced to `out`.
     /// Returns the record's event time (epoch ms), or `None` when it was dead-lettered before
     /// reaching a window (it could not be decoded, or its event time is too far ahead of
@@ -598,6 +642,9 @@ impl Engine {
                 new_pane |= ks.windows[tier]
                     .add(tc, t, field, v, rec.offset, self.with_sketch)
                     .new_pane;
+            }
+            if let Some(trace) = &self.current_trace {
+                traces::remember(&mut self.traces, key_id, &ks.name, tier, t, trace);
             }
             for start in window::window_starts(tc, t) {
                 let end = start + tc.size_ms;
@@ -768,6 +815,9 @@ impl Engine {
             self.keys.remove_partition(*p);
             self.partitions.remove(p);
         }
+        let keys = &self.keys;
+        self.traces
+            .retain(|(id, _), _| keys.get_by_id(*id).is_some());
     }
 
     /// Per partition, one past the last record processed (or skipped as already restored):

@@ -25,3 +25,8 @@ pub mod input;
 pub mod model;
 pub mod rules;
 pub mod window;
+
+/// The W3C `traceparent` of a sampled trace (OpenTelemetry), carried from a record through the
+/// windows it lands in to the model inputs and alerts they produce. Opaque here: the detector
+/// runtime reads and writes it (`vigil_telemetry::trace`); the engine only carries it.
+pub type TraceParent = std::sync::Arc<str>;

@@ -43,6 +43,8 @@ pub struct ModelInput {
     /// Processing time (epoch ms) at which the window closed: the start of the detector's
     /// `closed_to_scored` stage (scoring backlog and inference).
     pub closed_ms: i64,
+    /// The trace of a traced event in the window, when one is (see [`crate::TraceParent`]).
+    pub trace: Option<crate::TraceParent>,
 }
 
 impl ModelInput {
@@ -495,6 +497,7 @@ spec:
             candidate,
             shadow: false,
             closed_ms: 0,
+            trace: None,
         };
         assert_eq!((input(false).version(), input(true).version()), ("3", "4"));
     }

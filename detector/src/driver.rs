@@ -99,6 +99,18 @@ impl Driver {
         (event_time, self.score(now_ms, out))
     }
 
+    /// [`Self::process`] for a record with a sampled trace ([`Engine::process_traced`]).
+    pub fn process_traced(
+        &mut self,
+        rec: &RawRecord<'_>,
+        trace: vigil_core::TraceParent,
+        now_ms: i64,
+        out: &mut Outputs,
+    ) -> (Option<i64>, Option<ScoreReport>) {
+        let event_time = self.engine.process_traced(rec, trace, now_ms, out);
+        (event_time, self.score(now_ms, out))
+    }
+
     /// Advances processing time (idle partitions, window timers), then scores.
     pub fn advance(&mut self, now_ms: i64, out: &mut Outputs) -> Option<ScoreReport> {
         self.engine.advance(now_ms, out);
@@ -115,6 +127,9 @@ impl Driver {
     /// to the background worker. Without either the inputs are dropped (no model rule is
     /// routed).
     pub fn score(&mut self, now_ms: i64, out: &mut Outputs) -> Option<ScoreReport> {
+        if !out.fired_traces.is_empty() {
+            crate::traces::fire_spans(out);
+        }
         if out.model_inputs.is_empty() {
             return None;
         }

@@ -12,6 +12,8 @@
 //!   running runner (rules swapped in place, pipeline changes restart it).
 //! - [`telemetry`]: Prometheus metrics of the data path.
 //! - [`lag`]: stage lag over the last minute against the pipeline's `spec.lag` thresholds.
+//! - [`traces`]: the data path's OpenTelemetry spans, from a record's `traceparent` header to
+//!   the alert's.
 
 pub mod checkpoint;
 pub mod driver;
@@ -22,3 +24,4 @@ pub mod sink;
 pub mod source;
 pub mod supervisor;
 pub mod telemetry;
+pub mod traces;

@@ -165,6 +165,7 @@ fn inputs() -> Vec<ModelInput> {
             raw_features: vec![50.0; 11],
             candidate: false,
             shadow: false,
+            trace: None,
             closed_ms: 0,
         })
         .collect()

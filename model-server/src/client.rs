@@ -215,6 +215,23 @@ impl InferenceClient {
         rows: &[f32],
         n_features: usize,
     ) -> Result<Vec<f32>, ClientError> {
+        self.infer_traced(model, version, rows, n_features, None)
+            .await
+    }
+
+    /// [`Self::infer`] within a trace: `traceparent` (W3C trace context) is sent in the
+    /// request's gRPC metadata, where the model server continues the trace.
+    ///
+    /// # Errors
+    /// As [`Self::infer`].
+    pub async fn infer_traced(
+        &self,
+        model: &str,
+        version: &str,
+        rows: &[f32],
+        n_features: usize,
+        traceparent: Option<&str>,
+    ) -> Result<Vec<f32>, ClientError> {
         if n_features == 0 || !rows.len().is_multiple_of(n_features) {
             return Err(ClientError::RowShape {
                 len: rows.len(),
@@ -257,6 +274,10 @@ impl InferenceClient {
             raw_input_contents: vec![raw.into()],
             ..Default::default()
         };
+        let mut request = tonic::Request::new(request);
+        if let Some(tp) = traceparent.and_then(|t| t.parse().ok()) {
+            request.metadata_mut().insert("traceparent", tp);
+        }
         let resp = match self.grpc.clone().model_infer(request).await {
             Ok(r) => r.into_inner(),
             Err(status) => {

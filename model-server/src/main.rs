@@ -90,7 +90,11 @@ async fn main() -> anyhow::Result<()> {
         (false, Some(t)) => vigil_model_server::config::RepositoryApi::Token(t.clone()),
         (false, None) => vigil_model_server::config::RepositoryApi::Open,
     };
-    vigil_telemetry::logging::init(args.log_format, "info");
+    let _telemetry = vigil_telemetry::logging::init(
+        args.log_format,
+        "info",
+        vigil_telemetry::trace::Defaults::MODEL_SERVER,
+    );
 
     let config = ServerConfig {
         repository: repository.clone(),

@@ -45,6 +45,9 @@ pub struct OperatorConfig {
     /// Log format of the detector and model-server containers (`VIGIL_LOG_FORMAT`): the
     /// operator's own.
     pub log_format: vigil_telemetry::logging::LogFormat,
+    /// OpenTelemetry variables set on the detector and model-server containers: the
+    /// operator's own ([`vigil_telemetry::trace::FORWARDED_ENV`]).
+    pub otel_env: Vec<(String, String)>,
 }
 
 impl OperatorConfig {
@@ -61,6 +64,7 @@ impl OperatorConfig {
             resync: Duration::from_secs(300),
             network_policies: false,
             log_format: vigil_telemetry::logging::LogFormat::Text,
+            otel_env: Vec::new(),
         }
     }
 }

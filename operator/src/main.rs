@@ -127,7 +127,11 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     // One rustls provider for the whole process (kube's and the savepoint requests' clients).
     let _ = rustls::crypto::ring::default_provider().install_default();
-    vigil_telemetry::logging::init(args.log_format, "info,kube_lease_manager=warn,rdkafka=warn");
+    let _telemetry = vigil_telemetry::logging::init(
+        args.log_format,
+        "info,kube_lease_manager=warn,rdkafka=warn",
+        vigil_telemetry::trace::Defaults::OPERATOR,
+    );
 
     let client = kube::Client::try_default()
         .await
@@ -157,6 +161,7 @@ async fn main() -> anyhow::Result<()> {
         resync: args.resync,
         network_policies: args.network_policies,
         log_format: args.log_format,
+        otel_env: vigil_telemetry::trace::forwarded_env(),
     };
 
     let mut lost_leadership = false;

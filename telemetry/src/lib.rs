@@ -3,9 +3,10 @@
 //! format's content type (`application/openmetrics-text; version=1.0.0; charset=utf-8`, as
 //! the OpenMetrics 1.0 specification and Prometheus' scrape negotiation name it), plus
 //! `/healthz`. What each binary measures stays in its own telemetry module; how it is exposed
-//! lives here, and so does the log format ([`logging`]).
+//! lives here, and so do the log format ([`logging`]) and OpenTelemetry traces ([`trace`]).
 
 pub mod logging;
+pub mod trace;
 
 use std::sync::{Arc, Mutex};
 

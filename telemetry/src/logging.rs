@@ -31,18 +31,58 @@ impl LogFormat {
     }
 }
 
-/// Installs the global subscriber: `format`, filtered by `RUST_LOG` or else `default_filter`.
-pub fn init(format: LogFormat, default_filter: &str) {
+/// What [`init`] started; keep it until the process ends: dropping it flushes the spans still
+/// queued for the OTLP exporter.
+#[must_use = "dropping it stops the trace exporter"]
+pub struct Guard {
+    _exporter: Option<crate::trace::Exporter>,
+}
+
+/// Installs the global subscriber: logs in `format`, filtered by `RUST_LOG` or else
+/// `default_filter`, and, when an OTLP endpoint is configured ([`crate::trace`]), the spans
+/// of Vigil's crates exported as OpenTelemetry traces (with `trace`'s `defaults`). The two
+/// have separate filters: `RUST_LOG=warn` does not turn traces off.
+pub fn init(format: LogFormat, default_filter: &str, defaults: crate::trace::Defaults) -> Guard {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().init(),
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = match format {
+        LogFormat::Json => fmt.json().boxed(),
         // Colours only on a terminal: log files and CI output stay plain text.
-        LogFormat::Text => builder
+        LogFormat::Text => fmt
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init(),
+            .boxed(),
+    };
+    let (exporter, otel) = match crate::trace::start(defaults) {
+        Some((exporter, tracer)) => {
+            let layer = tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                .with_tracked_inactivity(false)
+                .with_threads(false)
+                // Vigil's spans only, INFO and above; the level hint keeps the global
+                // maximum level where the log filter puts it, so disabled debug/trace logs of
+                // hot paths (librdkafka's through `log`) stay a static check.
+                .with_filter(
+                    tracing_subscriber::filter::filter_fn(|m| {
+                        m.is_span()
+                            && m.target().starts_with("vigil")
+                            && *m.level() <= tracing::Level::INFO
+                    })
+                    .with_max_level_hint(tracing::Level::INFO),
+                );
+            (Some(exporter), Some(layer))
+        }
+        None => (None, None),
+    };
+    tracing_subscriber::registry()
+        .with(fmt.with_filter(filter))
+        .with(otel)
+        .init();
+    Guard {
+        _exporter: exporter,
     }
 }

@@ -60,6 +60,7 @@ pub(super) fn step(
         active_since: state.pending_since.unwrap_or(at.end),
         event_time: at.end,
         detection_time: at.now_ms,
+        trace: None,
     };
     let mut labels = alert::render(&rule.labels, &a);
     labels.insert("severity".into(), rule.severity.as_str().into());

@@ -82,6 +82,11 @@ impl KeyTable {
         self.live -= 1;
     }
 
+    /// The live state of `id`, read-only.
+    pub fn get_by_id(&self, id: KeyId) -> Option<&KeyState> {
+        self.states.get(id as usize).and_then(Option::as_ref)
+    }
+
     /// The live state of `id`.
     pub fn get_mut(&mut self, id: KeyId) -> Option<&mut KeyState> {
         self.states.get_mut(id as usize).and_then(Option::as_mut)

@@ -55,6 +55,20 @@ impl Engine {
             // Rule state advances in window-end order; re-emitted windows only update KPIs.
             return;
         }
+        let trace = if self.traces.is_empty() {
+            None
+        } else {
+            super::traces::for_window(&mut self.traces, key_id, &ks.name, tier, (start, end))
+        };
+        if let Some(trace) = &trace {
+            out.fired_traces.push(super::FiredTrace {
+                tier: tc.name.clone(),
+                key: ks.name.clone(),
+                start,
+                end,
+                trace: trace.clone(),
+            });
+        }
         let view = WindowView {
             key: &ks.name,
             start,
@@ -90,6 +104,7 @@ impl Engine {
                             candidate,
                             shadow,
                             closed_ms: now_ms,
+                            trace: trace.clone(),
                         });
                     }
                     WindowVector::Filling => {}
@@ -121,7 +136,10 @@ impl Engine {
             rule.observe(&view, state);
             state.last_end = Some(end);
             state.last_window_score = Some(eval.score);
-            out.alerts.extend(alert);
+            out.alerts.extend(alert.map(|mut a| {
+                a.trace = trace.clone();
+                a
+            }));
         }
     }
 
@@ -291,15 +309,21 @@ impl Engine {
                     .zip(input.raw_features.iter().copied())
                     .collect()
             };
-            out.alerts.extend(alerts::step(
-                rule,
-                state,
-                &eval,
-                &at,
-                &mut self.counters,
-                features,
-                &extra[..extra_len],
-            ));
+            out.alerts.extend(
+                alerts::step(
+                    rule,
+                    state,
+                    &eval,
+                    &at,
+                    &mut self.counters,
+                    features,
+                    &extra[..extra_len],
+                )
+                .map(|mut a| {
+                    a.trace = input.trace.clone();
+                    a
+                }),
+            );
         }
         applied
     }

@@ -404,3 +404,62 @@ fn idle_keys_expire_after_the_idle_timeout_and_active_ones_stay() {
     send(&mut e, "a", 20_500, &mut out);
     assert_eq!(out.dead_letters.len(), 1);
 }
+
+#[test]
+fn a_traced_event_gives_its_trace_to_the_window_it_lands_in_when_a_later_record_fires_it() {
+    let mut e = engine_with(
+        "{name: w, size: 10s, maxOutOfOrderness: 2s}",
+        HOT,
+        EngineOptions::default(),
+    );
+    let mut out = Outputs::default();
+    let tp: crate::TraceParent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into();
+    let traced = rec(0, 0, "a", 1_000, 20.0);
+    e.process_traced(
+        &RawRecord {
+            partition: 0,
+            offset: 0,
+            key: None,
+            payload: &traced,
+        },
+        tp.clone(),
+        0,
+        &mut out,
+    );
+    // Key b is hot in the same window but untraced.
+    feed(&mut e, 0, 1, "b", 2_000, 30.0, &mut out);
+    assert!(out.fired_traces.is_empty());
+    // An untraced record of another key moves the watermark past the window's end.
+    feed(&mut e, 0, 2, "c", 12_000, 1.0, &mut out);
+    assert_eq!(out.alerts.len(), 2, "{:?}", out.alerts);
+    let by_key = |k: &str| out.alerts.iter().find(|a| a.key == k).unwrap();
+    assert_eq!(by_key("a").trace.as_ref(), Some(&tp));
+    assert_eq!(by_key("b").trace, None);
+    assert_eq!(out.fired_traces.len(), 1);
+    assert_eq!(
+        (
+            &*out.fired_traces[0].key,
+            out.fired_traces[0].start,
+            out.fired_traces[0].end
+        ),
+        ("a", 0, 10_000)
+    );
+    // The CloudEvent carries it as the `traceparent` extension; the data does not.
+    let json: serde_json::Value =
+        serde_json::from_slice(&by_key("a").to_cloudevent_json()).unwrap();
+    assert_eq!(json["traceparent"], &*tp);
+    assert!(json["data"].get("trace").is_none());
+    let json: serde_json::Value =
+        serde_json::from_slice(&by_key("b").to_cloudevent_json()).unwrap();
+    assert!(json.get("traceparent").is_none());
+    // The next window of a holds no traced event.
+    out.clear();
+    feed(&mut e, 0, 3, "a", 13_000, 50.0, &mut out);
+    feed(&mut e, 0, 4, "c", 40_000, 1.0, &mut out);
+    assert!(
+        out.alerts.iter().all(|a| a.trace.is_none()),
+        "{:?}",
+        out.alerts
+    );
+    assert!(out.fired_traces.is_empty());
+}

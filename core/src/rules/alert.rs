@@ -59,6 +59,10 @@ pub struct Alert {
     pub event_time: i64,
     /// Processing time when the alert was produced, epoch ms.
     pub detection_time: i64,
+    /// The trace of a traced event in the alert's window (not part of the record: the sink
+    /// writes it as the `traceparent` header and CloudEvents extension).
+    #[serde(skip)]
+    pub trace: Option<crate::TraceParent>,
 }
 
 /// Stable fingerprint of a (pipeline, rule, key) alert series.
@@ -157,10 +161,21 @@ impl Alert {
         )
     }
 
-    /// The alert as a CloudEvents 1.0 structured-mode JSON document.
+    /// The alert as a CloudEvents 1.0 structured-mode JSON document, with the `traceparent`
+    /// extension (CloudEvents Distributed Tracing) of its trace, if it has one.
     pub fn to_cloudevent_json(&self) -> Vec<u8> {
+        self.to_cloudevent_json_traced(self.trace.as_deref())
+    }
+
+    /// [`Self::to_cloudevent_json`] with `traceparent` as the trace extension (the sink's
+    /// producer span).
+    pub fn to_cloudevent_json_traced(&self, traceparent: Option<&str>) -> Vec<u8> {
         let time = chrono::DateTime::from_timestamp_millis(self.detection_time).unwrap_or_default();
-        let event = EventBuilderV10::new()
+        let mut builder = EventBuilderV10::new();
+        if let Some(tp) = traceparent {
+            builder = builder.extension("traceparent", tp);
+        }
+        let event = builder
             .id(self.event_id())
             .source(format!("/vigil/pipelines/{}", self.pipeline))
             .ty(event_type(self.status))

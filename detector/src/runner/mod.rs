@@ -297,6 +297,8 @@ struct Core {
     decisions: (crate::scoring::RolloutDecisions, u64),
     /// When the stage lag report was last recomputed (wall clock, ms).
     lag_refreshed_ms: i64,
+    /// Traces are exported: records' `traceparent` headers are read ([`crate::traces`]).
+    tracing: bool,
 }
 
 impl RebalanceHandler for Shared {
@@ -346,7 +348,19 @@ impl Core {
             key: m.key(),
             payload: m.payload().unwrap_or(&[]),
         };
-        let (event_time, _) = self.driver.process(&rec, now_ms, &mut self.out);
+        let traced = if self.tracing {
+            crate::traces::record(m)
+        } else {
+            None
+        };
+        let (event_time, _) = match traced {
+            None => self.driver.process(&rec, now_ms, &mut self.out),
+            Some((span, trace)) => {
+                let _in = span.enter();
+                self.driver
+                    .process_traced(&rec, trace, now_ms, &mut self.out)
+            }
+        };
         self.advance_position(partition, offset + 1);
         let ts = m.timestamp().to_millis();
         self.sample += 1;
@@ -651,6 +665,7 @@ pub fn spawn(cfg: RunnerConfig, metrics: Metrics) -> Result<RunnerHandle, RunErr
             checkpointing,
             decisions: (cfg.rollout_decisions.clone(), 0),
             lag_refreshed_ms: 0,
+            tracing: crate::traces::enabled(),
         }),
     });
     shared

@@ -57,6 +57,20 @@ pub trait Inference: Send + Sync {
         rows: &'a [f32],
         row_len: usize,
     ) -> BoxFuture<'a, Result<Vec<f32>, ClientError>>;
+
+    /// [`Self::infer`] within the trace of `traceparent` (W3C), when the scorer has one;
+    /// stand-ins ignore it.
+    fn infer_traced<'a>(
+        &'a self,
+        model: &'a str,
+        version: &'a str,
+        rows: &'a [f32],
+        row_len: usize,
+        traceparent: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Vec<f32>, ClientError>> {
+        let _ = traceparent;
+        self.infer(model, version, rows, row_len)
+    }
 }
 
 impl Inference for InferenceClient {
@@ -68,6 +82,24 @@ impl Inference for InferenceClient {
         row_len: usize,
     ) -> BoxFuture<'a, Result<Vec<f32>, ClientError>> {
         Box::pin(InferenceClient::infer(self, model, version, rows, row_len))
+    }
+
+    fn infer_traced<'a>(
+        &'a self,
+        model: &'a str,
+        version: &'a str,
+        rows: &'a [f32],
+        row_len: usize,
+        traceparent: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Vec<f32>, ClientError>> {
+        Box::pin(InferenceClient::infer_traced(
+            self,
+            model,
+            version,
+            rows,
+            row_len,
+            traceparent,
+        ))
     }
 }
 
@@ -591,9 +623,25 @@ impl ModelScorer {
     /// outcome.
     fn call(
         &self,
+        batch: &mut [ModelInput],
+        role: Role,
+        report: &mut ScoreReport,
+    ) -> Result<Vec<f32>, BatchError> {
+        let span = crate::traces::batch_span(batch, role.label());
+        let traceparent = span.as_ref().and_then(vigil_telemetry::trace::traceparent);
+        let result = self.call_traced(batch, role, report, traceparent.as_deref());
+        if let Some(span) = &span {
+            crate::traces::after_batch(batch, span, result.is_ok());
+        }
+        result
+    }
+
+    fn call_traced(
+        &self,
         batch: &[ModelInput],
         role: Role,
         report: &mut ScoreReport,
+        traceparent: Option<&str>,
     ) -> Result<Vec<f32>, BatchError> {
         let model = batch[0].contract.model.as_str();
         let version = batch[0].version();
@@ -608,6 +656,7 @@ impl ModelScorer {
             version,
             rows: &rows,
             row_len,
+            traceparent,
         };
         let started = Instant::now();
         let result = match role {
@@ -640,12 +689,12 @@ impl ModelScorer {
 
     /// Scores a shadow batch (the candidate of a shadow rollout): evidence only, nothing
     /// returned to the alert lifecycle.
-    fn score_shadow(&mut self, batch: Vec<ModelInput>, report: &mut ScoreReport) {
+    fn score_shadow(&mut self, mut batch: Vec<ModelInput>, report: &mut ScoreReport) {
         let model = &batch[0].contract.model;
         if !self.routes[model].circuit.is_call_permitted() {
             return;
         }
-        if let Ok(scores) = self.call(&batch, Role::Shadow, report) {
+        if let Ok(scores) = self.call(&mut batch, Role::Shadow, report) {
             let scored: Vec<(ModelInput, f32)> = batch.into_iter().zip(scores).collect();
             self.observe(Role::Shadow, &scored);
             report.shadow.extend(
@@ -656,7 +705,7 @@ impl ModelScorer {
         }
     }
 
-    fn score_batch(&mut self, batch: Vec<ModelInput>, report: &mut ScoreReport) {
+    fn score_batch(&mut self, mut batch: Vec<ModelInput>, report: &mut ScoreReport) {
         let model = batch[0].contract.model.clone();
         let route = &self.routes[&model];
         if !route.circuit.is_call_permitted() {
@@ -666,7 +715,7 @@ impl ModelScorer {
             return;
         }
         let endpoint = route.endpoint.clone();
-        match self.call(&batch, Role::Served, report) {
+        match self.call(&mut batch, Role::Served, report) {
             Ok(scores) => {
                 self.metrics.windows(&model, "scored", batch.len());
                 self.metrics.set_degraded(&model, false);
@@ -712,12 +761,14 @@ impl Role {
     }
 }
 
-/// One inference request: `rows.len() / row_len` rows for `model` version `version`.
+/// One inference request: `rows.len() / row_len` rows for `model` version `version`, within
+/// the trace of `traceparent` when the batch holds traced windows.
 struct Request<'a> {
     model: &'a str,
     version: &'a str,
     rows: &'a [f32],
     row_len: usize,
+    traceparent: Option<&'a str>,
 }
 
 /// One batch with deadline, retries and the circuit breaker.
@@ -763,10 +814,13 @@ async fn infer_once(
         version,
         rows,
         row_len,
+        traceparent,
     } = *req;
     match tokio::time::timeout(
         cfg.deadline,
-        route.client.infer(model, version, rows, row_len),
+        route
+            .client
+            .infer_traced(model, version, rows, row_len, traceparent),
     )
     .await
     {
@@ -882,6 +936,7 @@ pub(crate) mod tests {
                 raw_features: vec![i as f64],
                 candidate: false,
                 shadow: false,
+                trace: None,
                 closed_ms: 0,
             })
             .collect()

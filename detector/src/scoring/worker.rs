@@ -448,6 +448,7 @@ mod tests {
             raw_features: vec![end as f64],
             candidate: false,
             shadow: false,
+            trace: None,
             closed_ms: end,
         }
     }

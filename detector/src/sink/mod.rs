@@ -429,9 +429,12 @@ impl Sinks {
     /// Sends an alert as a CloudEvents structured-mode JSON record keyed by the alert's
     /// fingerprint, with the `ce_id` header (the deterministic event id) for deduplication.
     pub fn send_alert(&self, alert: &Alert, origin: Origin<'_>) {
-        let payload = alert.to_cloudevent_json();
+        // A traced alert: its producer span's `traceparent` in the CloudEvent and a header.
+        let traced = crate::traces::alert_span(alert, &self.topics.alerts);
+        let traceparent = traced.as_ref().map(|(_, tp)| tp.as_str());
+        let payload = alert.to_cloudevent_json_traced(traceparent);
         let id = alert.event_id();
-        let headers = OwnedHeaders::new_with_capacity(3)
+        let mut headers = OwnedHeaders::new_with_capacity(4)
             .insert(Header {
                 key: "content-type",
                 value: Some("application/cloudevents+json"),
@@ -444,6 +447,12 @@ impl Sinks {
                 key: "vigil.rule",
                 value: Some(alert.rule.as_str()),
             });
+        if let Some(tp) = traceparent {
+            headers = headers.insert(Header {
+                key: vigil_telemetry::trace::TRACEPARENT,
+                value: Some(tp),
+            });
+        }
         let topic = self.topics.alerts.clone();
         self.send(
             &topic,

@@ -4,6 +4,10 @@
 //! Status codes: unknown model or version -> `NOT_FOUND`; a version that failed to load ->
 //! `UNAVAILABLE` with the reason; bad tensors -> `INVALID_ARGUMENT` with `BadRequest` details; a
 //! full queue -> `RESOURCE_EXHAUSTED`; execution failures -> `INTERNAL`.
+//!
+//! Traces: a `ModelInfer` request whose metadata carries a W3C `traceparent` that the sampler
+//! keeps runs in a `vigil.model.infer` span (server kind) continuing the caller's trace (the
+//! detector's `vigil.model.batch`), exported when OTLP is configured (`vigil_telemetry::trace`).
 
 mod infer;
 
@@ -158,6 +162,93 @@ fn tensor_metadata(specs: &[TensorSpec]) -> Vec<TensorMetadata> {
         .collect()
 }
 
+impl InferenceService {
+    /// `ModelInfer`, inside its span when traced.
+    async fn infer(
+        &self,
+        request: Request<ModelInferRequest>,
+    ) -> Result<Response<ModelInferResponse>, Status> {
+        let received = Instant::now();
+        let mut req = request.into_inner();
+        let loaded = match self.manager.resolve(&req.model_name, &req.model_version) {
+            Ok(l) => l,
+            Err(e) => {
+                let status = lookup_status(&e);
+                // Unknown names get no label set of their own (clients could create any number).
+                let (model, version) = match &e {
+                    LookupError::ModelNotFound(_) => ("", ""),
+                    _ => (req.model_name.as_str(), req.model_version.as_str()),
+                };
+                self.metrics.error(model, version, status.code());
+                return Err(status);
+            }
+        };
+        let metrics = loaded.metrics();
+        metrics.request();
+        let id = std::mem::take(&mut req.id);
+        let result = async {
+            let decoded = infer::decode_request(loaded.config(), req)?;
+            metrics.rows(decoded.rows);
+            let outputs =
+                loaded
+                    .infer(decoded.inputs, decoded.rows)
+                    .await
+                    .map_err(|e| match e {
+                        BatchError::QueueFull => Status::resource_exhausted(e.to_string()),
+                        BatchError::Stopped => Status::unavailable(e.to_string()),
+                        BatchError::Execute(_) => Status::internal(e.to_string()),
+                    })?;
+            Ok::<_, Status>(infer::encode_response(
+                loaded.config(),
+                loaded.model(),
+                loaded.version(),
+                id,
+                outputs,
+                &decoded.outputs,
+                decoded.encoding,
+            ))
+        }
+        .await;
+        metrics.request_done(received.elapsed());
+        match result {
+            Ok(resp) => Ok(Response::new(resp)),
+            Err(status) => {
+                self.metrics
+                    .error(loaded.model(), loaded.version(), status.code());
+                Err(status)
+            }
+        }
+    }
+}
+
+/// The `vigil.model.infer` span of a request whose metadata carries a sampled `traceparent`.
+fn infer_span(request: &Request<ModelInferRequest>) -> Option<tracing::Span> {
+    use vigil_telemetry::trace as otel;
+    if !otel::enabled() {
+        return None;
+    }
+    let md = request.metadata();
+    let header = |k: &str| md.get(k).and_then(|v| v.to_str().ok());
+    let parent = otel::remote_context(header(otel::TRACEPARENT)?, header(otel::TRACESTATE))?;
+    if !otel::sampled(&parent, "vigil.model.infer", otel::SpanKind::Server) {
+        return None;
+    }
+    let req = request.get_ref();
+    let span = tracing::info_span!(
+        "vigil.model.infer",
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+        rpc.system = "grpc",
+        rpc.service = "inference.GRPCInferenceService",
+        rpc.method = "ModelInfer",
+        vigil.model = %req.model_name,
+        vigil.revision = %req.model_version,
+    );
+    otel::set_parent(&span, parent);
+    Some(span)
+}
+
 #[tonic::async_trait]
 impl GrpcInferenceService for InferenceService {
     async fn server_live(
@@ -219,54 +310,14 @@ impl GrpcInferenceService for InferenceService {
         &self,
         request: Request<ModelInferRequest>,
     ) -> Result<Response<ModelInferResponse>, Status> {
-        let received = Instant::now();
-        let mut req = request.into_inner();
-        let loaded = match self.manager.resolve(&req.model_name, &req.model_version) {
-            Ok(l) => l,
-            Err(e) => {
-                let status = lookup_status(&e);
-                // Unknown names get no label set of their own (clients could create any number).
-                let (model, version) = match &e {
-                    LookupError::ModelNotFound(_) => ("", ""),
-                    _ => (req.model_name.as_str(), req.model_version.as_str()),
-                };
-                self.metrics.error(model, version, status.code());
-                return Err(status);
-            }
-        };
-        let metrics = loaded.metrics();
-        metrics.request();
-        let id = std::mem::take(&mut req.id);
-        let result = async {
-            let decoded = infer::decode_request(loaded.config(), req)?;
-            metrics.rows(decoded.rows);
-            let outputs =
-                loaded
-                    .infer(decoded.inputs, decoded.rows)
-                    .await
-                    .map_err(|e| match e {
-                        BatchError::QueueFull => Status::resource_exhausted(e.to_string()),
-                        BatchError::Stopped => Status::unavailable(e.to_string()),
-                        BatchError::Execute(_) => Status::internal(e.to_string()),
-                    })?;
-            Ok::<_, Status>(infer::encode_response(
-                loaded.config(),
-                loaded.model(),
-                loaded.version(),
-                id,
-                outputs,
-                &decoded.outputs,
-                decoded.encoding,
-            ))
-        }
-        .await;
-        metrics.request_done(received.elapsed());
-        match result {
-            Ok(resp) => Ok(Response::new(resp)),
-            Err(status) => {
-                self.metrics
-                    .error(loaded.model(), loaded.version(), status.code());
-                Err(status)
+        match infer_span(&request) {
+            None => self.infer(request).await,
+            Some(span) => {
+                use tracing::Instrument as _;
+                let result = self.infer(request).instrument(span.clone()).await;
+                let status = if result.is_ok() { "ok" } else { "error" };
+                span.record("otel.status_code", status);
+                result
             }
         }
     }

@@ -176,8 +176,10 @@ async fn take_part(
 ///
 /// # Errors
 /// Transient failures (API reads and writes); a savepoint that cannot be taken is `Failed`.
+#[tracing::instrument(name = "reconcile", skip_all, fields(trace_id, kind = "Savepoint", name = %sp.name_any(), namespace = sp.namespace().unwrap_or_default()))]
 pub async fn reconcile(sp: Arc<Savepoint>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.reconcile(CONTROLLER);
+    vigil_telemetry::trace::record_trace_id(&tracing::Span::current());
     let Some(ns) = sp.namespace() else {
         return Err(Error::MissingNamespace {
             kind: "Savepoint",

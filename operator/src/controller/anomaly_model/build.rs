@@ -270,10 +270,14 @@ pub fn build(
         image_pull_policy: config.image_pull_policy.clone(),
         command: Some(vec![MODEL_SERVER_BINARY.into()]),
         args: Some(args.to_args()),
-        env: Some(vec![env_var(
-            vigil_telemetry::logging::LOG_FORMAT_ENV,
-            config.log_format.as_str(),
-        )]),
+        env: Some(
+            std::iter::once(env_var(
+                vigil_telemetry::logging::LOG_FORMAT_ENV,
+                config.log_format.as_str(),
+            ))
+            .chain(config.otel_env.iter().map(|(k, v)| env_var(k, v)))
+            .collect(),
+        ),
         ports: Some(vec![
             ContainerPort {
                 name: Some("grpc".into()),
@@ -460,6 +464,21 @@ mod tests {
             .unwrap();
         assert!(!args.join(" ").contains("--tls-client-ca"), "{args:?}");
         assert!(args.join(" ").contains("--tls-cert"), "{args:?}");
+    }
+
+    #[test]
+    fn the_operators_tracing_settings_reach_the_model_server() {
+        let v = validated(vec![(1, ArtifactSource::Http("https://m/1".into()))]);
+        let mut config = OperatorConfig::test();
+        config.otel_env = vec![("OTEL_EXPORTER_OTLP_ENDPOINT".into(), "http://c:4317".into())];
+        let c = build(&model(), &v, &config).unwrap();
+        let pod = c.deployment.spec.unwrap().template.spec.unwrap();
+        let env = pod.containers[0].env.clone().unwrap();
+        assert!(
+            env.iter().any(|e| e.name == "OTEL_EXPORTER_OTLP_ENDPOINT"
+                && e.value.as_deref() == Some("http://c:4317")),
+            "{env:?}"
+        );
     }
 
     #[test]

@@ -36,8 +36,10 @@ const ARTIFACT_RETRY: Duration = Duration::from_secs(15);
 ///
 /// # Errors
 /// Transient failures (API reads and writes); spec problems are reported in the status.
+#[tracing::instrument(name = "reconcile", skip_all, fields(trace_id, kind = "AnomalyModel", name = %model.name_any(), namespace = model.namespace().unwrap_or_default()))]
 pub async fn reconcile(model: Arc<AnomalyModel>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.reconcile(CONTROLLER);
+    vigil_telemetry::trace::record_trace_id(&tracing::Span::current());
     if model.namespace().is_none() {
         return Err(Error::MissingNamespace {
             kind: "AnomalyModel",

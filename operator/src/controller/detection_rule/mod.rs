@@ -58,8 +58,10 @@ pub fn check(rule: &DetectionRule, deref: &dereference::Dereferenced) -> Outcome
 ///
 /// # Errors
 /// Transient failures (the status write).
+#[tracing::instrument(name = "reconcile", skip_all, fields(trace_id, kind = "DetectionRule", name = %rule.name_any(), namespace = rule.namespace().unwrap_or_default()))]
 pub async fn reconcile(rule: Arc<DetectionRule>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.reconcile(CONTROLLER);
+    vigil_telemetry::trace::record_trace_id(&tracing::Span::current());
     if rule.namespace().is_none() {
         return Err(Error::MissingNamespace {
             kind: "DetectionRule",

@@ -244,6 +244,11 @@ fn detector_pod(
             ..EnvVar::default()
         },
     ];
+    env.extend(config.otel_env.iter().map(|(k, v)| EnvVar {
+        name: k.clone(),
+        value: Some(v.clone()),
+        ..EnvVar::default()
+    }));
     // The config is mounted as a directory, never with subPath: kubelet only refreshes
     // whole-volume ConfigMap mounts, and rule reloads depend on that.
     let mut mounts = vec![VolumeMount {
@@ -662,6 +667,38 @@ mod tests {
                 Some(secret)
             );
         }
+    }
+
+    #[test]
+    fn the_operators_tracing_settings_reach_the_detector() {
+        let (_, d) = nab_fixture();
+        let p = crate::controller::test_fixtures::parse_pipeline(|s| s.to_string());
+        let v = validate(&p, &d, None).unwrap();
+        let env = |config: &OperatorConfig| {
+            let pod = build(&v, config)
+                .unwrap()
+                .stateful_set
+                .spec
+                .unwrap()
+                .template
+                .spec
+                .unwrap();
+            pod.containers[0]
+                .env
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|e| (e.name, e.value.unwrap_or_default()))
+                .filter(|(n, _)| n.starts_with("OTEL_"))
+                .collect::<Vec<_>>()
+        };
+        assert!(env(&OperatorConfig::test()).is_empty(), "off by default");
+        let mut config = OperatorConfig::test();
+        config.otel_env = vec![
+            ("OTEL_EXPORTER_OTLP_ENDPOINT".into(), "http://c:4317".into()),
+            ("OTEL_TRACES_SAMPLER_ARG".into(), "0.1".into()),
+        ];
+        assert_eq!(env(&config), config.otel_env);
     }
 
     #[test]

@@ -34,8 +34,10 @@ const KAFKA_RETRY: Duration = Duration::from_secs(30);
 ///
 /// # Errors
 /// Transient failures (API writes); an invalid spec is reported in the status instead.
+#[tracing::instrument(name = "reconcile", skip_all, fields(trace_id, kind = "StreamPipeline", name = %pipeline.name_any(), namespace = pipeline.namespace().unwrap_or_default()))]
 pub async fn reconcile(pipeline: Arc<StreamPipeline>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.reconcile(CONTROLLER);
+    vigil_telemetry::trace::record_trace_id(&tracing::Span::current());
     if pipeline.namespace().is_none() {
         return Err(Error::MissingNamespace {
             kind: "StreamPipeline",
