@@ -242,3 +242,28 @@ fn json_logs_are_one_object_per_line() {
         assert!(stderr.contains("Using the Kafka cluster given by --bootstrap-servers"));
     }
 }
+
+#[test]
+fn run_with_a_bad_trace_record_ratio_names_the_variable() {
+    let out = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args([
+            "run",
+            "--pipeline",
+            "manifests/examples/nab/pipeline.yaml",
+            "--rules",
+            "manifests/examples/nab/rules.yaml",
+            "--bootstrap-servers",
+            &closed_port(),
+        ])
+        .current_dir(root())
+        .env("RUST_LOG", "warn")
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
+        .env("VIGIL_TRACE_RECORD_RATIO", "1.5")
+        .env_remove("OTEL_SDK_DISABLED")
+        .output()
+        .expect("run vigil");
+    failed_with(
+        &out,
+        &["VIGIL_TRACE_RECORD_RATIO=\"1.5\" is not a ratio in [0, 1]"],
+    );
+}

@@ -3,8 +3,9 @@
 //! receives OTLP from `vigil run` and `vigil-model-server`; a real Kafka broker
 //! (`KAFKA_BOOTSTRAP`) and ONNX Runtime (`ORT_DYLIB_PATH`) carry the data.
 //!
-//! Two hot events carry a `traceparent` header: one whose trace id the detector's default
-//! sampler keeps (1 % by trace id) and one it drops. The alert of the first arrives with a
+//! Two hot events carry a `traceparent` header: one the producer sampled, one it did not (the
+//! detector's default sampler follows the producer; it reads every record's headers here,
+//! `VIGIL_TRACE_RECORD_RATIO=1`). The alert of the first arrives with a
 //! `traceparent` of the same trace (header and CloudEvent extension), and Jaeger's API returns
 //! that trace with the detector's spans (record, window firings, model batch, alert) and the
 //! model server's (inference); the alert of the second carries none, and Jaeger has no trace
@@ -24,10 +25,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 
-/// Kept by a `traceidratio` sampler at any ratio above 5e-18: the sampler compares the trace id's low
-/// 8 bytes (here 0x2a, far below 1 % of 2^64) with the ratio.
-const KEPT: &str = "4bf92f3577b34da6000000000000002a";
-/// Dropped by a `traceidratio` sampler below 100 %: low 8 bytes all ones.
+/// The trace the producer sampled (flag 01).
+const KEPT: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+/// The trace the producer did not sample (flag 00).
 const DROPPED: &str = "5cf92f3577b34da6ffffffffffffffff";
 
 fn root() -> PathBuf {
@@ -195,7 +195,7 @@ fn otel_env(cmd: &mut Command, otlp: u16) -> &mut Command {
         format!("http://127.0.0.1:{otlp}"),
     )
     .env("OTEL_BSP_SCHEDULE_DELAY", "200")
-    // The binaries' own default samplers are under test.
+    // The binaries' default samplers are under test.
     .env_remove("OTEL_TRACES_SAMPLER")
     .env_remove("OTEL_TRACES_SAMPLER_ARG")
     .env_remove("OTEL_SDK_DISABLED")
@@ -252,8 +252,8 @@ spec:
 }
 
 /// Events of key `a` every 250 ms of event time over 12 s: hot (150) in the first half of
-/// every second second. The hot event at 250 ms carries the kept trace, the one at 2,250 ms
-/// the dropped one.
+/// every second second. The hot event at 250 ms carries the sampled trace, the one at 2,250 ms
+/// the unsampled one.
 fn produce(bootstrap: &str, topic: &str) {
     let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
@@ -269,7 +269,7 @@ fn produce(bootstrap: &str, topic: &str) {
         let payload = format!(r#"{{"k":"a","t":{t},"v":{v}}}"#);
         let trace = match t {
             250 => Some(format!("00-{KEPT}-00f067aa0ba902b7-01")),
-            2_250 => Some(format!("00-{DROPPED}-00f067aa0ba902b8-01")),
+            2_250 => Some(format!("00-{DROPPED}-00f067aa0ba902b8-00")),
             _ => None,
         };
         let mut rec = BaseRecord::to(topic).key("a").payload(&payload);
@@ -380,6 +380,7 @@ fn one_trace_goes_from_the_producer_to_the_alert_through_the_model_server() {
             .args(["--model-server", &format!("http://127.0.0.1:{grpc}")])
             .args(["--create-topics", "--quiet", "--no-watch"])
             .env("RUST_LOG", "warn")
+            .env("VIGIL_TRACE_RECORD_RATIO", "1")
             .current_dir(root())
             .spawn()
             .expect("start vigil run"),

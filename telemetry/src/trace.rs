@@ -16,12 +16,10 @@
 //! the batch span processor drops spans when its queue (`OTEL_BSP_MAX_QUEUE_SIZE`, 2,048) is
 //! full.
 //!
-//! Sampling: when `OTEL_TRACES_SAMPLER` is unset each binary has its default ([`Defaults`]):
-//! the detector samples `traceidratio` at 1 % (so a producer that marks every record sampled
-//! does not make the detector trace every record; the decision is a function of the trace id,
-//! so every service with the same ratio keeps the same traces), the model server and the
-//! operator `parentbased_always_on` (they follow the detector's decision, and reconciles are
-//! few).
+//! Sampling is the SDK's: `OTEL_TRACES_SAMPLER` (default `parentbased_always_on`, so a span
+//! under a remote parent follows the caller's `sampled` flag). The detector also chooses which
+//! source records it reads trace context from at all (`VIGIL_TRACE_RECORD_RATIO`, see
+//! `vigil_detector::traces`): reading a record's headers is what tracing costs the data path.
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -40,10 +38,15 @@ pub const TRACEPARENT: &str = "traceparent";
 /// The W3C trace-state header and metadata key.
 pub const TRACESTATE: &str = "tracestate";
 
+/// Share of source records (0..1) whose trace context the detector reads (see
+/// `vigil_detector::traces`).
+pub const RECORD_RATIO_ENV: &str = "VIGIL_TRACE_RECORD_RATIO";
+
 /// The variables the operator passes on from its own environment to the detector and
 /// model-server pods it renders, so one setting (the chart's `tracing` values) traces the
 /// whole install. `OTEL_SERVICE_NAME` is not among them: each binary names itself.
 pub const FORWARDED_ENV: &[&str] = &[
+    RECORD_RATIO_ENV,
     "OTEL_EXPORTER_OTLP_ENDPOINT",
     "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
     "OTEL_EXPORTER_OTLP_HEADERS",
@@ -71,26 +74,20 @@ pub fn forwarded_env() -> Vec<(String, String)> {
 pub struct Defaults {
     /// `service.name` when `OTEL_SERVICE_NAME` (or the resource attributes) does not say.
     pub service_name: &'static str,
-    /// Ratio of traces sampled (`traceidratio`, `OTEL_TRACES_SAMPLER_ARG` overrides it) when
-    /// `OTEL_TRACES_SAMPLER` is unset; `None`: the SDK's `parentbased_always_on`.
-    pub sample_ratio: Option<f64>,
 }
 
 impl Defaults {
-    /// The detector (`vigil run`): 1 % of traces by trace id.
+    /// The detector (`vigil run`).
     pub const DETECTOR: Self = Self {
         service_name: "vigil-detector",
-        sample_ratio: Some(0.01),
     };
-    /// The model server: follows its callers' decision.
+    /// The model server.
     pub const MODEL_SERVER: Self = Self {
         service_name: "vigil-model-server",
-        sample_ratio: None,
     };
-    /// The operator: every reconcile.
+    /// The operator.
     pub const OPERATOR: Self = Self {
         service_name: "vigil-operator",
-        sample_ratio: None,
     };
 }
 
@@ -114,8 +111,9 @@ pub fn requested() -> bool {
             || var("OTEL_EXPORTER_OTLP_ENDPOINT").is_some())
 }
 
-/// The sampler: the standard variables when `OTEL_TRACES_SAMPLER` is set, else `defaults`.
-fn sampler(defaults: Defaults) -> Sampler {
+/// The sampler of the standard variables, as the SDK reads them (kept here too, so that
+/// [`keeps`] can ask it before a span exists).
+fn sampler() -> Sampler {
     let set = std::env::var("OTEL_TRACES_SAMPLER").is_ok_and(|v| !v.trim().is_empty());
     let arg = std::env::var("OTEL_TRACES_SAMPLER_ARG")
         .ok()
@@ -124,10 +122,7 @@ fn sampler(defaults: Defaults) -> Sampler {
     let name = std::env::var("OTEL_TRACES_SAMPLER").unwrap_or_default();
     let ratio = || arg.unwrap_or(1.0);
     match (set, name.trim()) {
-        (false, _) => match defaults.sample_ratio {
-            Some(r) => Sampler::TraceIdRatioBased(arg.unwrap_or(r)),
-            None => Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
-        },
+        (false, _) => Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
         (true, "always_on") => Sampler::AlwaysOn,
         (true, "always_off") => Sampler::AlwaysOff,
         (true, "traceidratio") => Sampler::TraceIdRatioBased(ratio()),
@@ -191,7 +186,7 @@ pub(crate) fn start(defaults: Defaults) -> Option<(Exporter, opentelemetry_sdk::
             return None;
         }
     };
-    let sampler = sampler(defaults);
+    let sampler = sampler();
     let _ = SAMPLER.set(sampler.clone());
     let mut resource = opentelemetry_sdk::Resource::builder();
     if std::env::var("OTEL_SERVICE_NAME").is_err()
@@ -370,25 +365,26 @@ mod tests {
     }
 
     #[test]
-    fn the_detector_default_samples_by_trace_id_and_the_variables_override_it() {
+    fn without_the_variables_the_sampler_follows_the_parent() {
         // Only the unset case: the process environment is shared by the tests.
         if std::env::var("OTEL_TRACES_SAMPLER").is_ok() {
             return;
         }
-        let s = sampler(Defaults::DETECTOR);
-        let kept = (0u128..10_000)
-            .filter(|i| {
-                let id = TraceId::from(i.wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835));
-                let cx = Context::new();
-                s.should_sample(Some(&cx), id, "x", &SpanKind::Internal, &[], &[])
-                    .decision
-                    == SamplingDecision::RecordAndSample
-            })
-            .count();
-        assert!((50..=150).contains(&kept), "1 % of 10,000 ids, kept {kept}");
-        assert!(matches!(
-            sampler(Defaults::OPERATOR),
-            Sampler::ParentBased(_)
-        ));
+        let s = sampler();
+        let decide = |tp: &str| {
+            let cx = remote_context(tp, None).unwrap();
+            let id = cx.span().span_context().trace_id();
+            s.should_sample(Some(&cx), id, "x", &SpanKind::Consumer, &[], &[])
+                .decision
+        };
+        let id = "0af7651916cd43dd8448eb211c80319c";
+        assert_eq!(
+            decide(&format!("00-{id}-b7ad6b7169203331-01")),
+            SamplingDecision::RecordAndSample
+        );
+        assert_eq!(
+            decide(&format!("00-{id}-b7ad6b7169203331-00")),
+            SamplingDecision::Drop
+        );
     }
 }

@@ -35,9 +35,9 @@ fn in_a_process_with_the_exporter_on() {
     let _guard = logging::init(LogFormat::Json, "warn", Defaults::DETECTOR);
     assert!(otel::enabled());
 
-    // Kept by the detector's 1 % trace-id ratio (low 8 bytes 0x2a: below 1 % of 2^64) and dropped (all ones).
-    let kept = "00-4bf92f3577b34da6000000000000002a-00f067aa0ba902b7-01";
-    let dropped = "00-5cf92f3577b34da6ffffffffffffffff-00f067aa0ba902b8-01";
+    // The default sampler follows the producer's flag: sampled (01) and not (00).
+    let kept = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let dropped = "00-5cf92f3577b34da6ffffffffffffffff-00f067aa0ba902b8-00";
     let parent = otel::remote_context(kept, None).unwrap();
     assert!(otel::sampled(&parent, "vigil.record", SpanKind::Consumer));
     assert!(otel::keeps(kept));
@@ -45,7 +45,7 @@ fn in_a_process_with_the_exporter_on() {
         tracing::info_span!(target: "vigil_test", "vigil.test", trace_id = tracing::field::Empty);
     otel::set_parent(&span, parent);
     let tp = otel::traceparent(&span).expect("a sampled span has a traceparent");
-    assert_eq!(&tp[..36], "00-4bf92f3577b34da6000000000000002a-", "{tp}");
+    assert_eq!(&tp[..36], "00-4bf92f3577b34da6a3ce929d0e0e4736-", "{tp}");
     assert_ne!(
         &tp[36..52],
         "00f067aa0ba902b7",

@@ -102,6 +102,9 @@ pub enum RunError {
     /// The loop thread panicked.
     #[error("the run loop panicked")]
     Panicked,
+    /// A tracing setting is invalid.
+    #[error("invalid tracing setting: {0}")]
+    Tracing(String),
 }
 
 /// What a running pipeline can be told.
@@ -297,8 +300,8 @@ struct Core {
     decisions: (crate::scoring::RolloutDecisions, u64),
     /// When the stage lag report was last recomputed (wall clock, ms).
     lag_refreshed_ms: i64,
-    /// Traces are exported: records' `traceparent` headers are read ([`crate::traces`]).
-    tracing: bool,
+    /// Every how many offsets a record's `traceparent` header is read; 0: never (traces off).
+    trace_every: u64,
 }
 
 impl RebalanceHandler for Shared {
@@ -348,7 +351,7 @@ impl Core {
             key: m.key(),
             payload: m.payload().unwrap_or(&[]),
         };
-        let traced = if self.tracing {
+        let traced = if crate::traces::reads(self.trace_every, offset) {
             crate::traces::record(m)
         } else {
             None
@@ -589,6 +592,7 @@ impl Core {
 /// [`RunError`] for an invalid pipeline or source, or a client that cannot be created.
 pub fn spawn(cfg: RunnerConfig, metrics: Metrics) -> Result<RunnerHandle, RunError> {
     let pcfg = PipelineConfig::from_resource(&cfg.pipeline).map_err(RunError::InvalidPipeline)?;
+    let trace_every = crate::traces::record_every().map_err(RunError::Tracing)?;
     let name = pcfg.name.clone();
     let tiers = pcfg.tiers.iter().map(|t| t.name.clone()).collect();
     let spec = &cfg.pipeline.spec;
@@ -665,7 +669,7 @@ pub fn spawn(cfg: RunnerConfig, metrics: Metrics) -> Result<RunnerHandle, RunErr
             checkpointing,
             decisions: (cfg.rollout_decisions.clone(), 0),
             lag_refreshed_ms: 0,
-            tracing: crate::traces::enabled(),
+            trace_every,
         }),
     });
     shared
