@@ -1,4 +1,7 @@
-//! `vigil bench`: throughput and latency of the data path, in one run on one topic.
+//! `vigil bench`: throughput and latency of the data path, in one run on one topic, for one of
+//! two workloads (`--workload`): `dense` (host metrics, one event per key per second: windows
+//! full of events) or `sparse` (the peer comparison's job in `../shared/bench/peer`: event time
+//! +10 ms per event over 10,000 keys, so each event closes about 3.3 mostly small windows).
 //!
 //! 1. Engine in memory: decode -> 2 window tiers -> 5 rules over pre-built JSON events of many
 //!    keys, one thread, no Kafka; events/s and state bytes per key.
@@ -8,7 +11,10 @@
 //! 4. Latency at a fixed load (half the detector's rate): a threshold rule over a 100 ms
 //!    tumbling window with no out-of-orderness; the latency is from the Kafka timestamp
 //!    (produce time) of the record that closes a window to the broker's acknowledgement of the
-//!    alert, so it leaves out the wait for the window to end.
+//!    alert, so it leaves out the wait for the window to end. Measured below saturation: when
+//!    the detector ends the load more than 100 ms of it behind or its median passes 100 ms,
+//!    the rate is halved and the phase runs again (up to 3 times); `saturated=true` says the
+//!    last one was still behind.
 //!
 //! 5. State (`--state-keys N`, in memory, no broker): snapshot bytes per key of the bench
 //!    pipeline and of the recommended NAB rules, the time to encode a checkpoint of N keys and
@@ -16,9 +22,13 @@
 //!    costs the engine (encode CPU-seconds / 10 s of a saturated engine thread).
 //!
 //! Uses the broker in `--bootstrap-servers`/`KAFKA_BOOTSTRAP`, else an embedded mock cluster.
-//! Ends with one `BENCH ...` line: `engine_eps_per_core` is events per CPU-second of the engine's
-//! thread (robust on a shared machine), `e2e_eps`/`raw_consume_eps` are wall-clock rates from
-//! the first to the last record, `ratio` is their quotient.
+//! Ends with one line `BENCH workload=W events_per_cpu_s=N raw_consume_per_cpu_s=N ratio=R
+//! flink_per_cpu_s=N p99_ms=X ...`: events per CPU-second of the whole detector process and of a
+//! raw consumer with its settings (robust on a shared machine), their ratio, Flink's figure
+//! when given (`--flink-per-cpu-s`, from the peer runner), the latency phase's p99; then p50,
+//! the latency rate and whether it saturated, `engine_eps_per_core` (events per CPU-second of
+//! the engine thread in memory), the wall-clock rates `e2e_eps`/`raw_consume_eps` from the first
+//! to the last record, and state bytes per key.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -78,6 +88,123 @@ pub struct BenchArgs {
     /// (docs/observability.md): what tracing costs.
     #[arg(long, default_value_t = 0)]
     pub traceparent_every: usize,
+    /// The workload: `dense` (one event per key per second of event time: windows full of
+    /// events, few firings per event) or `sparse` (the peer comparison's job, see
+    /// `../shared/bench/peer`: event time +10 ms per event over the keys, so a window holds few
+    /// events of a key and each event closes about 3.3 windows).
+    #[arg(long, value_enum, default_value_t = Workload::Dense)]
+    pub workload: Workload,
+    /// Flink DataStream's events per CPU-second on the same workload, from the peer runner
+    /// (`../shared/bench/peer`, `summarize.py`), printed as `flink_per_cpu_s` beside this run's
+    /// figure; `na` without it.
+    #[arg(long)]
+    pub flink_per_cpu_s: Option<f64>,
+}
+
+/// What `vigil bench` runs.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workload {
+    /// Host metrics, one event per key per second: 2 tiers, 5 rules (threshold, `for`,
+    /// baselines).
+    Dense,
+    /// The peer job: `{"key","ts","value"}`, values ~ N(50, 10) with rare spikes, event time
+    /// +10 ms per event, two hopping tiers 30s/15s and 300s/60s with 5 s out-of-orderness,
+    /// count/mean/stddev/min/max, a threshold (mean > 80) per tier.
+    Sparse,
+}
+
+impl Workload {
+    fn name(self) -> &'static str {
+        match self {
+            Workload::Dense => "dense",
+            Workload::Sparse => "sparse",
+        }
+    }
+
+    /// The bench pipeline and rules; `tiny` adds the latency phase's 100 ms tier and rule.
+    fn manifests(
+        self,
+        topic: &str,
+        group: &str,
+        alerts: &str,
+        tiny: bool,
+    ) -> anyhow::Result<Manifests> {
+        match self {
+            Workload::Dense => manifests(topic, group, alerts, tiny),
+            // The latency phase runs the same tiny pipeline for both workloads.
+            Workload::Sparse if tiny => manifests(topic, group, alerts, tiny),
+            Workload::Sparse => {
+                let text = SPARSE
+                    .replace("TOPIC", topic)
+                    .replace("GROUP", group)
+                    .replace("ALERTS", alerts);
+                let mut m = Manifests::default();
+                m.add_str("bench-sparse", &text)?;
+                Ok(m)
+            }
+        }
+    }
+
+    /// Event `i` of `keys` keys from event time `base_ms`: (message key, JSON, event time).
+    fn event(self, i: usize, keys: usize, base_ms: i64) -> (String, Vec<u8>, i64) {
+        match self {
+            Workload::Dense => {
+                let (k, payload) = event(i, keys, base_ms);
+                (k, payload, base_ms + (i / keys) as i64 * 1000)
+            }
+            Workload::Sparse => sparse_event(i, keys, base_ms),
+        }
+    }
+}
+
+/// The peer comparison's job (`../shared/bench/peer/vigil/vigil-peer.yaml.tmpl`, threshold 80).
+const SPARSE: &str = r#"
+apiVersion: vigil.dev/v1alpha1
+kind: StreamPipeline
+metadata: {name: peer, labels: {app: peer}}
+spec:
+  source: {kafka: {topics: [TOPIC], consumerGroup: GROUP, startOffset: Earliest}}
+  format: {keyField: key, eventTime: {field: ts, format: EpochMillis}, wide: {fields: [{name: value}]}}
+  features: [count, mean, stddev, min, max]
+  windows:
+    - {name: fast, size: 30s, slide: 15s, maxOutOfOrderness: 5s, idleTimeout: 10s}
+    - {name: analysis, size: 300s, slide: 60s, maxOutOfOrderness: 5s, idleTimeout: 10s}
+  sinks: {alerts: {topic: ALERTS}}
+---
+apiVersion: vigil.dev/v1alpha1
+kind: DetectionRule
+metadata: {name: mean-high-fast}
+spec: {window: fast, threshold: {field: value, feature: mean, operator: ">", value: 80}}
+---
+apiVersion: vigil.dev/v1alpha1
+kind: DetectionRule
+metadata: {name: mean-high-analysis}
+spec: {window: analysis, threshold: {field: value, feature: mean, operator: ">", value: 80}}
+"#;
+
+/// SplitMix64: a small, well-mixed deterministic sequence for the generators.
+fn splitmix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Event `i` of the sparse workload, the shape of `gen_events.py`: a random key of `keys`,
+/// event time `base_ms + 10 i`, value ~ N(50, 10) (Box-Muller), 500 with probability 1e-4.
+fn sparse_event(i: usize, keys: usize, base_ms: i64) -> (String, Vec<u8>, i64) {
+    let r = |salt: u64| splitmix((i as u64).wrapping_mul(4).wrapping_add(salt));
+    let unit = |x: u64| (x >> 11) as f64 / (1u64 << 53) as f64;
+    let key = format!("k{}", r(0) % keys as u64);
+    let v = if unit(r(1)) < 1e-4 {
+        500.0
+    } else {
+        let (u1, u2) = (unit(r(2)).max(f64::MIN_POSITIVE), unit(r(3)));
+        50.0 + 10.0 * (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+    };
+    let ts = base_ms + i as i64 * 10;
+    let payload = format!(r#"{{"key": "{key}", "ts": {ts}, "value": {v:.3}}}"#).into_bytes();
+    (key, payload, ts)
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
@@ -187,8 +314,8 @@ struct EngineResult {
     state_bytes_per_key: usize,
 }
 
-fn engine_phase(n: usize, keys: usize) -> anyhow::Result<EngineResult> {
-    let m = manifests("bench", "bench", "alerts", false)?;
+fn engine_phase(w: Workload, n: usize, keys: usize) -> anyhow::Result<EngineResult> {
+    let m = w.manifests("bench", "bench", "alerts", false)?;
     let rules = m.rules_for(&m.pipelines[0]);
     let (mut e, errs) =
         Engine::from_resources(&m.pipelines[0], &rules, &[], EngineOptions::default())
@@ -196,15 +323,18 @@ fn engine_phase(n: usize, keys: usize) -> anyhow::Result<EngineResult> {
     if let Some(e) = errs.first() {
         bail!("bench rule: {e}");
     }
-    let events: Vec<Vec<u8>> = (0..n)
-        .map(|i| event(i, keys, 1_700_000_000_000).1)
+    let events: Vec<(Vec<u8>, i64)> = (0..n)
+        .map(|i| {
+            let (_, payload, ts) = w.event(i, keys, 1_700_000_000_000);
+            (payload, ts)
+        })
         .collect();
     let mut out = Outputs::default();
     let start = Instant::now();
     let cpu0 = thread_cpu_seconds();
-    for (i, ev) in events.iter().enumerate() {
+    for (i, (ev, ts)) in events.iter().enumerate() {
         // Processing time follows event time (as in `vigil score`): the generator's clock.
-        let now_ms = 1_700_000_000_000 + (i / keys) as i64 * 1000;
+        let now_ms = *ts;
         e.process(
             &RawRecord {
                 partition: 0,
@@ -301,6 +431,7 @@ fn traceparent(i: usize) -> String {
 }
 
 fn produce_all(
+    w: Workload,
     bootstrap: &str,
     topic: &str,
     n: usize,
@@ -308,20 +439,14 @@ fn produce_all(
     traceparent_every: usize,
 ) -> anyhow::Result<f64> {
     let p = producer(bootstrap)?;
-    let base = wall_clock_ms() - 86_400_000;
+    // Sparse: 10 ms of event time per event, so n events span n / 100 s; they end a day ago.
+    let base = wall_clock_ms() - 86_400_000 - n as i64 * 10;
     let start = Instant::now();
     for i in 0..n {
-        let (k, payload) = event(i, keys, base);
+        let (k, payload, ts) = w.event(i, keys, base);
         let tp =
             (traceparent_every > 0 && i.is_multiple_of(traceparent_every)).then(|| traceparent(i));
-        send(
-            &p,
-            topic,
-            k.as_bytes(),
-            &payload,
-            base + (i / keys) as i64 * 1000,
-            tp.as_deref(),
-        )?;
+        send(&p, topic, k.as_bytes(), &payload, ts, tp.as_deref())?;
     }
     p.flush(Duration::from_secs(120))
         .context("flushing the bench records")?;
@@ -378,13 +503,14 @@ fn end_offsets(bootstrap: &str, topic: &str) -> anyhow::Result<Vec<(String, i32,
 
 /// Runs the detector over the whole topic; returns (events/s, events per CPU-second).
 fn detector_phase(
+    w: Workload,
     bootstrap: &str,
     topic: &str,
     alerts: &str,
     n: usize,
     props: &[(String, String)],
 ) -> anyhow::Result<(f64, f64)> {
-    let m = manifests(topic, &format!("{topic}-detector"), alerts, false)?;
+    let m = w.manifests(topic, &format!("{topic}-detector"), alerts, false)?;
     let rules = m.rules_for(&m.pipelines[0]).into_iter().cloned().collect();
     let mut cfg = RunnerConfig::new(m.pipelines[0].clone(), rules, bootstrap);
     cfg.pipeline
@@ -424,22 +550,32 @@ fn detector_phase(
     Ok((eps, s.counters.records as f64 / cpu.max(1e-9)))
 }
 
-/// Fixed-load latency; returns (p50 ms, p99 ms, rate, samples).
+/// Latency at a fixed offered load.
+struct Latency {
+    p50_ms: f64,
+    p99_ms: f64,
+    /// The detector ended the load more than 100 ms of it behind (records offered and not yet
+    /// processed), or its median latency passed 100 ms: the latency includes queueing, not
+    /// only the path.
+    saturated: bool,
+}
+
+/// Fixed-load latency.
 fn latency_phase(
     bootstrap: &str,
-    topic: &str,
-    alerts: &str,
+    (topic, alerts, group): (&str, &str, &str),
     rate: f64,
     seconds: u64,
     keys: usize,
-) -> anyhow::Result<(f64, f64, usize)> {
-    let m = manifests(topic, &format!("{topic}-latency"), alerts, true)?;
+) -> anyhow::Result<Latency> {
+    let m = manifests(topic, group, alerts, true)?;
     let rules = m.rules_for(&m.pipelines[0]).into_iter().cloned().collect();
     let mut cfg = RunnerConfig::new(m.pipelines[0].clone(), rules, bootstrap);
     let probe = Arc::new(LatencyProbe::default());
     cfg.latency_probe = Some(probe.clone());
     cfg.pipeline.spec.source.kafka.start_offset = vigil_api::v1alpha1::StartOffset::Latest;
-    let h = runner::spawn(cfg, Metrics::new())?;
+    let metrics = Metrics::new();
+    let h = runner::spawn(cfg, metrics.clone())?;
     // Let the group form before the load starts.
     std::thread::sleep(Duration::from_secs(3));
     // No batching delay in the load generator: the latency is the detector's, not the client's.
@@ -470,6 +606,7 @@ fn latency_phase(
         }
         std::thread::sleep(Duration::from_millis(1));
     }
+    let behind = sent as u64 - metrics.events_in().min(sent as u64);
     p.flush(Duration::from_secs(30))?;
     std::thread::sleep(Duration::from_millis(500));
     h.stop();
@@ -481,19 +618,47 @@ fn latency_phase(
     us.sort_unstable();
     let pct = |q: f64| us[((us.len() - 1) as f64 * q).round() as usize] as f64 / 1e3;
     let (p50, p99) = (pct(0.5), pct(0.99));
+    // Queueing, not the path: more than 100 ms of load unprocessed when it ended, or a median
+    // above 100 ms (the path itself takes a few ms).
+    let saturated = behind as f64 > rate * 0.1 || p50 > 100.0;
     println!(
-        "latency: offered_rate={rate:.0}/s sent={sent} secs={seconds} alerts={} samples={} (after {warm_samples} warm-up samples) p50_ms={p50:.2} p90_ms={:.2} p99_ms={p99:.2} max_ms={:.2}",
+        "latency: offered_rate={rate:.0}/s sent={sent} secs={seconds} alerts={} samples={} (after {warm_samples} warm-up samples) p50_ms={p50:.2} p90_ms={:.2} p99_ms={p99:.2} max_ms={:.2} behind_at_end={behind} saturated={saturated}",
         s.alerts_sent,
         us.len(),
         pct(0.9),
         pct(1.0)
     );
-    if p50 > 100.0 {
+    Ok(Latency {
+        p50_ms: p50,
+        p99_ms: p99,
+        saturated,
+    })
+}
+
+/// Latency below saturation: starts at `rate` and halves it (up to 3 times) while the
+/// detector ends the load behind; the last measurement says whether it still was.
+fn latency_below_saturation(
+    bootstrap: &str,
+    topic: &str,
+    alerts: &str,
+    rate: f64,
+    seconds: u64,
+    keys: usize,
+) -> anyhow::Result<(Latency, f64)> {
+    let mut rate = rate;
+    for attempt in 0..4 {
+        // A fresh group per attempt, reading from the latest offset: the same topics serve.
+        let group = format!("{topic}-latency-{attempt}");
+        let lat = latency_phase(bootstrap, (topic, alerts, &group), rate, seconds, keys)?;
+        if !lat.saturated || attempt == 3 {
+            return Ok((lat, rate));
+        }
         println!(
-            "latency: the detector fell behind the offered load (p50 {p50:.0} ms): the load generator, the broker and the detector share this machine's cores; rerun with a lower --latency-rate"
+            "latency: the detector fell behind {rate:.0}/s (the load generator, the broker and the detector share this machine's cores); measuring again at half the rate"
         );
+        rate /= 2.0;
     }
-    Ok((p50, p99, us.len()))
+    unreachable!("the loop returns on its last attempt")
 }
 
 /// Runs `vigil bench`.
@@ -643,10 +808,17 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
     }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
-        "bench: cores={cores} events={} engine_events={} keys={} partitions={}",
-        a.events, a.engine_events, a.keys, a.partitions
+        "bench: workload={} cores={cores} events={} engine_events={} keys={} partitions={} load_average={}",
+        a.workload.name(),
+        a.events,
+        a.engine_events,
+        a.keys,
+        a.partitions,
+        std::fs::read_to_string("/proc/loadavg")
+            .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(","))
+            .unwrap_or_default()
     );
-    let engine = engine_phase(a.engine_events, a.keys)?;
+    let engine = engine_phase(a.workload, a.engine_events, a.keys)?;
 
     let mut mock = None;
     let bootstrap = match &a.bootstrap_servers {
@@ -698,7 +870,14 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
         None => admin::ensure_topics(&bootstrap, &topics)?,
     }
     let result = (|| -> anyhow::Result<()> {
-        let produce_eps = produce_all(&bootstrap, &topic, events, a.keys, a.traceparent_every)?;
+        let produce_eps = produce_all(
+            a.workload,
+            &bootstrap,
+            &topic,
+            events,
+            a.keys,
+            a.traceparent_every,
+        )?;
         println!(
             "tracing: traceparent_every={} exporter={}",
             a.traceparent_every,
@@ -710,30 +889,48 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
         );
         println!("produce: events={events} events_per_s={produce_eps:.0}");
         let (raw, raw_per_cpu) = raw_consume(&bootstrap, &topic, events, &a.consumer_properties)?;
-        let (e2e, per_cpu) =
-            detector_phase(&bootstrap, &topic, &alerts, events, &a.consumer_properties)?;
+        let (e2e, per_cpu) = detector_phase(
+            a.workload,
+            &bootstrap,
+            &topic,
+            &alerts,
+            events,
+            &a.consumer_properties,
+        )?;
         let rate = a.latency_rate.unwrap_or(e2e / 2.0);
-        let (p50, p99) = if a.latency_seconds == 0 {
-            (f64::NAN, f64::NAN)
+        let (lat, lat_rate) = if a.latency_seconds == 0 {
+            (
+                Latency {
+                    p50_ms: f64::NAN,
+                    p99_ms: f64::NAN,
+                    saturated: false,
+                },
+                0.0,
+            )
         } else {
-            let (p50, p99, _) = latency_phase(
+            latency_below_saturation(
                 &bootstrap,
                 &lat_topic,
                 &lat_alerts,
                 rate,
                 a.latency_seconds,
                 100,
-            )?;
-            (p50, p99)
+            )?
         };
+        let (p50, p99) = (lat.p50_ms, lat.p99_ms);
         println!(
             "cpu: raw_consume_eps_per_cpu_second={raw_per_cpu:.0} e2e_eps_per_cpu_second={per_cpu:.0} cpu_ratio={:.2} (CPU time of the whole process, incl. librdkafka threads)",
             per_cpu / raw_per_cpu
         );
+        let flink = a
+            .flink_per_cpu_s
+            .map_or_else(|| "na".to_string(), |f| format!("{f:.0}"));
         println!(
-            "BENCH engine_eps_per_core={:.0} e2e_eps={e2e:.0} raw_consume_eps={raw:.0} ratio={:.2} p50_ms={p50:.2} p99_ms={p99:.2} state_bytes_per_key={}",
+            "BENCH workload={} events_per_cpu_s={per_cpu:.0} raw_consume_per_cpu_s={raw_per_cpu:.0} ratio={:.2} flink_per_cpu_s={flink} p99_ms={p99:.2} p50_ms={p50:.2} latency_rate={lat_rate:.0} saturated={} engine_eps_per_core={:.0} e2e_eps={e2e:.0} raw_consume_eps={raw:.0} state_bytes_per_key={}",
+            a.workload.name(),
+            per_cpu / raw_per_cpu,
+            lat.saturated,
             engine.eps_per_cpu,
-            e2e / raw,
             engine.state_bytes_per_key
         );
         Ok(())

@@ -213,66 +213,36 @@ fn unique(prefix: &str) -> String {
     )
 }
 
-const FEATURES: &str =
-    "[v.count, v.sum, v.mean, v.min, v.max, v.stddev, v.last, v.rate, v.p50, v.p95, v.p99]";
+/// The "presses" scenario of the detector's model tests: tier `fast` (1 s) with threshold rule
+/// `hot`, tier `slow` (5 s) with the reference Isolation Forest as rule `forest`.
+#[allow(dead_code)] // not every helper of the scenario is used here
+#[path = "../../detector/tests/model_support/presses.rs"]
+mod presses;
 
+/// The scenario's pipeline and rules, and its model as YAML (`vigil run` reads files).
 fn manifests(src: &str, group: &str, alerts: &str) -> String {
     format!(
-        r#"apiVersion: vigil.dev/v1alpha1
-kind: StreamPipeline
-metadata: {{name: traced}}
-spec:
-  source: {{kafka: {{topics: [{src}], consumerGroup: {group}}}}}
-  format: {{keyField: k, eventTime: {{field: t}}, wide: {{fields: [{{name: v}}]}}}}
-  windows:
-    - {{name: fast, size: 1s}}
-    - {{name: slow, size: 5s}}
-  sinks: {{alerts: {{topic: {alerts}}}}}
----
-apiVersion: vigil.dev/v1alpha1
-kind: DetectionRule
-metadata: {{name: hot}}
-spec: {{window: fast, threshold: {{field: v, feature: max, operator: '>', value: 100}}}}
----
-apiVersion: vigil.dev/v1alpha1
-kind: DetectionRule
-metadata: {{name: forest}}
-spec: {{window: slow, model: {{modelRef: iforest}}}}
----
-apiVersion: vigil.dev/v1alpha1
-kind: AnomalyModel
-metadata: {{name: iforest}}
-spec:
-  revision: "1"
-  artifact: {{uri: file://models/repository/iforest/1/model.onnx, sha256: 7e012d6a342083e143034a47c11a6858f749b9866baebfdb9d3965c8dd52e0cb}}
-  input: {{tensor: features, window: slow, features: {FEATURES}}}
-  output: {{tensor: scores, anomalousWhen: Below, threshold: 0.0}}
-"#
+        "{}---\napiVersion: vigil.dev/v1alpha1\nkind: AnomalyModel\nmetadata: {{name: iforest}}\nspec:\n  revision: \"1\"\n  artifact: {{uri: file://models/repository/iforest/1/model.onnx, sha256: 7e012d6a342083e143034a47c11a6858f749b9866baebfdb9d3965c8dd52e0cb}}\n  input: {{tensor: features, window: slow, features: {}}}\n  output: {{tensor: scores, anomalousWhen: Below, threshold: 0.0}}\n",
+        presses::yaml(src, group, alerts),
+        presses::FEATURES
     )
 }
 
-/// Events of key `a` every 250 ms of event time over 12 s: hot (150) in the first half of
-/// every second second. The hot event at 250 ms carries the sampled trace, the one at 2,250 ms
-/// the unsampled one.
+/// The scenario's events of key `a` over 12 s (every 250 ms; hot in the first half of every
+/// second second). The hot event at 250 ms carries the sampled trace, the one at 2,250 ms the
+/// unsampled one.
 fn produce(bootstrap: &str, topic: &str) {
     let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .create()
         .expect("producer");
-    for i in 0..48i64 {
-        let t = i * 250;
-        let v = if (t / 1000) % 2 == 0 && t % 1000 < 500 {
-            150.0
-        } else {
-            50.0 + (i % 5) as f64
-        };
-        let payload = format!(r#"{{"k":"a","t":{t},"v":{v}}}"#);
-        let trace = match t {
+    for (i, (key, payload)) in presses::events("a", 0, 12).into_iter().enumerate() {
+        let trace = match i * 250 {
             250 => Some(format!("00-{KEPT}-00f067aa0ba902b7-01")),
             2_250 => Some(format!("00-{DROPPED}-00f067aa0ba902b8-00")),
             _ => None,
         };
-        let mut rec = BaseRecord::to(topic).key("a").payload(&payload);
+        let mut rec = BaseRecord::to(topic).key(key.unwrap()).payload(&payload);
         if let Some(tp) = &trace {
             rec = rec.headers(OwnedHeaders::new().insert(Header {
                 key: "traceparent",

@@ -338,6 +338,11 @@ pub struct Engine {
     current_trace: Option<TraceParent>,
     /// Traced events held in open windows.
     traces: traces::Traces,
+    /// Buffers of a window firing (merged aggregates, features per field), reused.
+    window_buffers: (
+        Vec<crate::features::Agg>,
+        Vec<(u16, crate::features::FeatureValues)>,
+    ),
 }
 
 impl Engine {
@@ -365,6 +370,7 @@ impl Engine {
             event_rule_scores: Vec::new(),
             current_trace: None,
             traces: traces::Traces::new(),
+            window_buffers: (Vec::new(), Vec::new()),
             cfg,
         };
         let errors = engine.replace_rules(rules, models);

@@ -11,6 +11,8 @@ use crate::rules::{Evaluation, RuleKind, WindowView};
 use crate::window::{self, KeyId};
 
 impl Engine {
+    /// Fires the window `[start, start + size)` of `key_id` in `tier` (`update`: again, after a
+    /// late event), with the engine's reused window buffers.
     pub(super) fn fire(
         &mut self,
         tier: usize,
@@ -20,12 +22,31 @@ impl Engine {
         now_ms: i64,
         out: &mut Outputs,
     ) {
+        let (mut merged, mut fields) = std::mem::take(&mut self.window_buffers);
+        self.fire_window(
+            (tier, key_id, start, update, now_ms),
+            (&mut merged, &mut fields),
+            out,
+        );
+        self.window_buffers = (merged, fields);
+    }
+
+    fn fire_window(
+        &mut self,
+        (tier, key_id, start, update, now_ms): (usize, KeyId, i64, bool, i64),
+        (merged, fields): (
+            &mut Vec<crate::features::Agg>,
+            &mut Vec<(u16, FeatureValues)>,
+        ),
+        out: &mut Outputs,
+    ) {
         let tc = &self.cfg.tiers[tier];
         let end = start + tc.size_ms;
         let Some(ks) = self.keys.get_mut(key_id) else {
             return;
         };
-        let fields = ks.windows[tier].window(tc, start, self.with_sketch);
+        ks.windows[tier].window_into(tc, start, self.with_sketch, merged, fields);
+        let fields = &*fields;
         if fields.is_empty() {
             return;
         }
@@ -73,7 +94,7 @@ impl Engine {
             key: &ks.name,
             start,
             end,
-            fields: &fields,
+            fields,
             table: &self.table,
         };
         for (idx, rule) in self.rules.iter().enumerate() {

@@ -182,9 +182,26 @@ impl KeyWindows {
         start: i64,
         with_sketch: bool,
     ) -> Vec<(u16, FeatureValues)> {
+        let mut out = Vec::new();
+        self.window_into(cfg, start, with_sketch, &mut Vec::new(), &mut out);
+        out
+    }
+
+    /// [`Self::window`] into `out` (cleared first), merging in `merged`: buffers the caller
+    /// reuses, so firing a window allocates nothing once they have grown (a sparse workload
+    /// fires about 3 windows per event).
+    pub fn window_into(
+        &self,
+        cfg: &TierConfig,
+        start: i64,
+        with_sketch: bool,
+        merged: &mut Vec<Agg>,
+        out: &mut Vec<(u16, FeatureValues)>,
+    ) {
+        out.clear();
+        merged.clear();
         let end = start + cfg.size_ms;
         let from = self.panes.partition_point(|p| p.start < start);
-        let mut merged: Vec<Agg> = Vec::new();
         for pane in self.panes.range(from..).take_while(|p| p.start < end) {
             if merged.len() < pane.aggs.len() {
                 merged.resize_with(pane.aggs.len(), || Agg::new(with_sketch));
@@ -193,12 +210,13 @@ impl KeyWindows {
                 m.merge(a);
             }
         }
-        merged
-            .iter()
-            .enumerate()
-            .filter(|(_, a)| a.count() > 0)
-            .map(|(i, a)| (i as u16, a.features(cfg.size_ms)))
-            .collect()
+        out.extend(
+            merged
+                .iter()
+                .enumerate()
+                .filter(|(_, a)| a.count() > 0)
+                .map(|(i, a)| (i as u16, a.features(cfg.size_ms))),
+        );
     }
 
     /// Drops panes whose every window has fired (ends at or before `last_fired_end`) and is
