@@ -92,8 +92,14 @@ pub struct Pane {
     pub start: i64,
     /// Smallest Kafka offset that contributed (for safe offset commits).
     pub first_offset: i64,
-    aggs: Vec<Agg>,
+    /// One aggregate per field id; the first inline, so a pane of a one-field pipeline costs no
+    /// allocation (keys with sparse events open a pane for nearly every event). Encoded as a
+    /// sequence, as the `Vec` it was: snapshots of either read alike.
+    aggs: PaneAggs,
 }
+
+/// The aggregates of a pane.
+type PaneAggs = smallvec::SmallVec<[Agg; 1]>;
 
 /// The open panes of one key in one tier.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
@@ -137,7 +143,7 @@ impl KeyWindows {
                 self.panes.push_back(Pane {
                     start,
                     first_offset: offset,
-                    aggs: Vec::new(),
+                    aggs: PaneAggs::new(),
                 });
                 (self.panes.len() - 1, true)
             }
@@ -145,7 +151,7 @@ impl KeyWindows {
                 self.panes.push_back(Pane {
                     start,
                     first_offset: offset,
-                    aggs: Vec::new(),
+                    aggs: PaneAggs::new(),
                 });
                 (0, true)
             }
@@ -157,7 +163,7 @@ impl KeyWindows {
                         Pane {
                             start,
                             first_offset: offset,
-                            aggs: Vec::new(),
+                            aggs: PaneAggs::new(),
                         },
                     );
                     (i, true)
@@ -278,11 +284,14 @@ impl KeyWindows {
                 .panes
                 .iter()
                 .map(|p| {
+                    let spilled = if p.aggs.spilled() {
+                        p.aggs.capacity() * std::mem::size_of::<Agg>()
+                    } else {
+                        0
+                    };
                     std::mem::size_of::<Pane>()
-                        + p.aggs
-                            .iter()
-                            .map(|a| std::mem::size_of::<Agg>() + a.heap_bytes())
-                            .sum::<usize>()
+                        + spilled
+                        + p.aggs.iter().map(Agg::heap_bytes).sum::<usize>()
                 })
                 .sum::<usize>()
     }
