@@ -68,6 +68,9 @@ pub enum RuntimeError {
 }
 
 static ENVIRONMENT: OnceLock<Environment> = OnceLock::new();
+/// Held while the environment is created: ONNX Runtime allows one environment per process, so
+/// two servers starting at once (tests run in parallel threads) must not both build one.
+static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Loads ONNX Runtime (once per process) and returns the process-wide environment.
 ///
@@ -77,6 +80,12 @@ static ENVIRONMENT: OnceLock<Environment> = OnceLock::new();
 /// # Errors
 /// [`RuntimeError`] when the path is unset, missing, or not a compatible ONNX Runtime.
 pub fn init(dylib: Option<&Path>) -> Result<&'static Environment, RuntimeError> {
+    if let Some(env) = ENVIRONMENT.get() {
+        return Ok(env);
+    }
+    let _creating = INIT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if let Some(env) = ENVIRONMENT.get() {
         return Ok(env);
     }
