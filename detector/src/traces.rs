@@ -138,6 +138,7 @@ pub fn fire_spans(out: &mut Outputs) {
             }
         }
     }
+    // Handed back empty, keeping its capacity.
     out.fired_traces = fired;
     out.fired_traces.clear();
 }

@@ -194,6 +194,27 @@ pub fn uuid_like() -> String {
     format!("{:016x}", h.finish())
 }
 
+/// A loopback address of its own for a "pod" (127.0.0.2..=251) whose `port` is free: handed
+/// out once per test process (tests run in parallel; two detectors on one address collided on
+/// their metrics port), starting from `seed` so that concurrent test processes spread out.
+pub fn pod_ip(seed: u8, port: u16) -> String {
+    use std::sync::Mutex;
+    static TAKEN: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+    let mut taken = TAKEN.lock().unwrap();
+    for i in 0..250u16 {
+        let last = 2 + ((u16::from(seed) + i) % 250) as u8;
+        if taken.contains(&last) {
+            continue;
+        }
+        let ip = format!("127.0.0.{last}");
+        if std::net::TcpListener::bind((ip.as_str(), port)).is_ok() {
+            taken.push(last);
+            return ip;
+        }
+    }
+    panic!("no loopback address 127.0.0.2..=251 has port {port} free");
+}
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

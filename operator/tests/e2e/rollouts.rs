@@ -212,9 +212,9 @@ async fn a_flooding_candidate_is_rolled_back_and_a_good_one_promoted() {
     let topic = format!("e2e-rollout-{sfx}");
     create_topic(&topic, 1).await;
     create_topic(&format!("{topic}.alerts"), 1).await;
-    let ip = format!(
-        "127.0.0.{}",
-        2 + u8::from_str_radix(&sfx[..2], 16).unwrap() % 250
+    let ip = crate::harness::pod_ip(
+        u8::from_str_radix(&sfx[..2], 16).unwrap(),
+        vigil_api::contract::detector::METRICS_PORT,
     );
     let op = Operator::start(&client, &ns.name, &[]).await;
     let (calm, calm_sha) = onnx("calm");

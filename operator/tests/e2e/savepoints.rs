@@ -138,9 +138,9 @@ async fn an_upgrade_waits_for_its_savepoint_and_a_failed_one_rolls_nothing() {
     create_topic(&source, 1).await;
     create_topic(&alerts, 1).await;
     // A loopback address of its own for the detector "pod" (127.0.0.2..254).
-    let ip = format!(
-        "127.0.0.{}",
-        2 + u8::from_str_radix(&sfx[..2], 16).unwrap() % 250
+    let ip = crate::harness::pod_ip(
+        u8::from_str_radix(&sfx[..2], 16).unwrap(),
+        vigil_api::contract::detector::METRICS_PORT,
     );
     let op = Operator::start(&client, &ns.name, &[]).await;
     ns.apply_yaml(&manifests(sfx, &source, &alerts, "5m")).await;
