@@ -27,8 +27,6 @@ use vigil_core::model::ModelInput;
 use vigil_core::rules::alert::Alert;
 use vigil_telemetry::trace::{self as otel, TRACEPARENT, TRACESTATE};
 
-pub use otel::enabled;
-
 /// Default of `VIGIL_TRACE_RECORD_RATIO`: 1 record in 1,000 has its trace context read. At
 /// 1 in 100, a topic whose every record carried a sampled `traceparent` cost the detector about
 /// 10 % of its events per CPU-second (each traced record makes about three spans); at 1 in
