@@ -217,6 +217,12 @@ impl PipelineConfig {
             .as_ref()
             .map(CheckpointConfig::from_spec)
             .transpose()?;
+        if spec.source.kafka.partitioner.is_some() && checkpointing.is_none() {
+            return Err(InvalidSpec::new(
+                "spec.source.kafka.partitioner",
+                "keys follow a partition count change through the checkpoint store: needs spec.checkpointing",
+            ));
+        }
         match spec.upgrade_mode {
             UpgradeMode::Stateless => {}
             UpgradeMode::LastState | UpgradeMode::Savepoint if checkpointing.is_some() => {}
@@ -474,6 +480,22 @@ mod tests {
         let mut m = Manifests::default();
         m.add_str("t", &yaml).unwrap();
         PipelineConfig::from_resource(&m.pipelines[0])
+    }
+
+    #[test]
+    fn a_partitioner_needs_checkpointing() {
+        let with = |extra: &str| {
+            let yaml = format!(
+                "apiVersion: vigil.dev/v1alpha1\nkind: StreamPipeline\nmetadata: {{name: p}}\nspec:\n  source: {{kafka: {{topics: [t], consumerGroup: g, partitioner: Crc32}}}}\n  format: {{eventTime: {{field: t}}, wide: {{fields: [{{name: v}}]}}}}\n  windows: [{{name: w, size: 30s}}]\n  sinks: {{alerts: {{topic: a}}}}\n{extra}"
+            );
+            let mut m = Manifests::default();
+            m.add_str("t", &yaml).unwrap();
+            PipelineConfig::from_resource(&m.pipelines[0])
+        };
+        let e = with("").unwrap_err();
+        assert_eq!(e.field, "spec.source.kafka.partitioner");
+        assert!(e.reason.contains("needs spec.checkpointing"), "{e}");
+        assert!(with("  checkpointing: {location: 'file:///c'}\n").is_ok());
     }
 
     /// Declared, not implemented: refused with the field named, never silently ignored.

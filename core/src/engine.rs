@@ -63,6 +63,15 @@ pub enum DeadLetterReason {
         /// The bound.
         max_keys: usize,
     },
+    /// Its key left this partition when the topic's partition count grew: its state was handed
+    /// over to the owner of partition `partition` of `partitions`, and this record still came
+    /// to the old one (a producer that had not yet seen the new count).
+    Moved {
+        /// The partition the key belongs to now.
+        partition: i32,
+        /// The topic's partition count.
+        partitions: i32,
+    },
     /// It arrived after every window it belongs to closed for good.
     Late {
         /// Event time of the event.
@@ -73,12 +82,14 @@ pub enum DeadLetterReason {
 }
 
 impl DeadLetterReason {
-    /// Short machine-readable kind for the `vigil.reason` header: `decode`, `future` or `late`.
+    /// Short machine-readable kind for the `vigil.reason` header: `decode`, `future`, `keys`,
+    /// `moved_key` or `late`.
     pub fn kind(&self) -> &'static str {
         match self {
             DeadLetterReason::Decode(_) => "decode",
             DeadLetterReason::Future { .. } => "future",
             DeadLetterReason::Keys { .. } => "keys",
+            DeadLetterReason::Moved { .. } => "moved_key",
             DeadLetterReason::Late { .. } => "late",
         }
     }
@@ -96,6 +107,7 @@ impl DeadLetterReason {
             DeadLetterReason::Keys { max_keys } => format!(
                 "keys: a new key while the detector holds spec.keyState.maxKeys = {max_keys} keys"
             ),
+            DeadLetterReason::Moved { .. } => MOVED_KEY.into(),
             DeadLetterReason::Late { .. } => {
                 "late: behind the watermark by more than every window's allowed lateness".into()
             }
@@ -120,6 +132,13 @@ impl std::fmt::Display for DeadLetterReason {
                 f,
                 "keys: a new key while the detector holds spec.keyState.maxKeys = {max_keys} keys"
             ),
+            DeadLetterReason::Moved {
+                partition,
+                partitions,
+            } => write!(
+                f,
+                "{MOVED_KEY}; the key belongs to partition {partition} of {partitions}"
+            ),
             DeadLetterReason::Late {
                 event_time_ms,
                 watermark_ms,
@@ -129,6 +148,20 @@ impl std::fmt::Display for DeadLetterReason {
             ),
         }
     }
+}
+
+const MOVED_KEY: &str = "moved_key: the key moved to another partition when the topic's partition count grew, and its state with it; this record still came to the old partition";
+
+/// Where the keys of a partition belong after its topic's partition count changed
+/// ([`Engine::set_key_placement`]).
+#[derive(Debug, Clone, Copy)]
+pub struct KeyPlacement {
+    /// The source's own partition number (Kafka's).
+    pub partition: i32,
+    /// The topic's partition count now.
+    pub partitions: i32,
+    /// The producers' partitioner: the partition of `partitions` a record key goes to.
+    pub place: fn(&[u8], i32) -> i32,
 }
 
 /// Dead letters counted by reason: the first [`DeadLetterTally::MAX_REASONS`] distinct reason
@@ -310,6 +343,8 @@ pub struct Counters {
     pub keys_expired: u64,
     /// Events of new keys dead-lettered because `spec.keyState.maxKeys` keys were held.
     pub keys_refused: u64,
+    /// Events of keys that moved to another partition ([`DeadLetterReason::Moved`]).
+    pub moved_keys: u64,
 }
 
 struct LoadedRule {
@@ -343,6 +378,8 @@ pub struct Engine {
         Vec<crate::features::Agg>,
         Vec<(u16, crate::features::FeatureValues)>,
     ),
+    /// Partitions whose keys that moved away are dead-lettered ([`Self::set_key_placement`]).
+    placements: Vec<(i32, KeyPlacement)>,
 }
 
 impl Engine {
@@ -371,6 +408,7 @@ impl Engine {
             current_trace: None,
             traces: traces::Traces::new(),
             window_buffers: (Vec::new(), Vec::new()),
+            placements: Vec::new(),
             cfg,
         };
         let errors = engine.replace_rules(rules, models);
@@ -593,6 +631,21 @@ impl Engine {
             self.values = values;
             return None;
         }
+        if !self.placements.is_empty()
+            && let Some((_, pl)) = self.placements.iter().find(|(p, _)| *p == rec.partition)
+        {
+            let to = (pl.place)(event.key.as_bytes(), pl.partitions);
+            if to != pl.partition {
+                self.counters.moved_keys += 1;
+                let reason = DeadLetterReason::Moved {
+                    partition: to,
+                    partitions: pl.partitions,
+                };
+                self.dead_letter(rec, reason, out);
+                self.values = values;
+                return None;
+            }
+        }
         // The key lookup only at the cap: the common path looks the key up once (key_id).
         if self.keys.len() >= self.cfg.max_keys
             && self.keys.get(rec.partition, &event.key).is_none()
@@ -812,6 +865,16 @@ impl Engine {
         }
     }
 
+    /// From now on, events of `partition` whose key `placement` puts on another partition are
+    /// dead-lettered ([`DeadLetterReason::Moved`]): their state was handed over when the topic's
+    /// partition count grew. `None` stops that. Dropped with the partition on revocation.
+    pub fn set_key_placement(&mut self, partition: i32, placement: Option<KeyPlacement>) {
+        self.placements.retain(|(p, _)| *p != partition);
+        if let Some(pl) = placement {
+            self.placements.push((partition, pl));
+        }
+    }
+
     /// Drops the state of revoked partitions: their keys, watermarks and timers. Without
     /// checkpoints, their committed offsets never pass an event still held in an open window
     /// (see [`Self::committable_offsets`]), so the next owner rebuilds those windows by
@@ -821,6 +884,7 @@ impl Engine {
             self.keys.remove_partition(*p);
             self.partitions.remove(p);
         }
+        self.placements.retain(|(p, _)| !partitions.contains(p));
         let keys = &self.keys;
         self.traces
             .retain(|(id, _), _| keys.get_by_id(*id).is_some());

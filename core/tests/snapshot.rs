@@ -322,3 +322,167 @@ fn a_committed_version_1_snapshot_restores() {
     feed(&mut e, &rows, cut, 6_000, 1, &mut want);
     assert_eq!(got, want);
 }
+
+/// The partitioner of the test below: a key's last digit modulo the partition count.
+fn last_digit(key: &[u8], partitions: i32) -> i32 {
+    i32::from(key.last().map_or(0, |d| d - b'0')) % partitions
+}
+
+/// Feeds rows `from..to`, row `i` under key `m-<i % 4>`, to the engine and partition `route`
+/// gives for the key; offsets count per partition in `offsets`.
+fn feed_routed(
+    rows: &[Row],
+    from: usize,
+    to: usize,
+    offsets: &mut std::collections::BTreeMap<i32, i64>,
+    mut route: impl FnMut(&str) -> (usize, i32),
+    engines: &mut [&mut Engine],
+    out: &mut Outputs,
+) {
+    for (i, row) in rows.iter().enumerate().take(to).skip(from) {
+        let key = format!("m-{}", i % 4);
+        let (e, partition) = route(&key);
+        let offset = offsets.entry(partition).or_default();
+        engines[e].process(
+            &RawRecord {
+                partition,
+                offset: *offset,
+                key: Some(key.as_bytes()),
+                payload: &row.json,
+            },
+            STEADY_NOW,
+            out,
+        );
+        *offset += 1;
+    }
+}
+
+fn sorted_alerts(out: &Outputs) -> Vec<String> {
+    let mut a: Vec<String> = out
+        .alerts
+        .iter()
+        .map(|a| serde_json::to_string(a).unwrap())
+        .collect();
+    a.sort();
+    a
+}
+
+/// A topic grows from 2 to 4 partitions between two owners: each hands the keys that move
+/// over through its snapshot (`retain_keys` drops them, `restore_with` places them on their
+/// new partition at the other owner) and the alerts are those of a run where every key kept
+/// its state; a record of a moved key that still comes to its old partition is dead-lettered.
+#[test]
+fn keys_follow_a_partition_count_change_to_another_owner() {
+    use vigil_core::engine::{DeadLetterReason, KeyPlacement};
+    let m = manifests();
+    let rules = m.rules_for(&m.pipelines[0]);
+    let rows = rows();
+    let n = rows.len() / 2;
+    let mut offsets = std::collections::BTreeMap::new();
+
+    let mut whole = engine(&m, &rules);
+    let mut want = Outputs::default();
+    feed_routed(
+        &rows,
+        0,
+        n,
+        &mut offsets,
+        |k| (0, last_digit(k.as_bytes(), 4)),
+        &mut [&mut whole],
+        &mut want,
+    );
+    whole.flush(STEADY_NOW, &mut want);
+    let want = sorted_alerts(&want);
+    assert!(want.len() >= 4, "the scenario alerts");
+
+    // Two partitions: X owns 0 (m-0, m-2), Y owns 1 (m-1, m-3).
+    let (mut x, mut y) = (engine(&m, &rules), engine(&m, &rules));
+    let mut out = Outputs::default();
+    offsets.clear();
+    let old = |k: &str| {
+        let p = last_digit(k.as_bytes(), 2);
+        (p as usize, p)
+    };
+    feed_routed(
+        &rows,
+        0,
+        n / 2,
+        &mut offsets,
+        old,
+        &mut [&mut x, &mut y],
+        &mut out,
+    );
+    // Four partitions: X owns 0 and 3, Y owns 1 and 2, so m-2 moves from X to Y and m-3
+    // from Y to X. Each owner's checkpoint of its old partition is the handoff.
+    let handoff = |e: &mut Engine, p: i32| {
+        let mut buf = Vec::new();
+        e.write_snapshot(|q| q == p, &mut buf).unwrap();
+        let dropped = e
+            .retain_keys(p, |k| last_digit(k.as_bytes(), 4) == p, STEADY_NOW)
+            .unwrap();
+        assert_eq!(dropped, 1, "one key leaves partition {p}");
+        e.set_key_placement(
+            p,
+            Some(KeyPlacement {
+                partition: p,
+                partitions: 4,
+                place: last_digit,
+            }),
+        );
+        Snapshot::decode(&buf).unwrap()
+    };
+    let (mut from_x, mut from_y) = (handoff(&mut x, 0), handoff(&mut y, 1));
+    x.assign_partitions(&[3], STEADY_NOW);
+    y.assign_partitions(&[2], STEADY_NOW);
+    let into = |q: i32| move |_: i32, k: &str| (last_digit(k.as_bytes(), 4) == q).then_some(q);
+    assert_eq!(
+        x.restore_with(&mut from_y, |_| None, into(3), STEADY_NOW)
+            .keys,
+        1
+    );
+    assert_eq!(
+        y.restore_with(&mut from_x, |_| None, into(2), STEADY_NOW)
+            .keys,
+        1
+    );
+    let new = |k: &str| {
+        let p = last_digit(k.as_bytes(), 4);
+        (usize::from(p == 1 || p == 2), p)
+    };
+    feed_routed(
+        &rows,
+        n / 2,
+        n,
+        &mut offsets,
+        new,
+        &mut [&mut x, &mut y],
+        &mut out,
+    );
+    // A straggler: m-2 written to its old partition by a producer with stale metadata.
+    let straggler = rows[n].json.clone();
+    x.process(
+        &RawRecord {
+            partition: 0,
+            offset: offsets[&0],
+            key: Some(b"m-2"),
+            payload: &straggler,
+        },
+        STEADY_NOW,
+        &mut out,
+    );
+    assert_eq!(out.dead_letters.len(), 1);
+    assert_eq!(
+        out.dead_letters[0].reason,
+        DeadLetterReason::Moved {
+            partition: 2,
+            partitions: 4
+        }
+    );
+    x.flush(STEADY_NOW, &mut out);
+    y.flush(STEADY_NOW, &mut out);
+    let got = sorted_alerts(&out);
+    assert_eq!(got.len(), want.len(), "number of alert transitions");
+    if let Some((a, b)) = got.iter().zip(&want).find(|(a, b)| a != b) {
+        panic!("alert differs:\n{a}\n{b}");
+    }
+}

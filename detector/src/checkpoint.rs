@@ -75,6 +75,34 @@ pub struct PartitionOffset {
     pub partition: i32,
     /// Next offset to read (one past the last record the state holds).
     pub offset: i64,
+    /// The topic's partition count the partition's keys are laid out by: its state holds the
+    /// keys the producers' partitioner puts on it under this count. Absent in checkpoints of
+    /// older builds (and unknown then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition_count: Option<i32>,
+    /// Set on a handoff checkpoint: taken when the topic grew from this many partitions to
+    /// `partition_count`, it still holds the keys that move to other partitions; their new
+    /// owners load them from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handoff_from: Option<i32>,
+    /// Keys left this partition at a partition count change: records of them that still come
+    /// here are dead-lettered (`moved_key`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keys_moved: bool,
+}
+
+impl PartitionOffset {
+    /// A plain entry: no partition count known, no handoff.
+    pub fn new(topic: impl Into<String>, partition: i32, offset: i64) -> Self {
+        Self {
+            topic: topic.into(),
+            partition,
+            offset,
+            partition_count: None,
+            handoff_from: None,
+            keys_moved: false,
+        }
+    }
 }
 
 /// `_metadata.json`: what a complete checkpoint holds. Documented in docs/state.md.
@@ -436,6 +464,18 @@ pub fn doomed(
             kept.push(&c.id);
         }
     }
+    // The newest handoff checkpoint of each partition: the owners of the partitions its keys
+    // moved to may still have to load them (after a restart, say).
+    let handoffs: Vec<(String, i32)> = complete
+        .iter()
+        .flat_map(|c| c.partitions.iter().filter(|o| o.handoff_from.is_some()))
+        .map(|o| (o.topic.clone(), o.partition))
+        .collect();
+    for (c, _) in newest_for(complete, &handoffs, |c| {
+        c.partitions.iter().any(|o| o.handoff_from.is_some())
+    }) {
+        kept.push(&c.id);
+    }
     let mut mine: Vec<&CheckpointMetadata> =
         complete.iter().filter(|c| c.member == member).collect();
     mine.sort_by(|a, b| b.created_ms.cmp(&a.created_ms).then(b.id.cmp(&a.id)));
@@ -537,11 +577,7 @@ mod tests {
             topics: vec!["t".into()],
             partitions: parts
                 .iter()
-                .map(|&(partition, offset)| PartitionOffset {
-                    topic: "t".into(),
-                    partition,
-                    offset,
-                })
+                .map(|&(partition, offset)| PartitionOffset::new("t", partition, offset))
                 .collect(),
             keys: 1,
             bytes: 1,
@@ -605,6 +641,25 @@ mod tests {
         let mut all2 = all.clone();
         all2.push(other_spec);
         assert!(!doomed(&all2, &[], "c", 1).contains(&checkpoint_id(400, "a")));
+    }
+
+    #[test]
+    fn retention_keeps_the_newest_handoff_checkpoint_of_a_partition() {
+        let mut handoff = meta(200, "a", &[(0, 20)]);
+        handoff.partitions[0].partition_count = Some(8);
+        handoff.partitions[0].handoff_from = Some(4);
+        let all = vec![
+            meta(100, "a", &[(0, 10)]),
+            handoff,
+            meta(300, "a", &[(0, 30)]),
+            meta(400, "a", &[(0, 40)]),
+        ];
+        // Keep 1 of a's: 100 and 300 go; the handoff (200) stays for the new partitions'
+        // owners although newer checkpoints hold partition 0.
+        assert_eq!(
+            doomed(&all, &[], "a", 1),
+            vec![checkpoint_id(300, "a"), checkpoint_id(100, "a")]
+        );
     }
 
     #[test]

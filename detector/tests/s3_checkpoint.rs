@@ -52,11 +52,7 @@ fn meta(ms: i64, member: &str, offset: i64, bytes: u64) -> CheckpointMetadata {
         created_ms: ms,
         trigger: "periodic".into(),
         topics: vec!["t".into()],
-        partitions: vec![PartitionOffset {
-            topic: "t".into(),
-            partition: 0,
-            offset,
-        }],
+        partitions: vec![PartitionOffset::new("t", 0, offset)],
         keys: 3,
         bytes,
         savepoint: None,

@@ -198,6 +198,24 @@ pub struct KafkaSource {
     /// client of the pipeline connects the same way.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub properties: BTreeMap<String, String>,
+    /// How the producers of the source topics place records: by the record key, which must be
+    /// the entity key (its UTF-8 bytes), with this partitioner. Declaring it lets state follow
+    /// the keys when a topic's partition count grows (`kafka-topics --alter --partitions`):
+    /// each detector hands the keys that move over through a checkpoint and the new partitions'
+    /// owners load them before they read (docs/state.md). Without it, a partition count change
+    /// is logged and the keys that move start with empty state. Requires `spec.checkpointing`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partitioner: Option<KeyPartitioner>,
+}
+
+/// A producer's key partitioner: `hash(key) mod partitions`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum KeyPartitioner {
+    /// MurmurHash2 (seed `0x9747b28c`) of the key, sign bit cleared: the Java client's default
+    /// partitioner and librdkafka's `murmur2` / `murmur2_random`.
+    Murmur2,
+    /// CRC-32 (IEEE) of the key: librdkafka's default `consistent_random` and `consistent`.
+    Crc32,
 }
 
 impl KafkaSource {

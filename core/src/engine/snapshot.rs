@@ -368,6 +368,22 @@ impl Engine {
         select: impl Fn(i32) -> Option<i32>,
         now_ms: i64,
     ) -> RestoreReport {
+        self.restore_with(snap, &select, |p, _| select(p), now_ms)
+    }
+
+    /// [`Self::restore`] with keys placed one by one: `partitions` picks the snapshot
+    /// partitions whose progress (offset, watermarks) replaces that of an engine partition, as
+    /// `select` does there; `keys` maps each key (its snapshot partition and name) to the
+    /// engine partition it joins, which must be held (restored by `partitions` or assigned):
+    /// how the keys of a partition follow a partition count change. A key the target already
+    /// holds outside a restored partition is left as it is.
+    pub fn restore_with(
+        &mut self,
+        snap: &mut Snapshot<'_>,
+        partitions: impl Fn(i32) -> Option<i32>,
+        keys: impl Fn(i32, &str) -> Option<i32>,
+        now_ms: i64,
+    ) -> RestoreReport {
         let mut report = RestoreReport::default();
         let (tiers, rules) = self.parts();
         // Engine tier -> snapshot tier.
@@ -409,7 +425,7 @@ impl Engine {
             .collect();
         let n_tiers = self.cfg.tiers.len();
         for p in &snap.partitions {
-            let Some(target) = select(p.partition) else {
+            let Some(target) = partitions(p.partition) else {
                 continue;
             };
             self.keys.remove_partition(target);
@@ -437,12 +453,16 @@ impl Engine {
             .iter()
             .map(|p| (p.partition, p.max_event_time))
             .collect();
+        let restored: Vec<i32> = report.offsets.iter().map(|o| o.0).collect();
         for k in &mut snap.keys {
-            let Some(target) = select(k.partition) else {
+            let Some(target) = keys(k.partition, &k.key) else {
                 continue;
             };
             if !self.partitions.contains_key(&target) {
                 continue; // a key whose partition was not in the snapshot's list
+            }
+            if !restored.contains(&target) && self.keys.get(target, &k.key).is_some() {
+                continue;
             }
             let mut saved: Vec<Option<KeyWindows>> = std::mem::take(&mut k.windows)
                 .into_owned()
@@ -520,5 +540,35 @@ impl Engine {
             report.keys += 1;
         }
         report
+    }
+
+    /// Drops the keys of `partition` that `keep` rejects, with their windows, rule state and
+    /// timers (a partition count change moved them to another partition, whose owner restores
+    /// them from a checkpoint). The partition's progress and the kept keys are untouched
+    /// (their timers are rebuilt from the panes, as in a restore). Returns how many keys were
+    /// dropped.
+    ///
+    /// # Errors
+    /// [`SnapshotError`] when the partition's state does not round-trip (nothing is dropped).
+    pub fn retain_keys(
+        &mut self,
+        partition: i32,
+        keep: impl Fn(&str) -> bool,
+        now_ms: i64,
+    ) -> Result<usize, SnapshotError> {
+        let (encoded, info) = self.encode_snapshot(|p| p == partition)?;
+        if info.offsets.is_empty() {
+            return Ok(0); // nothing read yet: no keys
+        }
+        let mut snap = postcard::from_bytes::<Snapshot<'_>>(&encoded.0)
+            .map(Snapshot::into_owned)
+            .map_err(SnapshotError::Decode)?;
+        let report = self.restore_with(
+            &mut snap,
+            |p| (p == partition).then_some(p),
+            |p, k| (p == partition && keep(k)).then_some(p),
+            now_ms,
+        );
+        Ok(info.keys - report.keys)
     }
 }

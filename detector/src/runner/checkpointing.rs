@@ -123,10 +123,10 @@ impl Core {
             .offsets
             .iter()
             .filter_map(|&(p, offset)| {
-                self.ids.kafka(p).map(|(t, kp)| PartitionOffset {
-                    topic: t.to_string(),
-                    partition: kp,
-                    offset,
+                self.ids.kafka(p).map(|(t, kp)| {
+                    let mut o = PartitionOffset::new(t, kp, offset);
+                    self.repartition.describe(p, &mut o);
+                    o
                 })
             })
             .collect();
@@ -235,6 +235,27 @@ impl Core {
         partitions: Option<&[i32]>,
         trigger: &str,
     ) -> bool {
+        self.checkpoint_sync_with(consumer, partitions, trigger, false)
+    }
+
+    /// [`Self::checkpoint_sync`] of `partitions`, written even when the last checkpoint holds
+    /// the same offsets (a handoff checkpoint says more than its offsets).
+    pub(super) fn checkpoint_sync_forced(
+        &mut self,
+        consumer: &GroupConsumer,
+        partitions: &[i32],
+        trigger: &str,
+    ) -> bool {
+        self.checkpoint_sync_with(consumer, Some(partitions), trigger, true)
+    }
+
+    fn checkpoint_sync_with(
+        &mut self,
+        consumer: &GroupConsumer,
+        partitions: Option<&[i32]>,
+        trigger: &str,
+        force: bool,
+    ) -> bool {
         // Earlier background writes first, so their commits do not overtake this one.
         if let Some(cp) = self.checkpointing.as_mut() {
             let done = cp.store.wait_all();
@@ -255,7 +276,8 @@ impl Core {
             .into_iter()
             .filter(|(p, _)| include(*p))
             .collect();
-        if let Some(cp) = &self.checkpointing
+        if !force
+            && let Some(cp) = &self.checkpointing
             && positions.iter().all(|x| cp.last_completed.contains(x))
         {
             return true; // the last checkpoint already holds this state's offsets
@@ -356,17 +378,33 @@ impl Core {
     }
 
     /// Restores the newest eligible checkpoint of each assigned partition (see the module
-    /// header).
+    /// header), then lets [`super::repartition`] see what was restored.
     pub(super) fn restore_assigned(&mut self, consumer: &GroupConsumer, parts: &[(String, i32)]) {
         let Some(cp) = &self.checkpointing else {
             return;
         };
-        let (mut complete, _) = match cp.store.list() {
+        let (complete, _) = match cp.store.list() {
             Ok(l) => l,
             Err(e) => {
                 tracing::error!(error = %e, "Checkpoints could not be listed; the assigned partitions start empty and replay from the committed offsets.");
                 return;
             }
+        };
+        let restored = self.restore_from(consumer, parts, complete.clone());
+        self.repartition_assigned(consumer, parts, &restored, &complete);
+    }
+
+    /// The restore of [`Self::restore_assigned`] from the `complete` checkpoints; the entry
+    /// each restored engine partition was restored from.
+    fn restore_from(
+        &mut self,
+        consumer: &GroupConsumer,
+        parts: &[(String, i32)],
+        mut complete: Vec<CheckpointMetadata>,
+    ) -> Vec<(i32, PartitionOffset)> {
+        let mut restored = Vec::new();
+        let Some(cp) = &self.checkpointing else {
+            return restored;
         };
         if let Some(name) = &cp.cfg.restore_from {
             match cp.store.list_savepoint(name) {
@@ -451,10 +489,46 @@ impl Core {
                     .then(|| ids.engine_partition(topic, kp))
                     .flatten()
             };
-            let report = self
-                .driver
-                .engine
-                .restore(&mut snap, select, wall_clock_ms());
+            // A handoff checkpoint still holds the keys that moved away: only those the
+            // partitioner keeps on the partition are restored.
+            let handoffs: Vec<(i32, i32, i32)> = meta
+                .partitions
+                .iter()
+                .filter(|o| o.handoff_from.is_some())
+                .filter_map(|o| {
+                    let idx = topics.iter().position(|t| *t == o.topic)? as i32;
+                    Some((
+                        (idx << crate::source::PARTITION_BITS) | o.partition,
+                        o.partition,
+                        o.partition_count?,
+                    ))
+                })
+                .collect();
+            let partitioner = self.repartition.partitioner;
+            let keep = |p: i32, k: &str| {
+                let Some(&(_, kp, count)) = handoffs.iter().find(|h| h.0 == p) else {
+                    return true;
+                };
+                partitioner.is_none_or(|pt| {
+                    crate::source::partitioner::partition_of(pt, k.as_bytes(), count) == kp
+                })
+            };
+            let report = self.driver.engine.restore_with(
+                &mut snap,
+                select,
+                |p, k| select(p).filter(|_| keep(p, k)),
+                wall_clock_ms(),
+            );
+            for &(target, _) in &report.offsets {
+                if let Some((t, kp)) = self.ids.kafka(target)
+                    && let Some(o) = meta
+                        .partitions
+                        .iter()
+                        .find(|o| o.topic == t && o.partition == kp)
+                {
+                    restored.push((target, o.clone()));
+                }
+            }
             self.metrics.restored(report.keys);
             tracing::info!(
                 checkpoint = %meta.id, savepoint = ?meta.savepoint, partitions = ?wanted, keys = report.keys, offsets = ?report.offsets,
@@ -468,11 +542,15 @@ impl Core {
                 tracing::warn!(rule = %rule, reason = %why, "Rule state not restored; the rule starts empty.");
             }
         }
+        restored
     }
 }
 
 /// Committed offsets of `parts` (topic, partition, offset); empty when they cannot be read.
-fn committed_offsets(consumer: &GroupConsumer, parts: &[(String, i32)]) -> Vec<(String, i32, i64)> {
+pub(super) fn committed_offsets(
+    consumer: &GroupConsumer,
+    parts: &[(String, i32)],
+) -> Vec<(String, i32, i64)> {
     let mut tpl = rdkafka::TopicPartitionList::new();
     for (t, p) in parts {
         tpl.add_partition(t, *p);

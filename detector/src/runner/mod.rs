@@ -45,6 +45,7 @@ use crate::driver::Driver;
 use vigil_core::rules::RuleError;
 
 mod checkpointing;
+mod repartition;
 
 /// Longest wait for model windows still being scored when the detector stops (within
 /// Kubernetes' default 30 s termination grace period, with room for the checkpoint).
@@ -302,6 +303,8 @@ struct Core {
     lag_refreshed_ms: i64,
     /// Every how many offsets a record's `traceparent` header is read; 0: never (traces off).
     trace_every: u64,
+    /// Partition count changes of the source topics.
+    repartition: repartition::Repartition,
 }
 
 impl RebalanceHandler for Shared {
@@ -320,17 +323,19 @@ impl RebalanceHandler for Shared {
             let _ = c.flush_and_commit(consumer, CommitMode::Sync);
         }
         c.driver.engine.revoke_partitions(&ids);
+        c.repartition.revoked(&ids);
         c.positions.retain(|(p, _)| !ids.contains(p));
     }
 
     fn assign(&self, consumer: &GroupConsumer, partitions: &[(String, i32)]) {
         let mut c = self.lock();
-        c.restore_assigned(consumer, partitions);
         let ids: Vec<i32> = partitions
             .iter()
             .filter_map(|(t, p)| c.ids.engine_partition(t, *p))
             .collect();
+        // Held before the restore: keys that move in are loaded into them.
         c.driver.engine.assign_partitions(&ids, wall_clock_ms());
+        c.restore_assigned(consumer, partitions);
     }
 }
 
@@ -345,6 +350,11 @@ impl Core {
         }
         self.last_record_ms = now_ms;
         let offset = m.offset();
+        if self.repartition.is_waiting(partition) {
+            // Fetched before the pause: read again once the keys moving in are loaded.
+            self.repartition.hold(partition, offset);
+            return;
+        }
         let rec = RawRecord {
             partition,
             offset,
@@ -670,6 +680,7 @@ pub fn spawn(cfg: RunnerConfig, metrics: Metrics) -> Result<RunnerHandle, RunErr
             decisions: (cfg.rollout_decisions.clone(), 0),
             lag_refreshed_ms: 0,
             trace_every,
+            repartition: repartition::Repartition::new(spec.source.kafka.partitioner),
         }),
     });
     shared
@@ -817,6 +828,7 @@ fn run_loop(
                 core.checkpoint_periodic();
             }
             core.poll_checkpoints(&consumer);
+            core.repartition_tick(&consumer);
         } else {
             if now_ms >= next_commit {
                 next_commit = now_ms + commit_ms;

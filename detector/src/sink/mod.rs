@@ -507,7 +507,7 @@ impl Sinks {
     }
 
     /// Sends a dead letter with its original key and bytes and the headers `vigil.reason`
-    /// (`decode`/`late`), `vigil.error` (the message), `vigil.source.topic`,
+    /// (`DeadLetterReason::kind`), `vigil.error` (the message), `vigil.source.topic`,
     /// `vigil.source.partition` and `vigil.source.offset`. Returns false when no dead-letter
     /// topic is configured (the caller counts and logs it).
     pub fn send_dead_letter(

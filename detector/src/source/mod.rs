@@ -10,6 +10,7 @@
 //! to the runner.
 
 pub mod admin;
+pub mod partitioner;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -368,6 +369,9 @@ pub struct SourceContext<H> {
     handler: Arc<H>,
     metrics: Metrics,
     assigned: Assignment,
+    /// Partition count per source topic, from the statistics (librdkafka's metadata, refreshed
+    /// every `topic.metadata.refresh.interval.ms`).
+    counts: std::sync::Mutex<std::collections::BTreeMap<String, i32>>,
 }
 
 /// The partitions currently assigned to a consumer, shared with whoever wants to look.
@@ -392,7 +396,16 @@ impl<H> SourceContext<H> {
             handler,
             metrics,
             assigned: Assignment::default(),
+            counts: std::sync::Mutex::default(),
         }
+    }
+
+    /// Partition count per source topic as of the last statistics (every 5 s); empty before.
+    pub fn partition_counts(&self) -> std::collections::BTreeMap<String, i32> {
+        self.counts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Partitions currently assigned.
@@ -416,6 +429,15 @@ fn tpl_partitions(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
 impl<H: RebalanceHandler> ClientContext for SourceContext<H> {
     fn stats(&self, statistics: Statistics) {
         let assigned = self.assignment();
+        {
+            let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+            for (name, topic) in &statistics.topics {
+                // Every partition of the topic's metadata is listed, plus -1 (unassigned).
+                if let Some(max) = topic.partitions.keys().copied().filter(|p| *p >= 0).max() {
+                    counts.insert(name.clone(), max + 1);
+                }
+            }
+        }
         for (name, topic) in &statistics.topics {
             for (p, part) in &topic.partitions {
                 if *p < 0 || !assigned.iter().any(|(t, ap)| t == name && ap == p) {
