@@ -43,6 +43,9 @@ pub struct Manifests {
     pub rules: Vec<DetectionRule>,
     /// AnomalyModels, in file order.
     pub models: Vec<AnomalyModel>,
+    /// Objects of other API groups in the same files (the Secret beside a pipeline that
+    /// `kubectl apply` also creates), skipped: `<apiVersion> <kind>/<name>`.
+    pub skipped: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -87,6 +90,18 @@ impl Manifests {
                 serde_norway::from_value(value.clone()).map_err(|e| invalid(e.to_string()))?;
             match meta.api_version.as_deref() {
                 Some("vigil.dev/v1alpha1") => {}
+                Some(other) if !other.starts_with("vigil.dev/") => {
+                    let name = value
+                        .get("metadata")
+                        .and_then(|m| m.get("name"))
+                        .and_then(|n| n.as_str())
+                        .unwrap_or_default();
+                    self.skipped.push(format!(
+                        "{other} {}/{name}",
+                        meta.kind.as_deref().unwrap_or_default()
+                    ));
+                    continue;
+                }
                 Some(other) => {
                     return Err(invalid(format!(
                         "apiVersion is \"{other}\", expected \"vigil.dev/v1alpha1\""
@@ -214,11 +229,20 @@ spec:
 
     #[test]
     fn wrong_api_version_is_rejected() {
-        let bad = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n";
+        let bad = "apiVersion: vigil.dev/v1\nkind: StreamPipeline\nmetadata: {name: x}\n";
         let err = Manifests::default()
-            .add_str("cm.yaml", bad)
+            .add_str("p.yaml", bad)
             .unwrap_err()
             .to_string();
         assert!(err.contains("expected \"vigil.dev/v1alpha1\""), "{err}");
+    }
+
+    #[test]
+    fn objects_of_other_api_groups_are_skipped_and_listed() {
+        let text = "apiVersion: v1\nkind: Secret\nmetadata: {name: creds}\n---\napiVersion: vigil.dev/v1alpha1\nkind: DetectionRule\nmetadata: {name: r}\nspec: {window: w, threshold: {field: v, feature: max, operator: '>', value: 1}}\n";
+        let mut m = Manifests::default();
+        m.add_str("mixed.yaml", text).unwrap();
+        assert_eq!(m.rules.len(), 1);
+        assert_eq!(m.skipped, vec!["v1 Secret/creds".to_string()]);
     }
 }

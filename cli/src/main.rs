@@ -5,6 +5,7 @@ mod demo;
 mod replay;
 mod run;
 mod score;
+mod test_rules;
 
 use std::path::PathBuf;
 
@@ -34,6 +35,17 @@ enum Command {
     Replay(replay::ReplayArgs),
     /// Measure engine, raw consume and detector throughput and alert latency.
     Bench(bench::BenchArgs),
+    /// Unit tests (`vigil test rules FILE...`).
+    #[command(subcommand)]
+    Test(TestCommand),
+}
+
+#[derive(Subcommand)]
+enum TestCommand {
+    /// Run DetectionRule unit tests, as `promtool test rules` does for Prometheus rules: input
+    /// series through the engine, expected alerts and window features at given event times
+    /// (docs/rule-tests.md). Exits 1 when a test fails.
+    Rules(test_rules::TestRulesArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -48,6 +60,13 @@ fn main() -> anyhow::Result<()> {
         Command::Run(a) => run::run(&a),
         Command::Replay(a) => replay::run(&a),
         Command::Bench(a) => bench::run(&a),
+        Command::Test(TestCommand::Rules(a)) => {
+            if test_rules::run(&a)? {
+                Ok(())
+            } else {
+                std::process::exit(1)
+            }
+        }
     }
 }
 

@@ -107,6 +107,43 @@ pub fn check_template(t: &str) -> Result<(), String> {
         .map_err(|e| format!("template does not parse: {e}"))
 }
 
+/// Checks that a label or annotation template only names what an alert of a pipeline with
+/// these `fields` and `features` has (a misspelt field would otherwise render as the template's
+/// source at run time): it is rendered with every `<field>.<feature>` and the alert variables
+/// set, undefined names being errors.
+///
+/// # Errors
+/// The template engine's message, with the fields the pipeline has.
+pub fn check_template_names(
+    t: &str,
+    fields: &[&str],
+    features: &[vigil_api::v1alpha1::Feature],
+) -> Result<(), String> {
+    let mut ctx = serde_json::Map::new();
+    for f in fields {
+        let values: serde_json::Map<String, serde_json::Value> = features
+            .iter()
+            .map(|x| (x.as_str().to_string(), 1.0.into()))
+            .collect();
+        ctx.insert((*f).to_string(), values.into());
+    }
+    for k in ["key", "rule", "pipeline", "window", "severity"] {
+        ctx.insert(k.into(), "x".into());
+    }
+    ctx.insert("observed".into(), 1.0.into());
+    ctx.insert("score".into(), 1.0.into());
+    let mut env = minijinja::Environment::new();
+    env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+    env.render_str(t, serde_json::Value::Object(ctx))
+        .map(drop)
+        .map_err(|e| {
+            format!(
+                "template names something an alert does not have ({e}); it has key, rule, pipeline, window, severity, observed, score and <field>.<feature> for the fields {}",
+                fields.join(", ")
+            )
+        })
+}
+
 /// Renders label/annotation templates with `key`, `rule`, `pipeline`, `window`, `severity`,
 /// `observed`, `score` and `<field>.<feature>`. A template that fails renders as its source.
 pub fn render(templates: &BTreeMap<String, String>, alert: &Alert) -> BTreeMap<String, String> {

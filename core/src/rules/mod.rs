@@ -298,6 +298,25 @@ impl CompiledRule {
             }
             RuleKindSpec::Ensemble(e) => RuleKind::Ensemble(Box::new(ensemble::compile(e)?)),
         };
+        // Template names against the pipeline's fields (unknown for narrow events that keep
+        // every parameter).
+        let fields: Option<Vec<&str>> = match &cfg.layout {
+            crate::config::Layout::Wide { fields } => {
+                Some(fields.iter().map(|f| f.0.as_str()).collect())
+            }
+            crate::config::Layout::Narrow { allowed, .. } if !allowed.is_empty() => {
+                Some(allowed.iter().map(String::as_str).collect())
+            }
+            crate::config::Layout::Narrow { .. } => None,
+        };
+        if let Some(fields) = fields {
+            for (what, map) in [("labels", &s.labels), ("annotations", &s.annotations)] {
+                for (k, v) in map {
+                    alert::check_template_names(v, &fields, &cfg.features)
+                        .map_err(|r| InvalidSpec::new(format!("spec.{what}.{k}"), r))?;
+                }
+            }
+        }
         Ok(Self {
             name: String::new(),
             tier,

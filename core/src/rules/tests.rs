@@ -129,3 +129,16 @@ fn invalid_rules_name_the_field() {
         "DetectionRule r: spec.model.modelRef: AnomalyModel `lstm` not found"
     );
 }
+
+#[test]
+fn templates_may_only_name_what_an_alert_has() {
+    let ok = "{window: fast, threshold: {field: cpu, feature: mean, operator: '>', value: 85}, annotations: {summary: '{{ key }} at {{ cpu.mean | round(1) }} (score {{ score }}, {{ observed }})'}}";
+    assert!(compile(ok).is_ok());
+    // A field the pipeline does not have (the mistake the durable-state example had: `value`
+    // for a pipeline whose field is `latency_ms`) would render as the template's source.
+    let e = compile("{window: fast, threshold: {field: cpu, feature: mean, operator: '>', value: 85}, annotations: {summary: '{{ value.mean }}'}}").unwrap_err();
+    assert_eq!(e.error.field, "spec.annotations.summary");
+    assert!(e.error.reason.contains("for the fields cpu"), "{e}");
+    let e = compile("{window: fast, threshold: {field: cpu, feature: mean, operator: '>', value: 85}, labels: {level: '{{ cpu.median }}'}}").unwrap_err();
+    assert_eq!(e.error.field, "spec.labels.level");
+}
