@@ -48,6 +48,9 @@ trap cleanup EXIT
 step "promtool (Debian prometheus package, for the chart's alerting rules)"
 scripts/setup-promtool.sh
 
+step "Alertmanager (Debian prometheus-alertmanager package, for the alert delivery test)"
+eval "$(scripts/setup-alertmanager.sh)"
+
 step "ONNX Runtime (PyPI wheel)"
 eval "$(scripts/setup-onnxruntime.sh)"
 
@@ -63,7 +66,7 @@ step "Jaeger (built from its Go module, for the end-to-end trace test)"
 VIGIL_JAEGER="$(e2e/tools.sh jaeger | tail -n1)"
 export VIGIL_JAEGER
 
-step "tests (unit, property, golden, real Kafka, S3, ONNX Runtime + gRPC, Jaeger)"
+step "tests (unit, property, golden, real Kafka, S3, ONNX Runtime + gRPC, Jaeger, Alertmanager)"
 cargo test --workspace --no-fail-fast
 
 step "the demo from a copy of the repository with no ../shared folder beside it"

@@ -217,6 +217,23 @@ impl PipelineConfig {
             .as_ref()
             .map(CheckpointConfig::from_spec)
             .transpose()?;
+        if let Some(am) = &spec.sinks.alertmanager {
+            for (i, u) in am.urls.iter().enumerate() {
+                let rest = u
+                    .strip_prefix("http://")
+                    .or_else(|| u.strip_prefix("https://"));
+                if rest.is_none_or(|r| r.is_empty() || r.starts_with('/')) {
+                    return Err(InvalidSpec::new(
+                        format!("spec.sinks.alertmanager.urls[{i}]"),
+                        format!("`{u}` is not an http:// or https:// URL with a host"),
+                    ));
+                }
+            }
+            if let Some(t) = &am.generator_url {
+                crate::rules::alert::check_template(t)
+                    .map_err(|r| InvalidSpec::new("spec.sinks.alertmanager.generatorURL", r))?;
+            }
+        }
         if spec.source.kafka.partitioner.is_some() && checkpointing.is_none() {
             return Err(InvalidSpec::new(
                 "spec.source.kafka.partitioner",
@@ -480,6 +497,23 @@ mod tests {
         let mut m = Manifests::default();
         m.add_str("t", &yaml).unwrap();
         PipelineConfig::from_resource(&m.pipelines[0])
+    }
+
+    #[test]
+    fn alertmanager_urls_and_generator_url_are_checked() {
+        let sinks = |am: &str| {
+            let yaml = format!(
+                "apiVersion: vigil.dev/v1alpha1\nkind: StreamPipeline\nmetadata: {{name: p}}\nspec:\n  source: {{kafka: {{topics: [t], consumerGroup: g}}}}\n  format: {{eventTime: {{field: t}}, wide: {{fields: [{{name: v}}]}}}}\n  windows: [{{name: w, size: 30s}}]\n  sinks: {{alerts: {{topic: a}}, alertmanager: {am}}}\n"
+            );
+            let mut m = Manifests::default();
+            m.add_str("t", &yaml).unwrap();
+            PipelineConfig::from_resource(&m.pipelines[0])
+        };
+        assert!(sinks("{urls: ['http://am:9093']}").is_ok());
+        let e = sinks("{urls: ['http://am:9093', 'am:9093']}").unwrap_err();
+        assert_eq!(e.field, "spec.sinks.alertmanager.urls[1]");
+        let e = sinks("{urls: ['https://am'], generatorURL: 'http://g/{{ key'}").unwrap_err();
+        assert_eq!(e.field, "spec.sinks.alertmanager.generatorURL");
     }
 
     #[test]

@@ -18,6 +18,7 @@
 pub mod checkpoint;
 pub mod driver;
 pub mod lag;
+pub mod notify;
 pub mod runner;
 pub mod scoring;
 pub mod sink;

@@ -108,6 +108,8 @@ pub struct Metrics {
     client_errors: Family<ClientErrorLabels, Counter>,
     outputs_rejected: Family<RejectedLabels, Counter>,
     checkpoints: Family<CheckpointLabels, Counter>,
+    notifications: Family<NotificationLabels, Counter>,
+    notification_queue: Gauge,
     keys_expired: Counter,
     keys_refused: Counter,
     checkpoint_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
@@ -116,6 +118,17 @@ pub struct Metrics {
     client_error_log: Arc<ClientErrorLog>,
     scoring: crate::scoring::ScoringMetrics,
     lag: crate::lag::LagMonitor,
+}
+
+/// Labels of `vigil_notifications_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NotificationLabels {
+    /// `alertmanager`.
+    receiver: &'static str,
+    /// `sent` (a transition delivered), `resent` (a firing or recently resolved alert posted
+    /// again), `retried` (a failed attempt retried), `failed` (given up: dead-lettered) or
+    /// `dropped` (the queue was full: dead-lettered).
+    result: &'static str,
 }
 
 /// Labels of `vigil_checkpoints_total`.
@@ -204,6 +217,8 @@ impl Metrics {
             client_errors: Family::default(),
             outputs_rejected: Family::default(),
             checkpoints: Family::default(),
+            notifications: Family::default(),
+            notification_queue: Gauge::default(),
             keys_expired: Counter::default(),
             keys_refused: Counter::default(),
             checkpoint_seconds: Gauge::default(),
@@ -268,6 +283,16 @@ impl Metrics {
             "checkpoints",
             "Checkpoints of window and rule state, by trigger and result",
             m.checkpoints.clone(),
+        );
+        r.register(
+            "notifications",
+            "Alert notifications to HTTP receivers (spec.sinks.alertmanager), by receiver and result",
+            m.notifications.clone(),
+        );
+        r.register(
+            "notification_queue",
+            "Alert transitions waiting for delivery to HTTP receivers",
+            m.notification_queue.clone(),
         );
         r.register(
             "last_checkpoint_duration_seconds",
@@ -528,6 +553,18 @@ impl Metrics {
             self.checkpoint_seconds.set(seconds);
             self.checkpoint_bytes.set(bytes as i64);
         }
+    }
+
+    /// `n` alert notifications to `receiver` ended with `result` (see `NotificationLabels`).
+    pub fn notifications(&self, receiver: &'static str, result: &'static str, n: u64) {
+        self.notifications
+            .get_or_create(&NotificationLabels { receiver, result })
+            .inc_by(n);
+    }
+
+    /// Alert transitions waiting for delivery.
+    pub fn notification_queue(&self, n: usize) {
+        self.notification_queue.set(n as i64);
     }
 
     /// Keys restored from a checkpoint.

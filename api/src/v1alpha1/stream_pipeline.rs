@@ -508,6 +508,42 @@ pub struct SinksSpec {
     /// `vigil.reason` header. Without it such events are only counted and logged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dead_letter: Option<DeadLetterSink>,
+    /// The alerts also go to Alertmanager, as Prometheus sends them (docs/alert-delivery.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alertmanager: Option<AlertmanagerSink>,
+}
+
+/// Alertmanager's v2 API as Prometheus uses it: every firing alert is posted to
+/// `<url>/api/v2/alerts` when it starts and again every `resendInterval` while it fires
+/// (`endsAt` four intervals ahead, so Alertmanager resolves it by itself if the detector goes
+/// away), and with `endsAt` set when it resolves (posted again for 15 min, as Prometheus does).
+/// Labels: the alert's labels plus `alertname` (the rule) and `pipeline`; annotations: the
+/// rule's, rendered. Deliveries are retried with backoff off the run loop; one that still fails
+/// is counted and its alert goes to the dead-letter topic (reason `delivery`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AlertmanagerSink {
+    /// Alertmanager base URLs (`http://alertmanager.monitoring:9093`); every alert goes to
+    /// each, as Prometheus sends to every member of an Alertmanager cluster.
+    #[x_kube(validation = Rule::new("size(self) >= 1").message("at least one URL is required"))]
+    pub urls: Vec<String>,
+    /// How often firing alerts are posted again. Default `1m` (Prometheus `resend_delay`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resend_interval: Option<Duration>,
+    /// The alerts' `generatorURL` (a link back to where they come from, e.g. a dashboard),
+    /// with the label templates (`{{ key }}`, `{{ rule }}`, `{{ pipeline }}`, ...). Omitted
+    /// when absent.
+    #[serde(
+        default,
+        rename = "generatorURL",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub generator_url: Option<String>,
+    /// Most alert transitions waiting for delivery; one more is dead-lettered (reason
+    /// `delivery`) rather than block the data path. Default 10000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub queue_capacity: Option<u32>,
 }
 
 /// The dead-letter topic.

@@ -106,6 +106,9 @@ pub enum RunError {
     /// A tracing setting is invalid.
     #[error("invalid tracing setting: {0}")]
     Tracing(String),
+    /// An alert notification receiver could not be set up.
+    #[error("failed to set up alert notifications")]
+    Notify(#[source] crate::notify::NotifyError),
 }
 
 /// What a running pipeline can be told.
@@ -305,6 +308,8 @@ struct Core {
     trace_every: u64,
     /// Partition count changes of the source topics.
     repartition: repartition::Repartition,
+    /// Alert notifications to HTTP receivers (`spec.sinks.alertmanager`).
+    notifier: Option<crate::notify::Notifier>,
 }
 
 impl RebalanceHandler for Shared {
@@ -415,6 +420,7 @@ impl Core {
             alerts_sent,
             dead_letters,
             unsent_dead_letters_logged,
+            notifier,
             ..
         } = self;
         let origin = |p: i32| {
@@ -436,6 +442,11 @@ impl Core {
         for a in &out.alerts {
             sinks.send_alert(a, timer_origin);
             *alerts_sent += 1;
+            if let Some(n) = notifier.as_ref()
+                && let Some(u) = n.offer(a)
+            {
+                undelivered(sinks, metrics, &u, timer_origin);
+            }
             // Model alerts carry `revision` while a rollout runs: the alert rate per revision.
             if let (Some(model), Some(revision)) = (a.labels.get("model"), a.labels.get("revision"))
             {
@@ -495,6 +506,18 @@ impl Core {
     }
 
     fn tick(&mut self, now_ms: i64) {
+        if let Some(n) = &self.notifier {
+            let first = self.ids.kafka(0).map(|(t, _)| t).unwrap_or("");
+            let origin = Origin {
+                topic: first,
+                partition: -1,
+                processed: Instant::now(),
+                trigger_timestamp_ms: None,
+            };
+            for u in n.undelivered() {
+                undelivered(&self.sinks, &self.metrics, &u, origin);
+            }
+        }
         let metrics = &self.metrics;
         self.driver
             .apply_scored_observing(now_ms, &mut self.out, |ms| {
@@ -595,6 +618,21 @@ impl Core {
     }
 }
 
+/// Dead-letters an alert transition an HTTP receiver did not get (reason `delivery`), or logs
+/// it when there is no dead-letter topic.
+fn undelivered(
+    sinks: &Sinks,
+    metrics: &Metrics,
+    u: &crate::notify::Undelivered,
+    origin: Origin<'_>,
+) {
+    metrics.dead_letter("delivery");
+    if !sinks.send_undelivered(u, origin) {
+        tracing::warn!(receiver = u.receiver, rule = %u.alert.rule, key = %u.alert.key, error = %u.error,
+            "Alert not delivered and no dead-letter topic configured (spec.sinks.deadLetter); counted in vigil_dead_letters_total (reason delivery).");
+    }
+}
+
 /// Validates the pipeline, builds the engine, the sinks and the consumer, subscribes, and
 /// starts the loop on a new thread.
 ///
@@ -641,6 +679,13 @@ pub fn spawn(cfg: RunnerConfig, metrics: Metrics) -> Result<RunnerHandle, RunErr
     )
     .map_err(RunError::Sink)?;
     metrics.engine_size(0, engine.rule_names().len());
+    let notifier = spec
+        .sinks
+        .alertmanager
+        .as_ref()
+        .map(|am| crate::notify::Notifier::alertmanager(am, &name, metrics.clone()))
+        .transpose()
+        .map_err(RunError::Notify)?;
     let checkpointing = match &engine.config().checkpointing {
         Some(c) => Some(checkpointing::Checkpointing {
             store: checkpointing::open_store(c, &name).map_err(RunError::Checkpoints)?,
@@ -681,6 +726,7 @@ pub fn spawn(cfg: RunnerConfig, metrics: Metrics) -> Result<RunnerHandle, RunErr
             lag_refreshed_ms: 0,
             trace_every,
             repartition: repartition::Repartition::new(spec.source.kafka.partitioner),
+            notifier,
         }),
     });
     shared
@@ -846,6 +892,18 @@ fn run_loop(
     let summary = {
         let mut core = shared.lock();
         let now_ms = wall_clock_ms();
+        if let Some(n) = core.notifier.take() {
+            let left = n.close(Duration::from_secs(10));
+            let origin = Origin {
+                topic: "",
+                partition: -1,
+                processed: Instant::now(),
+                trigger_timestamp_ms: None,
+            };
+            for u in left {
+                undelivered(&core.sinks, &core.metrics, &u, origin);
+            }
+        }
         if !drained {
             core.settle_scoring(now_ms);
         }

@@ -574,6 +574,45 @@ impl Sinks {
         true
     }
 
+    /// Sends an alert transition an HTTP receiver did not get (see [`crate::notify`]) to the
+    /// dead-letter topic: its CloudEvent, keyed by the fingerprint, with the headers
+    /// `vigil.reason: delivery`, `vigil.error` and `vigil.receiver`. Returns false when no
+    /// dead-letter topic is configured (the caller counts and logs it).
+    pub fn send_undelivered(&self, u: &crate::notify::Undelivered, origin: Origin<'_>) -> bool {
+        let Some(topic) = self.topics.dead_letters.clone() else {
+            return false;
+        };
+        let payload = u.alert.to_cloudevent_json_traced(None);
+        let error = cut_str(&u.error, MAX_ERROR_HEADER);
+        let headers = OwnedHeaders::new_with_capacity(4)
+            .insert(Header {
+                key: "content-type",
+                value: Some("application/cloudevents+json"),
+            })
+            .insert(Header {
+                key: "vigil.reason",
+                value: Some("delivery"),
+            })
+            .insert(Header {
+                key: "vigil.error",
+                value: Some(error),
+            })
+            .insert(Header {
+                key: "vigil.receiver",
+                value: Some(u.receiver),
+            });
+        self.send(
+            &topic,
+            Some(u.alert.fingerprint.as_bytes()),
+            &payload,
+            headers,
+            u.alert.detection_time,
+            SinkKind::DeadLetters,
+            origin,
+        );
+        true
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn send(
         &self,
