@@ -64,7 +64,17 @@ pub mod detector {
         pub const MODEL_SERVER: &str = "VIGIL_MODEL_SERVER";
         /// Model repository served in process (`--model-repository`).
         pub const MODEL_REPOSITORY: &str = "VIGIL_MODEL_REPOSITORY";
+        /// PagerDuty integration key (from `spec.sinks.pagerduty.routingKeySecret`, key
+        /// `routingKey`).
+        pub const PAGERDUTY_ROUTING_KEY: &str = "VIGIL_PAGERDUTY_ROUTING_KEY";
+        /// Webhook HMAC key (from `spec.sinks.webhook.signingKeySecret`, key `signingKey`).
+        pub const WEBHOOK_SIGNING_KEY: &str = "VIGIL_WEBHOOK_SIGNING_KEY";
     }
+
+    /// Secret key of the integration key in `spec.sinks.pagerduty.routingKeySecret`.
+    pub const ROUTING_KEY_KEY: &str = "routingKey";
+    /// Secret key of the HMAC key in `spec.sinks.webhook.signingKeySecret`.
+    pub const SIGNING_KEY_KEY: &str = "signingKey";
 
     /// Secret key of the SASL user name in `credentialsSecret`.
     pub const USERNAME_KEY: &str = "username";

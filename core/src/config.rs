@@ -217,22 +217,32 @@ impl PipelineConfig {
             .as_ref()
             .map(CheckpointConfig::from_spec)
             .transpose()?;
+        let http_url = |field: &str, u: &str| -> Result<(), InvalidSpec> {
+            let rest = u
+                .strip_prefix("http://")
+                .or_else(|| u.strip_prefix("https://"));
+            if rest.is_none_or(|r| r.is_empty() || r.starts_with('/')) {
+                return Err(InvalidSpec::new(
+                    field,
+                    format!("`{u}` is not an http:// or https:// URL with a host"),
+                ));
+            }
+            Ok(())
+        };
         if let Some(am) = &spec.sinks.alertmanager {
             for (i, u) in am.urls.iter().enumerate() {
-                let rest = u
-                    .strip_prefix("http://")
-                    .or_else(|| u.strip_prefix("https://"));
-                if rest.is_none_or(|r| r.is_empty() || r.starts_with('/')) {
-                    return Err(InvalidSpec::new(
-                        format!("spec.sinks.alertmanager.urls[{i}]"),
-                        format!("`{u}` is not an http:// or https:// URL with a host"),
-                    ));
-                }
+                http_url(&format!("spec.sinks.alertmanager.urls[{i}]"), u)?;
             }
             if let Some(t) = &am.generator_url {
                 crate::rules::alert::check_template(t)
                     .map_err(|r| InvalidSpec::new("spec.sinks.alertmanager.generatorURL", r))?;
             }
+        }
+        if let Some(u) = spec.sinks.pagerduty.as_ref().and_then(|p| p.url.as_deref()) {
+            http_url("spec.sinks.pagerduty.url", u)?;
+        }
+        if let Some(w) = &spec.sinks.webhook {
+            http_url("spec.sinks.webhook.url", &w.url)?;
         }
         if spec.source.kafka.partitioner.is_some() && checkpointing.is_none() {
             return Err(InvalidSpec::new(
@@ -514,6 +524,11 @@ mod tests {
         assert_eq!(e.field, "spec.sinks.alertmanager.urls[1]");
         let e = sinks("{urls: ['https://am'], generatorURL: 'http://g/{{ key'}").unwrap_err();
         assert_eq!(e.field, "spec.sinks.alertmanager.generatorURL");
+        let e = sinks("{urls: ['https://am']}, webhook: {url: 'hooks.example'}").unwrap_err();
+        assert_eq!(e.field, "spec.sinks.webhook.url");
+        let e = sinks("{urls: ['https://am']}, pagerduty: {routingKeySecret: pd, url: 'ftp://x'}")
+            .unwrap_err();
+        assert_eq!(e.field, "spec.sinks.pagerduty.url");
     }
 
     #[test]

@@ -109,7 +109,7 @@ pub struct Metrics {
     outputs_rejected: Family<RejectedLabels, Counter>,
     checkpoints: Family<CheckpointLabels, Counter>,
     notifications: Family<NotificationLabels, Counter>,
-    notification_queue: Gauge,
+    notification_queue: Family<ReceiverLabels, Gauge>,
     keys_expired: Counter,
     keys_refused: Counter,
     checkpoint_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
@@ -120,10 +120,17 @@ pub struct Metrics {
     lag: crate::lag::LagMonitor,
 }
 
+/// Labels of `vigil_notification_queue`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReceiverLabels {
+    /// `alertmanager`, `pagerduty` or `webhook`.
+    receiver: &'static str,
+}
+
 /// Labels of `vigil_notifications_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct NotificationLabels {
-    /// `alertmanager`.
+    /// `alertmanager`, `pagerduty` or `webhook`.
     receiver: &'static str,
     /// `sent` (a transition delivered), `resent` (a firing or recently resolved alert posted
     /// again), `retried` (a failed attempt retried), `failed` (given up: dead-lettered) or
@@ -218,7 +225,7 @@ impl Metrics {
             outputs_rejected: Family::default(),
             checkpoints: Family::default(),
             notifications: Family::default(),
-            notification_queue: Gauge::default(),
+            notification_queue: Family::default(),
             keys_expired: Counter::default(),
             keys_refused: Counter::default(),
             checkpoint_seconds: Gauge::default(),
@@ -286,7 +293,7 @@ impl Metrics {
         );
         r.register(
             "notifications",
-            "Alert notifications to HTTP receivers (spec.sinks.alertmanager), by receiver and result",
+            "Alert notifications to HTTP receivers (spec.sinks.alertmanager, pagerduty, webhook), by receiver and result",
             m.notifications.clone(),
         );
         r.register(
@@ -562,9 +569,11 @@ impl Metrics {
             .inc_by(n);
     }
 
-    /// Alert transitions waiting for delivery.
-    pub fn notification_queue(&self, n: usize) {
-        self.notification_queue.set(n as i64);
+    /// Alert transitions waiting for delivery to `receiver`.
+    pub fn notification_queue(&self, receiver: &'static str, n: usize) {
+        self.notification_queue
+            .get_or_create(&ReceiverLabels { receiver })
+            .set(n as i64);
     }
 
     /// Keys restored from a checkpoint.

@@ -511,6 +511,53 @@ pub struct SinksSpec {
     /// The alerts also go to Alertmanager, as Prometheus sends them (docs/alert-delivery.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alertmanager: Option<AlertmanagerSink>,
+    /// The alerts also go to PagerDuty's Events API v2: `trigger` on firing, `resolve` on
+    /// resolution, `dedup_key` = the alert's fingerprint (docs/alert-delivery.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pagerduty: Option<PagerDutySink>,
+    /// The alerts also go to an HTTP endpoint as CloudEvents (HTTP binding, structured mode),
+    /// signed per the Standard Webhooks specification (docs/alert-delivery.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<WebhookSink>,
+}
+
+/// PagerDuty's Events API v2 (`POST /v2/enqueue`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PagerDutySink {
+    /// Name of a Secret with key `routingKey`: the integration key of an Events API v2
+    /// integration. The operator passes it to the detectors as `VIGIL_PAGERDUTY_ROUTING_KEY`
+    /// (set that variable for `vigil run`).
+    pub routing_key_secret: String,
+    /// The Events API endpoint. Default `https://events.pagerduty.com/v2/enqueue` (EU
+    /// service region: `https://events.eu.pagerduty.com/v2/enqueue`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Most alert transitions waiting for delivery; one more is dead-lettered. Default 10000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub queue_capacity: Option<u32>,
+}
+
+/// Default `spec.sinks.pagerduty.url`.
+pub const DEFAULT_PAGERDUTY_URL: &str = "https://events.pagerduty.com/v2/enqueue";
+
+/// A webhook receiving every alert transition as a CloudEvent.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WebhookSink {
+    /// The http:// or https:// URL the CloudEvents are posted to.
+    pub url: String,
+    /// Name of a Secret with key `signingKey`: the HMAC-SHA256 key of the `webhook-signature`
+    /// header (Standard Webhooks; a `whsec_`-prefixed key is base64-decoded as that
+    /// specification says, any other is used as it is). The operator passes it as
+    /// `VIGIL_WEBHOOK_SIGNING_KEY`. Without it requests are not signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_key_secret: Option<String>,
+    /// Most alert transitions waiting for delivery; one more is dead-lettered. Default 10000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub queue_capacity: Option<u32>,
 }
 
 /// Alertmanager's v2 API as Prometheus uses it: every firing alert is posted to

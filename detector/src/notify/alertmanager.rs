@@ -12,22 +12,21 @@
 //!   event time the condition started (`activeSince`);
 //! - up to 64 alerts per post (Prometheus' batch); every URL gets every post; a post counts as
 //!   delivered when one of them took it (an Alertmanager cluster de-duplicates);
-//! - a failed post (connection error, 5xx, 429) is retried with jittered exponential backoff,
-//!   200 ms doubling to 5 s, 5 retries; a 4xx other than 429 is not retried. Transitions whose
-//!   post still failed go back to the loop to be dead-lettered; a failed re-post is only
-//!   counted (the next one carries the same alerts).
+//! - a failed post is retried as [`super::http`] says; transitions whose post still failed go
+//!   back to the loop to be dead-lettered; a failed re-post is only counted (the next one
+//!   carries the same alerts).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
-use backon::{ExponentialBuilder, Retryable};
 use chrono::{DateTime, SecondsFormat, Utc};
 use vigil_api::v1alpha1::AlertmanagerSink;
 use vigil_core::rules::alert::{Alert, AlertStatus};
 
-use super::{Msg, NotifyError, Undelivered};
+use super::http::{self, Request};
+use super::{Msg, NotifyError, Shared, Undelivered};
 use crate::telemetry::Metrics;
 
 /// The `receiver` label of this receiver's metrics and dead letters.
@@ -81,11 +80,6 @@ pub fn label_name(name: &str) -> String {
     out
 }
 
-struct PostError {
-    message: String,
-    retry: bool,
-}
-
 impl Alertmanager {
     /// Checks the spec: http(s) URLs, a generator URL template that parses.
     ///
@@ -94,15 +88,13 @@ impl Alertmanager {
     pub fn new(spec: &AlertmanagerSink, _pipeline: &str) -> Result<Self, NotifyError> {
         let mut endpoints = Vec::new();
         for (index, u) in spec.urls.iter().enumerate() {
-            let parsed = url::Url::parse(u).map_err(|_| NotifyError::Url {
-                index,
+            let bad = || NotifyError::Url {
+                field: format!("spec.sinks.alertmanager.urls[{index}]"),
                 url: u.clone(),
-            })?;
+            };
+            let parsed = url::Url::parse(u).map_err(|_| bad())?;
             if !matches!(parsed.scheme(), "http" | "https") {
-                return Err(NotifyError::Url {
-                    index,
-                    url: u.clone(),
-                });
+                return Err(bad());
             }
             endpoints.push(format!("{}/api/v2/alerts", u.trim_end_matches('/')));
         }
@@ -186,57 +178,24 @@ impl Alertmanager {
             .collect()
     }
 
-    async fn post_one(client: &reqwest::Client, url: &str, body: &[u8]) -> Result<(), PostError> {
-        let r = client
-            .post(url)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body.to_vec())
-            .send()
-            .await
-            .map_err(|e| PostError {
-                message: format!("{url}: {e}"),
-                retry: true,
-            })?;
-        let status = r.status();
-        if status.is_success() {
-            return Ok(());
-        }
-        let text = r.text().await.unwrap_or_default();
-        Err(PostError {
-            message: format!("{url}: HTTP {status}: {}", text.trim()),
-            retry: status.is_server_error() || status.as_u16() == 429,
-        })
-    }
-
     /// Posts `alerts` to every endpoint (with retries); delivered when one took them.
     async fn post(
         &self,
         client: &reqwest::Client,
         alerts: &[serde_json::Value],
-        closing: &AtomicBool,
+        shared: &Shared,
         metrics: &Metrics,
     ) -> Result<(), String> {
         let body = serde_json::to_vec(alerts).unwrap_or_default();
         let mut errors = Vec::new();
         for url in &self.endpoints {
-            let attempt = || Self::post_one(client, url, &body);
-            let r = attempt
-                .retry(
-                    ExponentialBuilder::default()
-                        .with_min_delay(Duration::from_millis(200))
-                        .with_max_delay(Duration::from_secs(5))
-                        .with_max_times(5)
-                        .with_jitter(),
-                )
-                .when(|e| e.retry && !closing.load(Ordering::Relaxed))
-                .notify(|e, after| {
-                    metrics.notifications(RECEIVER, "retried", 1);
-                    tracing::debug!(error = %e.message, retry_in = ?after, "Alertmanager post failed; retrying.");
-                })
-                .await;
-            match r {
-                Ok(()) => {}
-                Err(e) => errors.push(e.message),
+            let req = Request {
+                url: url.clone(),
+                headers: vec![("content-type", "application/json".into())],
+                body: body.clone(),
+            };
+            if let Err(e) = http::post(client, &req, shared, metrics, RECEIVER).await {
+                errors.push(e);
             }
         }
         if errors.len() < self.endpoints.len() {
@@ -255,30 +214,24 @@ impl Alertmanager {
         mut self,
         rx: &Receiver<Msg>,
         failed: &Sender<Undelivered>,
-        queued: &AtomicUsize,
-        closing: &AtomicBool,
+        shared: &Shared,
         metrics: &Metrics,
     ) {
         // Set once a post failed while closing: the rest is handed back without trying.
         let mut given_up: Option<String> = None;
-        let rt = match tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        {
-            Ok(rt) => rt,
+        let (rt, client) = match http::runtime().and_then(|rt| http::client().map(|c| (rt, c))) {
+            Ok(x) => x,
             Err(e) => {
-                tracing::error!(error = %e, "Alert notification worker could not start; alerts to Alertmanager are dead-lettered.");
-                return;
-            }
-        };
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = match reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-        {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!(error = %e, "HTTP client for Alertmanager could not be built.");
+                tracing::error!(error = %e, "Alertmanager notification worker could not start; its alerts are dead-lettered.");
+                for m in rx.iter() {
+                    if let Msg::Alert(a) = m {
+                        let _ = failed.send(Undelivered {
+                            alert: *a,
+                            receiver: RECEIVER,
+                            error: format!("alertmanager: worker not started: {e}"),
+                        });
+                    }
+                }
                 return;
             }
         };
@@ -293,7 +246,7 @@ impl Alertmanager {
                     next_resend = Instant::now() + self.resend;
                     let all = self.resend_payloads();
                     for chunk in all.chunks(MAX_BATCH) {
-                        match rt.block_on(self.post(&client, chunk, closing, metrics)) {
+                        match rt.block_on(self.post(&client, chunk, shared, metrics)) {
                             Ok(()) => metrics.notifications(RECEIVER, "resent", chunk.len() as u64),
                             Err(e) => {
                                 metrics.notifications(
@@ -319,20 +272,21 @@ impl Alertmanager {
                     Err(_) => break,
                 }
             }
-            let left = queued
+            let left = shared
+                .queued
                 .fetch_sub(batch.len(), Ordering::Relaxed)
                 .saturating_sub(batch.len());
-            metrics.notification_queue(left);
+            metrics.notification_queue(RECEIVER, left);
             let bodies: Vec<serde_json::Value> =
                 batch.iter().map(|a| self.record(a.clone())).collect();
             let posted = match &given_up {
                 Some(e) => Err(format!("not tried at shutdown after a failure: {e}")),
-                None => rt.block_on(self.post(&client, &bodies, closing, metrics)),
+                None => rt.block_on(self.post(&client, &bodies, shared, metrics)),
             };
             match posted {
                 Ok(()) => metrics.notifications(RECEIVER, "sent", batch.len() as u64),
                 Err(e) => {
-                    if closing.load(Ordering::Relaxed) && given_up.is_none() {
+                    if shared.closing.load(Ordering::Relaxed) && given_up.is_none() {
                         given_up = Some(e.clone());
                     }
                     metrics.notifications(RECEIVER, "failed", batch.len() as u64);

@@ -442,10 +442,10 @@ impl Core {
         for a in &out.alerts {
             sinks.send_alert(a, timer_origin);
             *alerts_sent += 1;
-            if let Some(n) = notifier.as_ref()
-                && let Some(u) = n.offer(a)
-            {
-                undelivered(sinks, metrics, &u, timer_origin);
+            if let Some(n) = notifier.as_ref() {
+                for u in n.offer(a) {
+                    undelivered(sinks, metrics, &u, timer_origin);
+                }
             }
             // Model alerts carry `revision` while a rollout runs: the alert rate per revision.
             if let (Some(model), Some(revision)) = (a.labels.get("model"), a.labels.get("revision"))
@@ -679,12 +679,7 @@ pub fn spawn(cfg: RunnerConfig, metrics: Metrics) -> Result<RunnerHandle, RunErr
     )
     .map_err(RunError::Sink)?;
     metrics.engine_size(0, engine.rule_names().len());
-    let notifier = spec
-        .sinks
-        .alertmanager
-        .as_ref()
-        .map(|am| crate::notify::Notifier::alertmanager(am, &name, metrics.clone()))
-        .transpose()
+    let notifier = crate::notify::Notifier::from_spec(&spec.sinks, &name, metrics.clone())
         .map_err(RunError::Notify)?;
     let checkpointing = match &engine.config().checkpointing {
         Some(c) => Some(checkpointing::Checkpointing {

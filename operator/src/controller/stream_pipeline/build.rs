@@ -265,6 +265,25 @@ fn detector_pod(
         }),
         ..Volume::default()
     }];
+    let sinks = &v.pipeline.spec.sinks;
+    if let Some(pd) = &sinks.pagerduty {
+        env.push(secret_env(
+            contract_env::PAGERDUTY_ROUTING_KEY,
+            &pd.routing_key_secret,
+            contract::ROUTING_KEY_KEY,
+        ));
+    }
+    if let Some(secret) = sinks
+        .webhook
+        .as_ref()
+        .and_then(|w| w.signing_key_secret.as_ref())
+    {
+        env.push(secret_env(
+            contract_env::WEBHOOK_SIGNING_KEY,
+            secret,
+            contract::SIGNING_KEY_KEY,
+        ));
+    }
     if let Some(security) = &v.pipeline.spec.source.kafka.security {
         if let Some(secret) = &security.credentials_secret {
             env.push(secret_env(
@@ -592,6 +611,47 @@ mod tests {
                 .unwrap()
                 .iter()
                 .all(|m| m.name != "checkpoints")
+        );
+    }
+
+    #[test]
+    fn alert_receiver_secrets_are_passed_in_the_environment() {
+        let (_, d) = nab_fixture();
+        let p = crate::controller::test_fixtures::parse_pipeline(|s| {
+            s.replace(
+                "topic: nab-alerts}",
+                "topic: nab-alerts}, pagerduty: {routingKeySecret: pd}, \
+                 webhook: {url: 'https://hooks.example/vigil', signingKeySecret: hook}",
+            )
+        });
+        let v = validate(&p, &d, None).unwrap();
+        let pod = build(&v, &OperatorConfig::test())
+            .unwrap()
+            .stateful_set
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap();
+        let env = pod.containers[0].env.clone().unwrap();
+        let from = |name: &str| {
+            let e = env.iter().find(|e| e.name == name).unwrap();
+            let s = e
+                .value_from
+                .as_ref()
+                .unwrap()
+                .secret_key_ref
+                .as_ref()
+                .unwrap();
+            (s.name.clone(), s.key.clone())
+        };
+        assert_eq!(
+            from(contract_env::PAGERDUTY_ROUTING_KEY),
+            ("pd".into(), "routingKey".into())
+        );
+        assert_eq!(
+            from(contract_env::WEBHOOK_SIGNING_KEY),
+            ("hook".into(), "signingKey".into())
         );
     }
 
