@@ -51,6 +51,9 @@ scripts/setup-promtool.sh
 step "Alertmanager (Debian prometheus-alertmanager package, for the alert delivery test)"
 eval "$(scripts/setup-alertmanager.sh)"
 
+step "DuckDB (PyPI, for reading the KPI store's Parquet files)"
+eval "$(scripts/setup-duckdb.sh)"
+
 step "ONNX Runtime (PyPI wheel)"
 eval "$(scripts/setup-onnxruntime.sh)"
 
@@ -66,7 +69,7 @@ step "Jaeger (built from its Go module, for the end-to-end trace test)"
 VIGIL_JAEGER="$(e2e/tools.sh jaeger | tail -n1)"
 export VIGIL_JAEGER
 
-step "tests (unit, property, golden, real Kafka, S3, ONNX Runtime + gRPC, Jaeger, Alertmanager)"
+step "tests (unit, property, golden, real Kafka, S3, ONNX Runtime + gRPC, Jaeger, Alertmanager, DuckDB)"
 cargo test --workspace --no-fail-fast
 
 step "the demo from a copy of the repository with no ../shared folder beside it"

@@ -238,6 +238,27 @@ impl PipelineConfig {
                     .map_err(|r| InvalidSpec::new("spec.sinks.alertmanager.generatorURL", r))?;
             }
         }
+        if let Some(k) = &spec.sinks.kpi_store {
+            let scheme = k.location.split_once("://").map(|(s, _)| s);
+            if !matches!(scheme, Some("file" | "s3")) {
+                return Err(InvalidSpec::new(
+                    "spec.sinks.kpiStore.location",
+                    format!(
+                        "`{}` is not a file:///path or s3://bucket/prefix URL",
+                        k.location
+                    ),
+                ));
+            }
+            if k.flush_interval
+                .as_ref()
+                .is_some_and(|d| duration_ms(d) < 1_000)
+            {
+                return Err(InvalidSpec::new(
+                    "spec.sinks.kpiStore.flushInterval",
+                    "must be at least 1s",
+                ));
+            }
+        }
         if let Some(u) = spec.sinks.pagerduty.as_ref().and_then(|p| p.url.as_deref()) {
             http_url("spec.sinks.pagerduty.url", u)?;
         }
@@ -524,6 +545,12 @@ mod tests {
         assert_eq!(e.field, "spec.sinks.alertmanager.urls[1]");
         let e = sinks("{urls: ['https://am'], generatorURL: 'http://g/{{ key'}").unwrap_err();
         assert_eq!(e.field, "spec.sinks.alertmanager.generatorURL");
+        let e = sinks("{urls: ['https://am']}, kpiStore: {location: '/tmp/k'}").unwrap_err();
+        assert_eq!(e.field, "spec.sinks.kpiStore.location");
+        assert!(
+            sinks("{urls: ['https://am']}, kpiStore: {location: 's3://b/k', flushInterval: 10s}")
+                .is_ok()
+        );
         let e = sinks("{urls: ['https://am']}, webhook: {url: 'hooks.example'}").unwrap_err();
         assert_eq!(e.field, "spec.sinks.webhook.url");
         let e = sinks("{urls: ['https://am']}, pagerduty: {routingKeySecret: pd, url: 'ftp://x'}")

@@ -179,6 +179,29 @@ fn aws_options() -> Vec<(String, String)> {
         .collect()
 }
 
+/// The object store a `file://` or `s3://` location names and the path prefix in it (the
+/// S3 client configured by the `AWS_*` environment variables); a `file://` folder is created
+/// when missing.
+///
+/// # Errors
+/// Why the location cannot be opened.
+pub fn open_object_store(location: &str) -> Result<(Arc<dyn ObjectStore>, Path), String> {
+    let url = url::Url::parse(location).map_err(|e| e.to_string())?;
+    // HTTPS to S3 goes through rustls with ring, the provider kube uses too (one provider in
+    // the process; installing it again is a no-op).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    if url.scheme() == "file" {
+        let dir = url
+            .to_file_path()
+            .map_err(|()| "not an absolute file path".to_string())?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    let (store, prefix) =
+        object_store::parse_url_opts(&url, aws_options()).map_err(|e| e.to_string())?;
+    Ok((Arc::from(store), prefix))
+}
+
 impl CheckpointStore {
     /// Opens the store at `location` (a `file://` or `s3://` URL) for pipeline `pipeline`.
     /// A `file://` folder is created when missing.
@@ -191,20 +214,15 @@ impl CheckpointStore {
             reason,
         };
         let url = url::Url::parse(location).map_err(|e| bad(e.to_string()))?;
-        // HTTPS to S3 goes through rustls with ring, the provider kube uses too (one provider
-        // in the process; installing it again is a no-op).
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let mut local = None;
-        if url.scheme() == "file" {
+        let local = if url.scheme() == "file" {
             let dir = url
                 .to_file_path()
                 .map_err(|()| bad("not an absolute file path".into()))?;
-            std::fs::create_dir_all(&dir)
-                .map_err(|e| bad(format!("cannot create {}: {e}", dir.display())))?;
-            local = Some(dir.join(pipeline).join("checkpoints"));
-        }
-        let (store, prefix) =
-            object_store::parse_url_opts(&url, aws_options()).map_err(|e| bad(e.to_string()))?;
+            Some(dir.join(pipeline).join("checkpoints"))
+        } else {
+            None
+        };
+        let (store, prefix) = open_object_store(location).map_err(bad)?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("vigil-checkpoints")
@@ -215,7 +233,7 @@ impl CheckpointStore {
         let root = prefix.clone().join(pipeline).join("checkpoints");
         let savepoints = prefix.clone().join(pipeline).join("savepoints");
         Ok(Self {
-            store: Arc::from(store),
+            store,
             root,
             savepoints,
             rt,

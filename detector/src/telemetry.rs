@@ -110,6 +110,7 @@ pub struct Metrics {
     checkpoints: Family<CheckpointLabels, Counter>,
     notifications: Family<NotificationLabels, Counter>,
     notification_queue: Family<ReceiverLabels, Gauge>,
+    kpi_rows: Family<ResultLabels, Counter>,
     keys_expired: Counter,
     keys_refused: Counter,
     checkpoint_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
@@ -118,6 +119,13 @@ pub struct Metrics {
     client_error_log: Arc<ClientErrorLog>,
     scoring: crate::scoring::ScoringMetrics,
     lag: crate::lag::LagMonitor,
+}
+
+/// Labels of `vigil_kpi_rows_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    /// `written`, `write_failed` (retried with the next flush) or `dropped`.
+    result: &'static str,
 }
 
 /// Labels of `vigil_notification_queue`.
@@ -226,6 +234,7 @@ impl Metrics {
             checkpoints: Family::default(),
             notifications: Family::default(),
             notification_queue: Family::default(),
+            kpi_rows: Family::default(),
             keys_expired: Counter::default(),
             keys_refused: Counter::default(),
             checkpoint_seconds: Gauge::default(),
@@ -295,6 +304,11 @@ impl Metrics {
             "notifications",
             "Alert notifications to HTTP receivers (spec.sinks.alertmanager, pagerduty, webhook), by receiver and result",
             m.notifications.clone(),
+        );
+        r.register(
+            "kpi_rows",
+            "Window rows of the KPI store (spec.sinks.kpiStore), by result",
+            m.kpi_rows.clone(),
         );
         r.register(
             "notification_queue",
@@ -566,6 +580,13 @@ impl Metrics {
     pub fn notifications(&self, receiver: &'static str, result: &'static str, n: u64) {
         self.notifications
             .get_or_create(&NotificationLabels { receiver, result })
+            .inc_by(n);
+    }
+
+    /// `n` KPI store rows ended with `result`.
+    pub fn kpi_rows(&self, result: &'static str, n: u64) {
+        self.kpi_rows
+            .get_or_create(&ResultLabels { result })
             .inc_by(n);
     }
 

@@ -519,6 +519,35 @@ pub struct SinksSpec {
     /// signed per the Standard Webhooks specification (docs/alert-delivery.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook: Option<WebhookSink>,
+    /// Every fired window's features also go to Parquet files in an object store, queryable
+    /// by DuckDB, pandas or Spark as they are (docs/kpi-store.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kpi_store: Option<KpiStoreSink>,
+}
+
+/// Window KPIs as Parquet: `<location>/<pipeline>/tier=<tier>/date=<YYYY-MM-DD>/part-*.parquet`
+/// (Hive-style partitions; the date is the window end's, UTC), one row per fired window
+/// (columns `key`, `window_start`, `window_end`, `update` and one `DOUBLE` per
+/// `<field>.<feature>`), zstd-compressed. Files are written off the run loop when `maxRows`
+/// rows are buffered or `flushInterval` passed, and on shutdown.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KpiStoreSink {
+    /// `file:///path` (a shared volume) or `s3://bucket/prefix` (credentials as for
+    /// checkpoints: `AWS_*` variables, from `credentialsSecret` in Kubernetes).
+    pub location: String,
+    /// Longest time rows wait before they are written. Default `1m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flush_interval: Option<Duration>,
+    /// Rows per file at most: a file is written as soon as this many are buffered. Default
+    /// 100000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_rows: Option<u32>,
+    /// Name of a Secret whose keys become environment variables of the detectors (the
+    /// object store's `AWS_*` settings), as `spec.checkpointing.credentialsSecret`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret: Option<String>,
 }
 
 /// PagerDuty's Events API v2 (`POST /v2/enqueue`).

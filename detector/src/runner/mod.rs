@@ -109,6 +109,9 @@ pub enum RunError {
     /// An alert notification receiver could not be set up.
     #[error("failed to set up alert notifications")]
     Notify(#[source] crate::notify::NotifyError),
+    /// The KPI store could not be opened.
+    #[error("failed to open the KPI store")]
+    KpiStore(#[source] crate::kpi_store::KpiStoreError),
 }
 
 /// What a running pipeline can be told.
@@ -310,6 +313,8 @@ struct Core {
     repartition: repartition::Repartition,
     /// Alert notifications to HTTP receivers (`spec.sinks.alertmanager`).
     notifier: Option<crate::notify::Notifier>,
+    /// Window KPIs as Parquet (`spec.sinks.kpiStore`).
+    kpi_store: Option<crate::kpi_store::KpiStore>,
 }
 
 impl RebalanceHandler for Shared {
@@ -421,6 +426,7 @@ impl Core {
             dead_letters,
             unsent_dead_letters_logged,
             notifier,
+            kpi_store,
             ..
         } = self;
         let origin = |p: i32| {
@@ -459,6 +465,9 @@ impl Core {
         }
         for w in &out.windows {
             sinks.send_window(w, now_ms, timer_origin);
+            if let Some(k) = kpi_store.as_ref() {
+                k.offer(w);
+            }
         }
         for d in &out.dead_letters {
             *dead_letters += 1;
@@ -662,7 +671,7 @@ pub fn spawn(cfg: RunnerConfig, metrics: Metrics) -> Result<RunnerHandle, RunErr
         cfg.connect_timeout,
     );
     let opts = EngineOptions {
-        emit_windows: topics.kpis.is_some(),
+        emit_windows: topics.kpis.is_some() || spec.sinks.kpi_store.is_some(),
         ..Default::default()
     };
     let rule_refs: Vec<&DetectionRule> = cfg.rules.iter().collect();
@@ -681,6 +690,16 @@ pub fn spawn(cfg: RunnerConfig, metrics: Metrics) -> Result<RunnerHandle, RunErr
     metrics.engine_size(0, engine.rule_names().len());
     let notifier = crate::notify::Notifier::from_spec(&spec.sinks, &name, metrics.clone())
         .map_err(RunError::Notify)?;
+    let kpi_store = spec
+        .sinks
+        .kpi_store
+        .as_ref()
+        .map(|k| {
+            let member = checkpointing::member_id(settings.group_instance_id.as_deref());
+            crate::kpi_store::KpiStore::open(k, &name, &member, metrics.clone())
+        })
+        .transpose()
+        .map_err(RunError::KpiStore)?;
     let checkpointing = match &engine.config().checkpointing {
         Some(c) => Some(checkpointing::Checkpointing {
             store: checkpointing::open_store(c, &name).map_err(RunError::Checkpoints)?,
@@ -722,6 +741,7 @@ pub fn spawn(cfg: RunnerConfig, metrics: Metrics) -> Result<RunnerHandle, RunErr
             trace_every,
             repartition: repartition::Repartition::new(spec.source.kafka.partitioner),
             notifier,
+            kpi_store,
         }),
     });
     shared
@@ -887,6 +907,14 @@ fn run_loop(
     let summary = {
         let mut core = shared.lock();
         let now_ms = wall_clock_ms();
+        if !drained {
+            core.settle_scoring(now_ms);
+        }
+        core.tick(now_ms);
+        // The last alerts and windows are out: the receivers and the KPI store finish.
+        if let Some(k) = core.kpi_store.take() {
+            k.close(Duration::from_secs(30));
+        }
         if let Some(n) = core.notifier.take() {
             let left = n.close(Duration::from_secs(10));
             let origin = Origin {
@@ -899,10 +927,6 @@ fn run_loop(
                 undelivered(&core.sinks, &core.metrics, &u, origin);
             }
         }
-        if !drained {
-            core.settle_scoring(now_ms);
-        }
-        core.tick(now_ms);
         committed = if core.checkpointing.is_none() {
             core.flush_and_commit(&consumer, CommitMode::Sync)
         } else if drained {

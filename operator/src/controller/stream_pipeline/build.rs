@@ -367,6 +367,23 @@ fn detector_pod(
         }
     }
     let mut env_from = Vec::new();
+    // The KPI store's object store credentials (`AWS_*`), as the checkpoints'.
+    if let Some(secret) = v
+        .pipeline
+        .spec
+        .sinks
+        .kpi_store
+        .as_ref()
+        .and_then(|k| k.credentials_secret.as_ref())
+    {
+        env_from.push(EnvFromSource {
+            secret_ref: Some(SecretEnvSource {
+                name: secret.clone(),
+                ..SecretEnvSource::default()
+            }),
+            ..EnvFromSource::default()
+        });
+    }
     if let Some(c) = &v.pipeline.spec.checkpointing {
         if let (Some(claim), Some(path)) = (&c.volume_claim, c.location.strip_prefix("file://")) {
             mounts.push(VolumeMount {
@@ -615,7 +632,7 @@ mod tests {
     }
 
     #[test]
-    fn alert_receiver_secrets_are_passed_in_the_environment() {
+    fn alert_receiver_and_kpi_store_secrets_are_passed_in_the_environment() {
         let (_, d) = nab_fixture();
         let p = crate::controller::test_fixtures::parse_pipeline(|s| {
             s.replace(
@@ -653,6 +670,24 @@ mod tests {
             from(contract_env::WEBHOOK_SIGNING_KEY),
             ("hook".into(), "signingKey".into())
         );
+        // The KPI store's credentials Secret: its keys become the environment.
+        let p = crate::controller::test_fixtures::parse_pipeline(|s| {
+            s.replace(
+                "topic: nab-alerts}",
+                "topic: nab-alerts}, kpiStore: {location: 's3://kpis/nab', credentialsSecret: kpi-s3}",
+            )
+        });
+        let v = validate(&p, &d, None).unwrap();
+        let pod = build(&v, &OperatorConfig::test())
+            .unwrap()
+            .stateful_set
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap();
+        let from = pod.containers[0].env_from.clone().unwrap();
+        assert_eq!(from[0].secret_ref.as_ref().unwrap().name, "kpi-s3");
     }
 
     #[test]
