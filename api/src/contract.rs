@@ -69,8 +69,14 @@ pub mod detector {
         pub const PAGERDUTY_ROUTING_KEY: &str = "VIGIL_PAGERDUTY_ROUTING_KEY";
         /// Webhook HMAC key (from `spec.sinks.webhook.signingKeySecret`, key `signingKey`).
         pub const WEBHOOK_SIGNING_KEY: &str = "VIGIL_WEBHOOK_SIGNING_KEY";
+        /// The reference data file (`spec.enrichment.configMap`, key `attributes.yaml`).
+        pub const ENRICHMENT_FILE: &str = "VIGIL_ENRICHMENT_FILE";
     }
 
+    /// ConfigMap key of the reference data in `spec.enrichment.configMap`.
+    pub const ENRICHMENT_KEY: &str = "attributes.yaml";
+    /// Where the operator mounts the enrichment ConfigMap.
+    pub const ENRICHMENT_DIR: &str = "/etc/vigil-enrichment";
     /// Secret key of the integration key in `spec.sinks.pagerduty.routingKeySecret`.
     pub const ROUTING_KEY_KEY: &str = "routingKey";
     /// Secret key of the HMAC key in `spec.sinks.webhook.signingKeySecret`.

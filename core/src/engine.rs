@@ -380,6 +380,8 @@ pub struct Engine {
     ),
     /// Partitions whose keys that moved away are dead-lettered ([`Self::set_key_placement`]).
     placements: Vec<(i32, KeyPlacement)>,
+    /// Reference data of the keys (`spec.enrichment`), for templates and CEL.
+    reference: Option<std::sync::Arc<crate::enrichment::ReferenceData>>,
 }
 
 impl Engine {
@@ -409,6 +411,7 @@ impl Engine {
             traces: traces::Traces::new(),
             window_buffers: (Vec::new(), Vec::new()),
             placements: Vec::new(),
+            reference: None,
             cfg,
         };
         let errors = engine.replace_rules(rules, models);
@@ -863,6 +866,15 @@ impl Engine {
                 .entry(*p)
                 .or_insert_with(|| PartitionState::new(tiers, now_ms));
         }
+    }
+
+    /// Gives the rules the keys' reference data (`spec.enrichment`): `attributes` in label and
+    /// annotation templates and in CEL. Shared: a reload replaces its entries in place.
+    pub fn set_reference(
+        &mut self,
+        reference: Option<std::sync::Arc<crate::enrichment::ReferenceData>>,
+    ) {
+        self.reference = reference;
     }
 
     /// From now on, events of `partition` whose key `placement` puts on another partition are

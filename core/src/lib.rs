@@ -20,6 +20,7 @@ pub mod config;
 pub mod decode;
 pub mod detectors;
 pub mod engine;
+pub mod enrichment;
 pub mod features;
 pub mod input;
 pub mod model;

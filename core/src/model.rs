@@ -544,6 +544,7 @@ spec:
             end: 3_600_000,
             fields: &fields,
             table: &table,
+            attributes: None,
         };
         let mut state = ModelState::default();
         let WindowVector::Ready { values, raw } = c.on_window(&view, &mut state) else {
@@ -566,6 +567,7 @@ spec:
             end: 1,
             fields: &fields,
             table: &table,
+            attributes: None,
         };
         assert_eq!(
             c.on_window(&view, &mut ModelState::default()),
@@ -589,6 +591,7 @@ spec:
                 end: start + hour,
                 fields: &fields,
                 table: &table,
+                attributes: None,
             };
             c.on_window(&view, &mut state)
         };

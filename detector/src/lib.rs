@@ -17,6 +17,7 @@
 
 pub mod checkpoint;
 pub mod driver;
+pub mod enrichment;
 pub mod kpi_store;
 pub mod lag;
 pub mod notify;

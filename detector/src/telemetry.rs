@@ -111,6 +111,8 @@ pub struct Metrics {
     notifications: Family<NotificationLabels, Counter>,
     notification_queue: Family<ReceiverLabels, Gauge>,
     kpi_rows: Family<ResultLabels, Counter>,
+    enrichment_keys: Gauge,
+    enrichment_loads: Family<ResultLabels, Counter>,
     keys_expired: Counter,
     keys_refused: Counter,
     checkpoint_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
@@ -124,7 +126,8 @@ pub struct Metrics {
 /// Labels of `vigil_kpi_rows_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
-    /// `written`, `write_failed` (retried with the next flush) or `dropped`.
+    /// KPI rows: `written`, `write_failed` (retried with the next flush) or `dropped`;
+    /// reference data: `loaded`, `reloaded` or `invalid`.
     result: &'static str,
 }
 
@@ -235,6 +238,8 @@ impl Metrics {
             notifications: Family::default(),
             notification_queue: Family::default(),
             kpi_rows: Family::default(),
+            enrichment_keys: Gauge::default(),
+            enrichment_loads: Family::default(),
             keys_expired: Counter::default(),
             keys_refused: Counter::default(),
             checkpoint_seconds: Gauge::default(),
@@ -304,6 +309,16 @@ impl Metrics {
             "notifications",
             "Alert notifications to HTTP receivers (spec.sinks.alertmanager, pagerduty, webhook), by receiver and result",
             m.notifications.clone(),
+        );
+        r.register(
+            "enrichment_keys",
+            "Entity keys listed in the reference data (spec.enrichment)",
+            m.enrichment_keys.clone(),
+        );
+        r.register(
+            "enrichment_loads",
+            "Reference data loads, by result (loaded, reloaded, invalid)",
+            m.enrichment_loads.clone(),
         );
         r.register(
             "kpi_rows",
@@ -581,6 +596,14 @@ impl Metrics {
         self.notifications
             .get_or_create(&NotificationLabels { receiver, result })
             .inc_by(n);
+    }
+
+    /// Reference data (re)loaded with `keys` keys, or refused (`invalid`).
+    pub fn enrichment(&self, keys: usize, result: &'static str) {
+        self.enrichment_keys.set(keys as i64);
+        self.enrichment_loads
+            .get_or_create(&ResultLabels { result })
+            .inc();
     }
 
     /// `n` KPI store rows ended with `result`.

@@ -101,6 +101,11 @@ pub struct StreamPipelineSpec {
     /// [`LagThresholds`]); applies with its defaults when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lag: Option<LagThresholds>,
+    /// Reference data about the entity keys (key -> attributes such as `site`, `owner`), usable
+    /// in rule label and annotation templates (`{{ attributes.site }}`) and CEL
+    /// (`attributes.site`); followed live (docs/enrichment.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enrichment: Option<EnrichmentSpec>,
 }
 
 /// Warn and critical thresholds on stage lag: the 99th percentile, over the last minute, of
@@ -137,6 +142,21 @@ impl LagThresholds {
             ),
         )
     }
+}
+
+/// Where the attributes of the entity keys come from.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EnrichmentSpec {
+    /// Name of a ConfigMap with key `attributes.yaml`: a YAML (or JSON) map from entity key to
+    /// a map of attribute name to string value. The operator mounts it; detectors read the file
+    /// named by `VIGIL_ENRICHMENT_FILE` (set it for `vigil run`) and reload it when it changes
+    /// (kubelet refreshes mounted ConfigMaps within about a minute).
+    pub config_map: String,
+    /// Attributes of a key the reference data does not list (e.g. `{site: unknown}`): a
+    /// missing key is a labelled default, never a failure. Default: none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub default: BTreeMap<String, String>,
 }
 
 /// Bounds on the state kept per entity key.

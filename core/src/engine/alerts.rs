@@ -20,6 +20,8 @@ pub(super) struct Transition<'a> {
     pub end: i64,
     /// Processing time, epoch ms.
     pub now_ms: i64,
+    /// The key's reference data attributes, for the templates.
+    pub attributes: Option<&'a std::collections::BTreeMap<String, String>>,
 }
 
 /// Advances `rule`'s alert lifecycle for `key` with `eval` at the window's end; on a
@@ -62,14 +64,14 @@ pub(super) fn step(
         detection_time: at.now_ms,
         trace: None,
     };
-    let mut labels = alert::render(&rule.labels, &a);
+    let mut labels = alert::render_with(&rule.labels, &a, at.attributes);
     labels.insert("severity".into(), rule.severity.as_str().into());
     labels.insert("rule".into(), rule.name.clone());
     labels.insert("key".into(), a.key.clone());
     for (k, v) in extra_labels {
         labels.insert((*k).into(), (*v).into());
     }
-    a.annotations = alert::render(&rule.annotations, &a);
+    a.annotations = alert::render_with(&rule.annotations, &a, at.attributes);
     a.labels = labels;
     Some(a)
 }

@@ -90,12 +90,14 @@ impl Engine {
                 trace: trace.clone(),
             });
         }
+        let attributes = self.reference.as_ref().map(|r| r.lookup(&ks.name));
         let view = WindowView {
             key: &ks.name,
             start,
             end,
             fields,
             table: &self.table,
+            attributes: attributes.as_deref(),
         };
         for (idx, rule) in self.rules.iter().enumerate() {
             let rule = &rule.compiled;
@@ -141,6 +143,7 @@ impl Engine {
                 start,
                 end,
                 now_ms,
+                attributes: attributes.as_deref(),
             };
             let alert = alerts::step(
                 rule,
@@ -209,12 +212,14 @@ impl Engine {
             }
             let start = window::align(t, tc.slide_ms);
             let fields = ks.windows[tier].window(tc, start, self.with_sketch);
+            let attributes = self.reference.as_ref().map(|r| r.lookup(&ks.name));
             let view = WindowView {
                 key: &ks.name,
                 start,
                 end: start + tc.size_ms,
                 fields: &fields,
                 table: &self.table,
+                attributes: attributes.as_deref(),
             };
             for (idx, rule) in window_rules() {
                 scores[idx] = Some(rule.compiled.evaluate(&view, &mut ks.rules[idx]).score);
@@ -308,6 +313,7 @@ impl Engine {
                 score,
                 value: raw,
             };
+            let attributes = self.reference.as_ref().map(|r| r.lookup(&ks.name));
             let at = Transition {
                 pipeline: &self.cfg.name,
                 window: &self.cfg.tiers[rule.tier].name,
@@ -315,6 +321,7 @@ impl Engine {
                 start: input.window_start,
                 end: input.window_end,
                 now_ms,
+                attributes: attributes.as_deref(),
             };
             // During a rollout the alert says which revision scored the window.
             let extra = [

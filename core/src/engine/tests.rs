@@ -463,3 +463,48 @@ fn a_traced_event_gives_its_trace_to_the_window_it_lands_in_when_a_later_record_
     );
     assert!(out.fired_traces.is_empty());
 }
+
+#[test]
+fn reference_data_reaches_templates_and_cel_and_a_reload_applies_to_the_next_alert() {
+    let rules = "apiVersion: vigil.dev/v1alpha1\nkind: DetectionRule\nmetadata: {name: hot}\nspec:\n  window: w\n  threshold: {field: v, feature: max, operator: '>', value: 10}\n  labels: {site: '{{ attributes.site }}'}\n  annotations: {owner: '{{ attributes.owner }}'}\n---\napiVersion: vigil.dev/v1alpha1\nkind: DetectionRule\nmetadata: {name: berlin-hot}\nspec:\n  window: w\n  expression: {expr: \"attributes.site == 'berlin' && features.v.max > 10.0\"}\n---\napiVersion: vigil.dev/v1alpha1\nkind: DetectionRule\nmetadata: {name: owned-hot}\nspec:\n  window: w\n  expression: {expr: \"has(attributes.owner) && features.v.max > 10.0\"}\n";
+    let mut e = engine_with("{name: w, size: 10s}", rules, EngineOptions::default());
+    let data = crate::enrichment::parse(b"pump-1: {site: berlin, owner: ana}\n").unwrap();
+    let reference = std::sync::Arc::new(crate::enrichment::ReferenceData::new(
+        data,
+        std::collections::BTreeMap::from([("site".to_string(), "unknown".to_string())]),
+    ));
+    e.set_reference(Some(reference.clone()));
+    let mut out = Outputs::default();
+    // Both keys hot in [0, 10s); the next event fires the window.
+    feed(&mut e, 0, 0, "pump-1", 1_000, 50.0, &mut out);
+    feed(&mut e, 0, 1, "pump-2", 1_000, 50.0, &mut out);
+    feed(&mut e, 0, 2, "pump-1", 11_000, 1.0, &mut out);
+    let firing = |out: &Outputs, rule: &str, key: &str| {
+        out.alerts
+            .iter()
+            .find(|a| a.rule == rule && a.key == key && a.status == AlertStatus::Firing)
+            .cloned()
+    };
+    let a = firing(&out, "hot", "pump-1").expect("pump-1 fires");
+    assert_eq!(a.labels["site"], "berlin");
+    assert_eq!(a.annotations["owner"], "ana");
+    // Not listed: the default attributes; a missing attribute renders empty.
+    let b = firing(&out, "hot", "pump-2").expect("pump-2 fires");
+    assert_eq!(b.labels["site"], "unknown");
+    assert_eq!(b.annotations["owner"], "");
+    // CEL sees the attributes: only the Berlin pump matches.
+    assert!(firing(&out, "berlin-hot", "pump-1").is_some());
+    assert!(firing(&out, "berlin-hot", "pump-2").is_none());
+    assert!(firing(&out, "owned-hot", "pump-1").is_some());
+    assert!(firing(&out, "owned-hot", "pump-2").is_none(), "no owner attribute");
+    // A reload: pump-2 moves to Berlin; its next alert says so.
+    reference.replace(crate::enrichment::parse(b"pump-2: {site: berlin, owner: ben}\n").unwrap());
+    out.clear();
+    feed(&mut e, 0, 3, "pump-2", 21_000, 50.0, &mut out);
+    feed(&mut e, 0, 4, "pump-2", 31_000, 1.0, &mut out);
+    assert!(
+        firing(&out, "berlin-hot", "pump-2").is_some(),
+        "{:?}",
+        out.alerts
+    );
+}

@@ -107,6 +107,16 @@ pub fn check_template(t: &str) -> Result<(), String> {
         .map_err(|e| format!("template does not parse: {e}"))
 }
 
+/// Stands for the reference data attributes when templates are checked: every name exists.
+#[derive(Debug)]
+struct AnyAttribute;
+
+impl minijinja::value::Object for AnyAttribute {
+    fn get_value(self: &std::sync::Arc<Self>, _key: &minijinja::Value) -> Option<minijinja::Value> {
+        Some(minijinja::Value::from("x"))
+    }
+}
+
 /// Checks that a label or annotation template only names what an alert of a pipeline with
 /// these `fields` and `features` has (a misspelt field would otherwise render as the template's
 /// source at run time): it is rendered with every `<field>.<feature>` and the alert variables
@@ -134,11 +144,14 @@ pub fn check_template_names(
     ctx.insert("score".into(), 1.0.into());
     let mut env = minijinja::Environment::new();
     env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
-    env.render_str(t, serde_json::Value::Object(ctx))
+    // Reference data attributes are whatever the data holds: any name is accepted.
+    let mut ctx = minijinja::Value::from_serialize(serde_json::Value::Object(ctx));
+    ctx = minijinja::context! { attributes => minijinja::Value::from_object(AnyAttribute), ..ctx };
+    env.render_str(t, ctx)
         .map(drop)
         .map_err(|e| {
             format!(
-                "template names something an alert does not have ({e}); it has key, rule, pipeline, window, severity, observed, score and <field>.<feature> for the fields {}",
+                "template names something an alert does not have ({e}); it has key, rule, pipeline, window, severity, observed, score, attributes.<name> and <field>.<feature> for the fields {}",
                 fields.join(", ")
             )
         })
@@ -147,6 +160,15 @@ pub fn check_template_names(
 /// Renders label/annotation templates with `key`, `rule`, `pipeline`, `window`, `severity`,
 /// `observed`, `score` and `<field>.<feature>`. A template that fails renders as its source.
 pub fn render(templates: &BTreeMap<String, String>, alert: &Alert) -> BTreeMap<String, String> {
+    render_with(templates, alert, None)
+}
+
+/// [`render`] with the key's reference data as `attributes` (`{{ attributes.site }}`).
+pub fn render_with(
+    templates: &BTreeMap<String, String>,
+    alert: &Alert,
+    attributes: Option<&BTreeMap<String, String>>,
+) -> BTreeMap<String, String> {
     let mut fields: BTreeMap<String, BTreeMap<String, f64>> = BTreeMap::new();
     for (k, v) in &alert.features {
         if let Some((field, feature)) = k.split_once('.') {
@@ -165,6 +187,10 @@ pub fn render(templates: &BTreeMap<String, String>, alert: &Alert) -> BTreeMap<S
         m.insert("severity".into(), alert.severity.as_str().into());
         m.insert("observed".into(), alert.value.into());
         m.insert("score".into(), alert.score.into());
+        m.insert(
+            "attributes".into(),
+            serde_json::to_value(attributes.cloned().unwrap_or_default()).unwrap_or_default(),
+        );
     }
     let env = minijinja::Environment::new();
     templates

@@ -17,7 +17,14 @@ use super::{Evaluation, WindowView};
 use crate::config::InvalidSpec;
 
 /// Variables an expression may use.
-pub const VARIABLES: [&str; 5] = ["key", "features", "baseline", "event", "window"];
+pub const VARIABLES: [&str; 6] = [
+    "key",
+    "features",
+    "baseline",
+    "event",
+    "window",
+    "attributes",
+];
 /// Statistics of `baseline.<field>`.
 pub const BASELINE_STATS: [&str; 7] = ["mean", "stddev", "median", "mad", "q1", "q3", "samples"];
 /// Trailing history kept for `baseline` when `spec.expression.history` is unset.
@@ -155,6 +162,16 @@ impl Expression {
         ctx.add_variable_from_value("event", event);
         ctx.add_variable_from_value("baseline", baseline);
         ctx.add_variable_from_value("window", window);
+        // The key's reference data (`spec.enrichment`): attribute name -> text.
+        let attributes: HashMap<String, Value> = w
+            .attributes
+            .map(|a| {
+                a.iter()
+                    .map(|(k, v)| (k.clone(), Value::String(Arc::new(v.clone()))))
+                    .collect()
+            })
+            .unwrap_or_default();
+        ctx.add_variable_from_value("attributes", attributes);
         ctx
     }
 

@@ -138,6 +138,8 @@ pub struct WindowView<'a> {
     pub fields: &'a [(u16, FeatureValues)],
     /// Field names.
     pub table: &'a FieldTable,
+    /// The key's reference data attributes (`spec.enrichment`), if the pipeline has any.
+    pub attributes: Option<&'a std::collections::BTreeMap<String, String>>,
 }
 
 impl WindowView<'_> {

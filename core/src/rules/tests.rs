@@ -30,6 +30,7 @@ fn view<'a>(end: i64, fields: &'a [(u16, FeatureValues)], table: &'a FieldTable)
         end,
         fields,
         table,
+        attributes: None,
     }
 }
 

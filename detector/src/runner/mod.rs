@@ -112,6 +112,9 @@ pub enum RunError {
     /// The KPI store could not be opened.
     #[error("failed to open the KPI store")]
     KpiStore(#[source] crate::kpi_store::KpiStoreError),
+    /// The reference data could not be loaded.
+    #[error("failed to load the reference data")]
+    Enrichment(#[source] crate::enrichment::EnrichmentError),
 }
 
 /// What a running pipeline can be told.
@@ -173,6 +176,8 @@ pub struct RunnerConfig {
     /// Rollout decisions of the operator (`POST /rollouts/<model>`), applied to the model
     /// rules as they arrive and after every rules reload.
     pub rollout_decisions: crate::scoring::RolloutDecisions,
+    /// The reference data file of `spec.enrichment`. Default: `VIGIL_ENRICHMENT_FILE`.
+    pub enrichment_file: Option<std::path::PathBuf>,
 }
 
 impl RunnerConfig {
@@ -195,6 +200,8 @@ impl RunnerConfig {
             latency_probe: None,
             connect_timeout: Duration::from_secs(10),
             rollout_decisions: crate::scoring::RolloutDecisions::default(),
+            enrichment_file: std::env::var_os(vigil_api::contract::detector::env::ENRICHMENT_FILE)
+                .map(std::path::PathBuf::from),
         }
     }
 }
@@ -676,7 +683,13 @@ pub fn spawn(cfg: RunnerConfig, metrics: Metrics) -> Result<RunnerHandle, RunErr
     };
     let rule_refs: Vec<&DetectionRule> = cfg.rules.iter().collect();
     let model_refs: Vec<&AnomalyModel> = cfg.models.iter().collect();
-    let (engine, rule_errors) = Engine::new(pcfg, &rule_refs, &model_refs, opts);
+    let (mut engine, rule_errors) = Engine::new(pcfg, &rule_refs, &model_refs, opts);
+    if let Some(e) = &spec.enrichment {
+        let reference =
+            crate::enrichment::follow(e, cfg.enrichment_file.as_deref(), metrics.clone())
+                .map_err(RunError::Enrichment)?;
+        engine.set_reference(Some(reference));
+    }
     for e in &rule_errors {
         tracing::error!(error = %e, "A DetectionRule does not compile; it is left out.");
     }

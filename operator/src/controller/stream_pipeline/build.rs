@@ -265,6 +265,32 @@ fn detector_pod(
         }),
         ..Volume::default()
     }];
+    // The reference data ConfigMap, as a whole directory (kubelet refreshes it in place).
+    if let Some(e) = &v.pipeline.spec.enrichment {
+        mounts.push(VolumeMount {
+            name: "enrichment".into(),
+            mount_path: contract::ENRICHMENT_DIR.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+        volumes.push(Volume {
+            name: "enrichment".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: e.config_map.clone(),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+        env.push(EnvVar {
+            name: contract_env::ENRICHMENT_FILE.into(),
+            value: Some(format!(
+                "{}/{}",
+                contract::ENRICHMENT_DIR,
+                contract::ENRICHMENT_KEY
+            )),
+            ..EnvVar::default()
+        });
+    }
     let sinks = &v.pipeline.spec.sinks;
     if let Some(pd) = &sinks.pagerduty {
         env.push(secret_env(
@@ -632,7 +658,7 @@ mod tests {
     }
 
     #[test]
-    fn alert_receiver_and_kpi_store_secrets_are_passed_in_the_environment() {
+    fn receiver_secrets_kpi_store_credentials_and_reference_data_reach_the_pod() {
         let (_, d) = nab_fixture();
         let p = crate::controller::test_fixtures::parse_pipeline(|s| {
             s.replace(
@@ -669,6 +695,50 @@ mod tests {
         assert_eq!(
             from(contract_env::WEBHOOK_SIGNING_KEY),
             ("hook".into(), "signingKey".into())
+        );
+        // The reference data ConfigMap: mounted as a directory, its file named.
+        let p = crate::controller::test_fixtures::parse_pipeline(|s| {
+            s.replace(
+                "sinks: {alerts: {topic: nab-alerts}}",
+                "sinks: {alerts: {topic: nab-alerts}}\n  enrichment: {configMap: machines}",
+            )
+        });
+        let v = validate(&p, &d, None).unwrap();
+        let pod = build(&v, &OperatorConfig::test())
+            .unwrap()
+            .stateful_set
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap();
+        let vol = pod
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == "enrichment")
+            .unwrap();
+        assert_eq!(vol.config_map.unwrap().name, "machines");
+        let c = &pod.containers[0];
+        assert!(
+            c.volume_mounts
+                .as_ref()
+                .unwrap()
+                .iter()
+                .any(|m| m.name == "enrichment"
+                    && m.mount_path == "/etc/vigil-enrichment"
+                    && m.sub_path.is_none())
+        );
+        let file = c
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|e| e.name == contract_env::ENRICHMENT_FILE)
+            .unwrap();
+        assert_eq!(
+            file.value.as_deref(),
+            Some("/etc/vigil-enrichment/attributes.yaml")
         );
         // The KPI store's credentials Secret: its keys become the environment.
         let p = crate::controller::test_fixtures::parse_pipeline(|s| {
