@@ -496,7 +496,10 @@ fn reference_data_reaches_templates_and_cel_and_a_reload_applies_to_the_next_ale
     assert!(firing(&out, "berlin-hot", "pump-1").is_some());
     assert!(firing(&out, "berlin-hot", "pump-2").is_none());
     assert!(firing(&out, "owned-hot", "pump-1").is_some());
-    assert!(firing(&out, "owned-hot", "pump-2").is_none(), "no owner attribute");
+    assert!(
+        firing(&out, "owned-hot", "pump-2").is_none(),
+        "no owner attribute"
+    );
     // A reload: pump-2 moves to Berlin; its next alert says so.
     reference.replace(crate::enrichment::parse(b"pump-2: {site: berlin, owner: ben}\n").unwrap());
     out.clear();

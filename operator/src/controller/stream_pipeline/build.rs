@@ -591,6 +591,22 @@ pub fn render_rules(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The detector pod a pipeline builds into (with the NAB fixture's dereference).
+    fn pod_of(
+        p: &std::sync::Arc<StreamPipeline>,
+        d: &crate::controller::stream_pipeline::dereference::Dereferenced,
+    ) -> PodSpec {
+        let v = validate(p, d, None).unwrap();
+        build(&v, &OperatorConfig::test())
+            .unwrap()
+            .stateful_set
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap()
+    }
     use crate::controller::stream_pipeline::validate::validate;
     use crate::controller::test_fixtures::nab_fixture;
     use vigil_api::manifest::Manifests;
@@ -667,15 +683,7 @@ mod tests {
                  webhook: {url: 'https://hooks.example/vigil', signingKeySecret: hook}",
             )
         });
-        let v = validate(&p, &d, None).unwrap();
-        let pod = build(&v, &OperatorConfig::test())
-            .unwrap()
-            .stateful_set
-            .spec
-            .unwrap()
-            .template
-            .spec
-            .unwrap();
+        let pod = pod_of(&p, &d);
         let env = pod.containers[0].env.clone().unwrap();
         let from = |name: &str| {
             let e = env.iter().find(|e| e.name == name).unwrap();
@@ -703,15 +711,7 @@ mod tests {
                 "sinks: {alerts: {topic: nab-alerts}}\n  enrichment: {configMap: machines}",
             )
         });
-        let v = validate(&p, &d, None).unwrap();
-        let pod = build(&v, &OperatorConfig::test())
-            .unwrap()
-            .stateful_set
-            .spec
-            .unwrap()
-            .template
-            .spec
-            .unwrap();
+        let pod = pod_of(&p, &d);
         let vol = pod
             .volumes
             .unwrap()
@@ -747,15 +747,7 @@ mod tests {
                 "topic: nab-alerts}, kpiStore: {location: 's3://kpis/nab', credentialsSecret: kpi-s3}",
             )
         });
-        let v = validate(&p, &d, None).unwrap();
-        let pod = build(&v, &OperatorConfig::test())
-            .unwrap()
-            .stateful_set
-            .spec
-            .unwrap()
-            .template
-            .spec
-            .unwrap();
+        let pod = pod_of(&p, &d);
         let from = pod.containers[0].env_from.clone().unwrap();
         assert_eq!(from[0].secret_ref.as_ref().unwrap().name, "kpi-s3");
     }
@@ -770,15 +762,7 @@ mod tests {
                  credentialsSecret: creds, caSecret: ca, clientCertSecret: client-tls}",
             )
         });
-        let v = validate(&p, &d, None).unwrap();
-        let pod = build(&v, &OperatorConfig::test())
-            .unwrap()
-            .stateful_set
-            .spec
-            .unwrap()
-            .template
-            .spec
-            .unwrap();
+        let pod = pod_of(&p, &d);
         let c = &pod.containers[0];
         let env: BTreeMap<&str, &EnvVar> = c
             .env
