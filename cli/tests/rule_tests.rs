@@ -174,3 +174,26 @@ fn mistakes_in_a_test_file_are_named() {
         assert!(stderr.contains(says), "`{says}` not in:\n{stderr}");
     }
 }
+
+#[test]
+fn reference_data_of_a_test_reaches_templates_and_unlisted_keys_get_the_default() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("pumps.yaml"),
+        "apiVersion: vigil.dev/v1alpha1\nkind: StreamPipeline\nmetadata: {name: pumps}\nspec:\n  source: {kafka: {topics: [t], consumerGroup: g}}\n  format: {keyField: k, eventTime: {field: t}, wide: {fields: [{name: v}]}}\n  windows: [{name: w, size: 1m}]\n  sinks: {alerts: {topic: a}}\n  enrichment: {configMap: pumps, default: {site: unknown}}\n---\napiVersion: vigil.dev/v1alpha1\nkind: DetectionRule\nmetadata: {name: hot}\nspec:\n  window: w\n  threshold: {field: v, feature: max, operator: '>', value: 50}\n  labels: {site: '{{ attributes.site }}'}\n",
+    )
+    .unwrap();
+    let test = dir.path().join("pumps.test.yaml");
+    std::fs::write(
+        &test,
+        "rule_files: [pumps.yaml]\nattributes:\n  pump-1: {site: berlin}\ntests:\n  - interval: 1m\n    input_series:\n      - {key: pump-1, field: v, values: '10 90 90 10 10'}\n      - {key: pump-2, field: v, values: '10 90 90 10 10'}\n    alert_rule_test:\n      - eval_time: 3m\n        rule: hot\n        exp_alerts:\n          - {key: pump-1, exp_labels: {key: pump-1, rule: hot, severity: warning, site: berlin}}\n          - {key: pump-2, exp_labels: {key: pump-2, rule: hot, severity: warning, site: unknown}}\n",
+    )
+    .unwrap();
+    let out = vigil_test(&[&test]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -49,6 +49,10 @@ struct TestFile {
     /// relative to the test file (ONNX Runtime from `ORT_DYLIB_PATH`).
     #[serde(default)]
     model_repository: Option<PathBuf>,
+    /// Reference data of the keys (`spec.enrichment`), in place of the ConfigMap: entity key ->
+    /// attribute -> value. Unlisted keys get the pipeline's `enrichment.default`.
+    #[serde(default)]
+    attributes: Option<BTreeMap<String, BTreeMap<String, String>>>,
     /// Test groups, each on a fresh engine.
     tests: Vec<TestGroup>,
 }
@@ -203,7 +207,7 @@ fn run_file(path: &Path, only: Option<&str>) -> anyhow::Result<Vec<String>> {
         if only.is_some_and(|o| !name.contains(o)) {
             continue;
         }
-        let (engine, errors) = Engine::new(
+        let (mut engine, errors) = Engine::new(
             cfg.clone(),
             &rules,
             &models,
@@ -214,6 +218,23 @@ fn run_file(path: &Path, only: Option<&str>) -> anyhow::Result<Vec<String>> {
         );
         if let Some(e) = errors.first() {
             bail!("a DetectionRule does not compile: {e}");
+        }
+        if tf.attributes.is_some() || pipeline.spec.enrichment.is_some() {
+            let entries = tf
+                .attributes
+                .iter()
+                .flatten()
+                .map(|(k, v)| (k.clone(), std::sync::Arc::new(v.clone())))
+                .collect();
+            let default = pipeline
+                .spec
+                .enrichment
+                .as_ref()
+                .map(|e| e.default.clone())
+                .unwrap_or_default();
+            engine.set_reference(Some(std::sync::Arc::new(
+                vigil_core::enrichment::ReferenceData::new(entries, default),
+            )));
         }
         let rule_names: Vec<String> = engine.rule_names().iter().map(|s| s.to_string()).collect();
         let model_rules: Vec<String> = rules
