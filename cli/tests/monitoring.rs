@@ -43,6 +43,10 @@ fn exported() -> BTreeSet<String> {
     d.dead_letter("decode");
     d.checkpoint("periodic", Some((0.1, 100)));
     d.checkpoint("periodic", None);
+    d.notifications("alertmanager", "failed", 1);
+    d.notification_queue("alertmanager", 0);
+    d.enrichment(1, "invalid");
+    d.kpi_rows("written", 1);
     d.consumer_lag("events", 0, 10);
     d.watermark_delay("fast", 1.0);
     d.stage_latency("kafka_to_delivered", 0.5);
@@ -159,7 +163,7 @@ fn the_alerting_rules_query_only_metrics_the_binaries_export() {
         .flat_map(|g| g["rules"].as_array().unwrap())
         .map(|r| r["expr"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(exprs.len(), 8);
+    assert_eq!(exprs.len(), 10);
     check_names("the alerting rules", &exprs, &exported());
 }
 
