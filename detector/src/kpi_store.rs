@@ -321,3 +321,82 @@ impl KpiStore {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::Array as _;
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+    fn row(i: i64, update: bool) -> WindowResult {
+        let mut features = vec![
+            ("value.count".to_string(), 6.0),
+            ("value.mean".to_string(), 70.0 + (i % 7) as f64),
+            ("value.max".to_string(), 74.0),
+        ];
+        if i % 10 != 0 {
+            features.push(("value.stddev".to_string(), 1.5));
+        }
+        WindowResult {
+            tier: "fast".into(),
+            key: format!("machine-{}", i % 50),
+            start: 1_700_000_000_000 + i * 600_000,
+            end: 1_700_000_000_000 + i * 600_000 + 1_800_000,
+            features,
+            update,
+        }
+    }
+
+    #[test]
+    fn files_read_back_with_the_documented_schema() {
+        let rows: Vec<WindowResult> = (0..10_000).map(|i| row(i, i == 3)).collect();
+        let bytes = encode(&rows).unwrap();
+        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes.clone()))
+            .unwrap()
+            .build()
+            .unwrap();
+        let batches: Vec<RecordBatch> = reader.map(Result::unwrap).collect();
+        let schema = batches[0].schema();
+        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "key",
+                "window_start",
+                "window_end",
+                "update",
+                "value.count",
+                "value.max",
+                "value.mean",
+                "value.stddev"
+            ]
+        );
+        assert_eq!(
+            schema.field(1).data_type(),
+            &DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()))
+        );
+        assert!(schema.field(7).is_nullable());
+        let n: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        assert_eq!(n, 10_000);
+        let stddev = batches[0]
+            .column(7)
+            .as_any()
+            .downcast_ref::<Float64Array>()
+            .unwrap();
+        assert!(
+            stddev.is_null(0) && !stddev.is_null(1),
+            "undefined features are null"
+        );
+        let update = batches[0]
+            .column(3)
+            .as_any()
+            .downcast_ref::<BooleanArray>()
+            .unwrap();
+        assert!(update.value(3) && !update.value(2));
+        println!(
+            "MEASURED kpi store: {} bytes for 10,000 rows of 4 features ({:.1} B/row)",
+            bytes.len(),
+            bytes.len() as f64 / 1e4
+        );
+    }
+}
