@@ -592,6 +592,18 @@ pub fn render_rules(
 mod tests {
     use super::*;
 
+    /// The (Secret, key) an environment variable is taken from.
+    fn secret_key(e: &EnvVar) -> (String, String) {
+        let s = e
+            .value_from
+            .as_ref()
+            .unwrap()
+            .secret_key_ref
+            .as_ref()
+            .unwrap();
+        (s.name.clone(), s.key.clone())
+    }
+
     /// The detector pod a pipeline builds into (with the NAB fixture's dereference).
     fn pod_of(
         p: &std::sync::Arc<StreamPipeline>,
@@ -685,17 +697,7 @@ mod tests {
         });
         let pod = pod_of(&p, &d);
         let env = pod.containers[0].env.clone().unwrap();
-        let from = |name: &str| {
-            let e = env.iter().find(|e| e.name == name).unwrap();
-            let s = e
-                .value_from
-                .as_ref()
-                .unwrap()
-                .secret_key_ref
-                .as_ref()
-                .unwrap();
-            (s.name.clone(), s.key.clone())
-        };
+        let from = |name: &str| secret_key(env.iter().find(|e| e.name == name).unwrap());
         assert_eq!(
             from(contract_env::PAGERDUTY_ROUTING_KEY),
             ("pd".into(), "routingKey".into())
@@ -771,16 +773,7 @@ mod tests {
             .iter()
             .map(|e| (e.name.as_str(), e))
             .collect();
-        let secret_ref = |name: &str| {
-            let s = env[name]
-                .value_from
-                .as_ref()
-                .unwrap()
-                .secret_key_ref
-                .as_ref()
-                .unwrap();
-            (s.name.clone(), s.key.clone())
-        };
+        let secret_ref = |name: &str| secret_key(env[name]);
         assert_eq!(
             secret_ref(contract_env::KAFKA_USERNAME),
             ("creds".into(), "username".into())
