@@ -318,7 +318,8 @@ struct Core {
     trace_every: u64,
     /// Partition count changes of the source topics.
     repartition: repartition::Repartition,
-    /// Alert notifications to HTTP receivers (`spec.sinks.alertmanager`).
+    /// Alert notifications to HTTP receivers (`spec.sinks.alertmanager`, `pagerduty`,
+    /// `webhook`).
     notifier: Option<crate::notify::Notifier>,
     /// Window KPIs as Parquet (`spec.sinks.kpiStore`).
     kpi_store: Option<crate::kpi_store::KpiStore>,
