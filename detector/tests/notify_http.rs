@@ -174,7 +174,7 @@ fn pagerduty_and_webhook_payloads_follow_their_schemas_and_signatures_verify() {
         "VIGIL_WEBHOOK_SIGNING_KEY" => Some("s3cr3t-signing-key".to_string()),
         _ => None,
     };
-    let n = Notifier::with_secrets(&spec, "pumps", m.clone(), &secrets)
+    let n = Notifier::with_secrets(&spec, m.clone(), &secrets)
         .unwrap()
         .unwrap();
     for a in &alerts {
@@ -284,7 +284,6 @@ fn a_server_error_is_retried_and_a_refusal_is_handed_back() {
             "alerts: {{topic: a}}\nwebhook: {{url: 'http://127.0.0.1:{}/flaky'}}\n",
             r.port
         )),
-        "pumps",
         m.clone(),
     )
     .unwrap()
@@ -324,7 +323,6 @@ fn a_server_error_is_retried_and_a_refusal_is_handed_back() {
             "alerts: {{topic: a}}\nwebhook: {{url: 'http://127.0.0.1:{}/bad'}}\n",
             r.port
         )),
-        "pumps",
         m.clone(),
     )
     .unwrap()

@@ -85,7 +85,7 @@ impl Alertmanager {
     ///
     /// # Errors
     /// [`NotifyError`] naming the field.
-    pub fn new(spec: &AlertmanagerSink, _pipeline: &str) -> Result<Self, NotifyError> {
+    pub fn new(spec: &AlertmanagerSink) -> Result<Self, NotifyError> {
         let mut endpoints = Vec::new();
         for (index, u) in spec.urls.iter().enumerate() {
             let bad = || NotifyError::Url {
@@ -331,12 +331,12 @@ mod tests {
             generator_url: None,
             queue_capacity: None,
         };
-        assert!(Alertmanager::new(&spec("http://am:9093/"), "p").is_ok());
-        let e = Alertmanager::new(&spec("am:9093"), "p")
+        assert!(Alertmanager::new(&spec("http://am:9093/")).is_ok());
+        let e = Alertmanager::new(&spec("am:9093"))
             .err()
             .unwrap()
             .to_string();
         assert!(e.contains("spec.sinks.alertmanager.urls[0]"), "{e}");
-        assert!(Alertmanager::new(&spec("ftp://am"), "p").is_err());
+        assert!(Alertmanager::new(&spec("ftp://am")).is_err());
     }
 }

@@ -111,12 +111,8 @@ impl Notifier {
     ///
     /// # Errors
     /// [`NotifyError`] naming the field.
-    pub fn from_spec(
-        sinks: &SinksSpec,
-        pipeline: &str,
-        metrics: Metrics,
-    ) -> Result<Option<Self>, NotifyError> {
-        Self::with_secrets(sinks, pipeline, metrics, &|var| std::env::var(var).ok())
+    pub fn from_spec(sinks: &SinksSpec, metrics: Metrics) -> Result<Option<Self>, NotifyError> {
+        Self::with_secrets(sinks, metrics, &|var| std::env::var(var).ok())
     }
 
     /// [`Self::from_spec`] with the secrets' variables read by `secret`.
@@ -125,7 +121,6 @@ impl Notifier {
     /// [`NotifyError`] naming the field.
     pub fn with_secrets(
         sinks: &SinksSpec,
-        pipeline: &str,
         metrics: Metrics,
         secret: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Option<Self>, NotifyError> {
@@ -137,7 +132,7 @@ impl Notifier {
             metrics,
         };
         if let Some(am) = &sinks.alertmanager {
-            let r = alertmanager::Alertmanager::new(am, pipeline)?;
+            let r = alertmanager::Alertmanager::new(am)?;
             n.start(
                 alertmanager::RECEIVER,
                 capacity(am.queue_capacity),

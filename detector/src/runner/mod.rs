@@ -702,7 +702,7 @@ pub fn spawn(cfg: RunnerConfig, metrics: Metrics) -> Result<RunnerHandle, RunErr
     )
     .map_err(RunError::Sink)?;
     metrics.engine_size(0, engine.rule_names().len());
-    let notifier = crate::notify::Notifier::from_spec(&spec.sinks, &name, metrics.clone())
+    let notifier = crate::notify::Notifier::from_spec(&spec.sinks, metrics.clone())
         .map_err(RunError::Notify)?;
     let kpi_store = spec
         .sinks
