@@ -264,6 +264,16 @@ fn nab_alerts_reach_alertmanager_are_grouped_and_resolve() {
             .is_some_and(|u| u.ends_with("var-key=machine-1")),
         "{first}"
     );
+    // While it fires it is posted again every resendInterval (2 s here).
+    assert!(
+        wait_until(Duration::from_secs(15), || m.encode().lines().any(|l| l
+            .starts_with(
+                "vigil_notifications_total{receiver=\"alertmanager\",result=\"resent\"}"
+            )
+            && !l.ends_with(" 0"))),
+        "{}",
+        m.encode()
+    );
     // The rest of the series: it recovers, and more alerts come and go.
     total += produce_series(&b, &src, "2014-02-07 12:00:00", "9");
     assert!(
