@@ -109,6 +109,10 @@ pub struct PipelineConfig {
     pub key_idle_timeout_ms: i64,
     /// `spec.keyState.maxKeys`.
     pub max_keys: usize,
+    /// `spec.groups`; `None` without.
+    pub groups: Option<crate::groups::GroupsConfig>,
+    /// The stage this engine runs: keys (the source) or groups (the group topic).
+    pub stage: crate::groups::Stage,
 }
 
 /// Default `spec.keyState.idleTimeout`: 7 days.
@@ -409,6 +413,11 @@ impl PipelineConfig {
                 idle_timeout_ms: w.idle_timeout_ms(),
             });
         }
+        let groups = spec
+            .groups
+            .as_ref()
+            .map(|g| groups_config(&name, g, spec.enrichment.is_some()))
+            .transpose()?;
         let mut features = spec
             .features
             .clone()
@@ -428,6 +437,19 @@ impl PipelineConfig {
             upgrade_mode: spec.upgrade_mode,
             key_idle_timeout_ms,
             max_keys,
+            groups,
+            stage: crate::groups::Stage::Keys,
+        })
+    }
+
+    /// The configuration of this pipeline's group stage (`spec.groups`), or `None` without
+    /// groups.
+    pub fn group_stage(&self) -> Option<Self> {
+        self.groups.as_ref()?;
+        Some(Self {
+            stage: crate::groups::Stage::Groups,
+            checkpointing: None,
+            ..self.clone()
         })
     }
 
@@ -440,6 +462,69 @@ impl PipelineConfig {
     pub fn needs_sketch(&self) -> bool {
         self.features.iter().any(|f| f.needs_sketch())
     }
+}
+
+/// Validates `spec.groups`.
+fn groups_config(
+    pipeline: &str,
+    g: &vigil_api::v1alpha1::GroupsSpec,
+    has_enrichment: bool,
+) -> Result<crate::groups::GroupsConfig, InvalidSpec> {
+    use crate::groups::{DEFAULT_GROUP, Grouping, GroupsConfig};
+    if g.by.is_empty() {
+        return Err(InvalidSpec::new(
+            "spec.groups.by",
+            "needs at least one grouping",
+        ));
+    }
+    let mut by: Vec<Grouping> = Vec::new();
+    for (i, b) in g.by.iter().enumerate() {
+        if !has_enrichment {
+            return Err(InvalidSpec::new(
+                format!("spec.groups.by[{i}].attribute"),
+                "groups come from the keys' reference data: needs spec.enrichment",
+            ));
+        }
+        if b.name.is_empty() || b.name.contains('/') {
+            return Err(InvalidSpec::new(
+                format!("spec.groups.by[{i}].name"),
+                "must be a non-empty name without `/`",
+            ));
+        }
+        if by.iter().any(|o| o.name == b.name) {
+            return Err(InvalidSpec::new(
+                format!("spec.groups.by[{i}].name"),
+                format!("grouping `{}` is declared twice", b.name),
+            ));
+        }
+        by.push(Grouping {
+            name: b.name.clone(),
+            attribute: b.attribute.clone(),
+            default: b
+                .default
+                .clone()
+                .filter(|d| !d.is_empty())
+                .unwrap_or_else(|| DEFAULT_GROUP.into()),
+        });
+    }
+    let mut kpis: Vec<(String, String)> = Vec::new();
+    for (i, k) in g.kpis.iter().enumerate() {
+        let at = format!("spec.groups.kpis[{i}]");
+        if kpis.iter().any(|(n, _)| *n == k.name) {
+            return Err(InvalidSpec::new(
+                format!("{at}.name"),
+                format!("KPI `{}` is declared twice", k.name),
+            ));
+        }
+        crate::rules::expression::check_kpi(&format!("{at}.expression"), &k.expression)?;
+        kpis.push((k.name.clone(), k.expression.clone()));
+    }
+    let topic = g
+        .topic
+        .clone()
+        .filter(|t| !t.is_empty())
+        .unwrap_or_else(|| format!("{pipeline}.groups"));
+    Ok(GroupsConfig { topic, by, kpis })
 }
 
 /// Numeric field names interned to small ids. Wide layouts fix the set up front; narrow
@@ -488,6 +573,14 @@ impl FieldTable {
         self.names.push(name.to_string());
         self.ids.insert(name.to_string(), id);
         Some(id)
+    }
+
+    /// The id of `name`, adding it even to a fixed table (the group stage's `keys`).
+    pub fn intern_always(&mut self, name: &str) -> u16 {
+        let fixed = std::mem::replace(&mut self.fixed, false);
+        let id = self.intern(name).unwrap_or(0);
+        self.fixed = fixed;
+        id
     }
 
     /// The id of a known field.

@@ -13,6 +13,7 @@ use vigil_api::v1alpha1::{AnomalyModel, DetectionRule, DetectionRuleSpec, Featur
 
 mod alerts;
 mod expiry;
+mod groups;
 mod keys;
 mod partitions;
 mod rules;
@@ -277,6 +278,9 @@ pub struct Outputs {
     /// Fired windows that hold a traced event (see [`Engine::process_traced`]): the detector
     /// runtime opens a span per firing. Their model inputs and alerts carry the same trace.
     pub fired_traces: Vec<FiredTrace>,
+    /// Records for the group topic (`spec.groups`; key stage): (record key, value). Keyed by
+    /// group; progress records ([`Engine::group_progress`]) go to every partition instead.
+    pub group_records: Vec<(Option<String>, Vec<u8>)>,
 }
 
 /// A fired window holding a traced event.
@@ -303,6 +307,16 @@ impl Outputs {
         self.event_scores.clear();
         self.model_inputs.clear();
         self.fired_traces.clear();
+        self.group_records.clear();
+    }
+
+    /// Whether nothing was produced.
+    pub fn is_empty(&self) -> bool {
+        self.alerts.is_empty()
+            && self.windows.is_empty()
+            && self.dead_letters.is_empty()
+            && self.model_inputs.is_empty()
+            && self.group_records.is_empty()
     }
 }
 
@@ -382,6 +396,10 @@ pub struct Engine {
     placements: Vec<(i32, KeyPlacement)>,
     /// Reference data of the keys (`spec.enrichment`), for templates and CEL.
     reference: Option<std::sync::Arc<crate::enrichment::ReferenceData>>,
+    /// The group stage's open windows and source progress ([`crate::groups::Stage::Groups`]).
+    group_stage: Option<groups::GroupStage>,
+    /// Composite KPIs of group windows (`spec.groups.kpis`), compiled.
+    kpis: Vec<(String, cel::Program)>,
 }
 
 impl Engine {
@@ -393,7 +411,17 @@ impl Engine {
         models: &[&AnomalyModel],
         opts: EngineOptions,
     ) -> (Self, Vec<RuleError>) {
-        let table = FieldTable::for_layout(&cfg.layout);
+        let mut table = FieldTable::for_layout(&cfg.layout);
+        let mut kpis = Vec::new();
+        if cfg.stage == crate::groups::Stage::Groups {
+            table.intern_always(crate::groups::KEYS_FIELD);
+            for (name, src) in cfg.groups.iter().flat_map(|g| &g.kpis) {
+                // Validated with the pipeline (config::groups_config).
+                if let Ok(p) = crate::rules::expression::check_kpi("spec.groups.kpis", src) {
+                    kpis.push((name.clone(), p));
+                }
+            }
+        }
         let mut engine = Self {
             decoder: Decoder::new(&cfg),
             table,
@@ -412,6 +440,8 @@ impl Engine {
             window_buffers: (Vec::new(), Vec::new()),
             placements: Vec::new(),
             reference: None,
+            group_stage: None,
+            kpis,
             cfg,
         };
         let errors = engine.replace_rules(rules, models);
@@ -444,7 +474,19 @@ impl Engine {
         rules: &[&DetectionRule],
         models: &[&AnomalyModel],
     ) -> Vec<RuleError> {
-        let (set, errors) = RuleSet::compile(rules, &self.cfg, &mut self.table, models);
+        // Each stage runs its own rules: group rules (`spec.group`) in the group stage. The key
+        // stage also checks the group rules, so a pipeline's rules are all checked where it
+        // loads them (`vigil run`, `vigil test rules`, the operator).
+        let groups_stage = self.cfg.stage == crate::groups::Stage::Groups;
+        let (mine, others): (Vec<&DetectionRule>, Vec<&DetectionRule>) = rules
+            .iter()
+            .partition(|r| r.spec.group.is_some() == groups_stage);
+        let (set, mut errors) = RuleSet::compile(&mine, &self.cfg, &mut self.table, models);
+        if !groups_stage && !others.is_empty() {
+            let mut table = self.table.clone();
+            errors.extend(RuleSet::compile(&others, &self.cfg, &mut table, models).1);
+        }
+        let rules = &mine[..];
         let specs: HashMap<&str, &DetectionRuleSpec> = rules
             .iter()
             .filter_map(|r| r.metadata.name.as_deref().map(|n| (n, &r.spec)))
@@ -596,6 +638,19 @@ impl Engine {
     /// `now_ms`).
     pub fn process(&mut self, rec: &RawRecord<'_>, now_ms: i64, out: &mut Outputs) -> Option<i64> {
         let tiers = self.cfg.tiers.len();
+        if self.cfg.stage == crate::groups::Stage::Groups {
+            let part = self
+                .partitions
+                .entry(rec.partition)
+                .or_insert_with(|| PartitionState::new(tiers, now_ms));
+            self.counters.records += 1;
+            part.next_offset = Some(
+                part.next_offset
+                    .map_or(rec.offset + 1, |n| n.max(rec.offset + 1)),
+            );
+            part.last_active_ms = now_ms;
+            return self.process_group_record(rec, now_ms, out);
+        }
         let part = self
             .partitions
             .entry(rec.partition)
@@ -758,6 +813,10 @@ impl Engine {
     /// idle partitions follow the others) and fires due windows. Call it periodically when no
     /// records arrive.
     pub fn advance(&mut self, now_ms: i64, out: &mut Outputs) {
+        if self.cfg.stage == crate::groups::Stage::Groups {
+            // Group windows follow the source partitions' reported watermarks.
+            return;
+        }
         for tier in 0..self.cfg.tiers.len() {
             for (partition, wm) in
                 partitions::targets(&self.partitions, tier, &self.cfg.tiers[tier], now_ms)
@@ -773,6 +832,10 @@ impl Engine {
     /// Fires every pending window, as if the watermark reached the end of time (end of a
     /// bounded input).
     pub fn flush(&mut self, now_ms: i64, out: &mut Outputs) {
+        if self.cfg.stage == crate::groups::Stage::Groups {
+            self.flush_groups(now_ms, out);
+            return;
+        }
         let ids: Vec<i32> = self.partitions.keys().copied().collect();
         for tier in 0..self.cfg.tiers.len() {
             for &partition in &ids {
@@ -897,6 +960,7 @@ impl Engine {
             self.partitions.remove(p);
         }
         self.placements.retain(|(p, _)| !partitions.contains(p));
+        self.revoke_group_partitions(partitions);
         let keys = &self.keys;
         self.traces
             .retain(|(id, _), _| keys.get_by_id(*id).is_some());
@@ -928,6 +992,10 @@ impl Engine {
                 let e = min.entry(ks.partition).or_insert(o);
                 *e = (*e).min(o);
             }
+        }
+        for (p, o) in self.group_min_offsets() {
+            let e = min.entry(p).or_insert(o);
+            *e = (*e).min(o);
         }
         let mut v: Vec<(i32, i64)> = min.into_iter().collect();
         v.sort_unstable();

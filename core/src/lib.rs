@@ -14,6 +14,7 @@
 //!   change points) and score calibration, used by detector and ensemble rules.
 //! - [`model`]: model rules' feature contract and input rows (scored elsewhere).
 //! - [`engine`]: ties the pure stages together; no clock (time is passed in).
+//! - [`groups`]: entity groupings and the records a group's windows are assembled from.
 //! - [`input`]: NAB-style CSV / JSON-lines files as records.
 
 pub mod config;
@@ -22,6 +23,7 @@ pub mod detectors;
 pub mod engine;
 pub mod enrichment;
 pub mod features;
+pub mod groups;
 pub mod input;
 pub mod model;
 pub mod rules;

@@ -545,6 +545,7 @@ spec:
             fields: &fields,
             table: &table,
             attributes: None,
+            kpis: &[],
         };
         let mut state = ModelState::default();
         let WindowVector::Ready { values, raw } = c.on_window(&view, &mut state) else {
@@ -568,6 +569,7 @@ spec:
             fields: &fields,
             table: &table,
             attributes: None,
+            kpis: &[],
         };
         assert_eq!(
             c.on_window(&view, &mut ModelState::default()),
@@ -592,6 +594,7 @@ spec:
                 fields: &fields,
                 table: &table,
                 attributes: None,
+                kpis: &[],
             };
             c.on_window(&view, &mut state)
         };

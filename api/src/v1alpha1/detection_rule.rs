@@ -45,6 +45,11 @@ pub struct DetectionRuleSpec {
     pub pipeline_selector: Option<LabelSelector>,
     /// Window tier of the pipeline the rule reads, e.g. `fast`.
     pub window: String,
+    /// A grouping of the pipeline (`spec.groups.by[].name`): the rule reads the grouping's
+    /// group windows (key `<grouping>/<group>`, features merged over the member keys, plus
+    /// `keys.count` and composite KPIs) instead of each key's. Default: per key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
     /// Severity of the alerts. Default `warning`.
     #[serde(default)]
     pub severity: super::Severity,

@@ -106,6 +106,65 @@ pub struct StreamPipelineSpec {
     /// (`attributes.site`); followed live (docs/enrichment.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enrichment: Option<EnrichmentSpec>,
+    /// Entity groups: per group (e.g. per `region`) and window, the features of all member keys
+    /// merged (counts and sums add, means and stddev combine, quantiles from merged sketches),
+    /// the number of member keys (`keys.count`) and composite KPIs. Rules read a grouping's
+    /// windows with `spec.group`. Detectors exchange partial windows through a Kafka topic, so a
+    /// group spans partitions and detectors (docs/groups.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groups: Option<GroupsSpec>,
+}
+
+/// Entity groupings of a pipeline and their composite KPIs.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new("self.by.all(g, self.by.exists_one(h, h.name == g.name))").message("grouping names must be unique"))]
+pub struct GroupsSpec {
+    /// Topic through which detectors send each key's fired windows to the detector that owns
+    /// the group (keyed by group). Default `<pipeline>.groups`; created with the source's
+    /// partition count when missing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    /// Groupings: how keys are grouped.
+    #[schemars(length(min = 1))]
+    pub by: Vec<GroupingSpec>,
+    /// Composite KPIs of every group window: CEL over its features, e.g.
+    /// `errors.sum / requests.sum`; emitted as `kpi.<name>` and readable by rules as the field
+    /// `kpi` (e.g. `field: kpi`, CEL `kpi.error_rate`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kpis: Vec<CompositeKpi>,
+}
+
+/// One grouping of the entity keys.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GroupingSpec {
+    /// Name rules select with `spec.group`, e.g. `region`. Group keys read `<name>/<value>`.
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9_]*[a-z0-9])?$")
+    )]
+    pub name: String,
+    /// The reference-data attribute (`spec.enrichment`) whose value is a key's group, e.g.
+    /// `region`.
+    pub attribute: String,
+    /// Group of keys without the attribute (not in the reference data, or no such attribute
+    /// there). Default `unknown`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<String>,
+}
+
+/// A composite KPI: a named CEL expression over a group window's features.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CompositeKpi {
+    /// Name, e.g. `error_rate`: the feature `kpi.<name>`.
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z_][a-z0-9_]*$"))]
+    pub name: String,
+    /// CEL over the window's `<field>.<feature>` values and `keys.count`, giving a number;
+    /// e.g. `errors.sum / requests.sum`. A window where it is undefined (a missing feature,
+    /// division by zero) leaves the KPI out.
+    pub expression: String,
 }
 
 /// Warn and critical thresholds on stage lag: the 99th percentile, over the last minute, of

@@ -236,7 +236,31 @@ fn run_file(path: &Path, only: Option<&str>) -> anyhow::Result<Vec<String>> {
                 vigil_core::enrichment::ReferenceData::new(entries, default),
             )));
         }
-        let rule_names: Vec<String> = engine.rule_names().iter().map(|s| s.to_string()).collect();
+        // Group rules (`spec.group`) run in the group stage, fed in process as detectors feed it
+        // through the group topic.
+        let group_stage = match cfg.group_stage() {
+            Some(g) => {
+                let (e, _) = Engine::new(
+                    g,
+                    &rules,
+                    &models,
+                    EngineOptions {
+                        emit_windows: true,
+                        event_scores: false,
+                    },
+                );
+                Some(e)
+            }
+            None => None,
+        };
+        let mut rule_names: Vec<String> =
+            engine.rule_names().iter().map(|s| s.to_string()).collect();
+        rule_names.extend(
+            group_stage
+                .iter()
+                .flat_map(|g| g.rule_names())
+                .map(str::to_string),
+        );
         let model_rules: Vec<String> = rules
             .iter()
             .filter(|r| r.spec.model.is_some())
@@ -274,7 +298,7 @@ fn run_file(path: &Path, only: Option<&str>) -> anyhow::Result<Vec<String>> {
             }
             None => None,
         };
-        let produced = evaluate(Driver::new(engine, scorer), &events)
+        let produced = evaluate(Driver::new(engine, scorer), group_stage, &events)
             .with_context(|| format!("test `{name}`"))?;
         let mut fails = Vec::new();
         for d in &produced.dead_letters {
@@ -505,9 +529,38 @@ struct Produced {
 }
 
 /// Runs the events through the engine (and the model scorer, for model rules) in event-time
-/// order (processing time = event time), then fires every open window (end of input).
-fn evaluate(mut driver: Driver, events: &[Event]) -> anyhow::Result<Produced> {
+/// order (processing time = event time), then fires every open window (end of input). With
+/// groups, the group stage gets the key stage's partials and progress after every event.
+fn evaluate(
+    mut driver: Driver,
+    mut group_stage: Option<Engine>,
+    events: &[Event],
+) -> anyhow::Result<Produced> {
     let mut out = Outputs::default();
+    let mut group_offset = 0i64;
+    let mut to_groups = |driver: &Driver, out: &mut Outputs, now: i64| {
+        let Some(g) = group_stage.as_mut() else {
+            return;
+        };
+        let mut records: Vec<Vec<u8>> = out.group_records.drain(..).map(|(_, v)| v).collect();
+        records.extend(driver.engine.group_progress(&[0]));
+        let mut produced = Outputs::default();
+        for v in &records {
+            g.process(
+                &RawRecord {
+                    partition: 0,
+                    offset: group_offset,
+                    key: None,
+                    payload: v,
+                },
+                now,
+                &mut produced,
+            );
+            group_offset += 1;
+        }
+        out.alerts.append(&mut produced.alerts);
+        out.windows.append(&mut produced.windows);
+    };
     let mut dead_letters = Vec::new();
     let unscored = |r: Option<ScoreReport>| -> anyhow::Result<()> {
         if let Some(r) = r {
@@ -530,6 +583,7 @@ fn evaluate(mut driver: Driver, events: &[Event]) -> anyhow::Result<Produced> {
             &mut out,
         );
         unscored(report)?;
+        to_groups(&driver, &mut out, e.time);
         for d in out.dead_letters.drain(..) {
             dead_letters.push(format!(
                 "key {} at {}: {}",
@@ -541,6 +595,7 @@ fn evaluate(mut driver: Driver, events: &[Event]) -> anyhow::Result<Produced> {
     }
     let last = events.last().map_or(0, |e| e.time);
     unscored(driver.flush(last, &mut out))?;
+    to_groups(&driver, &mut out, last);
     Ok(Produced {
         alerts: out.alerts,
         windows: out.windows,

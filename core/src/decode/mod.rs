@@ -49,6 +49,9 @@ pub enum DecodeError {
     /// A narrow event names a parameter the pipeline does not keep.
     #[error("parameter `{0}` is not one of the pipeline's parameters")]
     UnknownParameter(String),
+    /// A record of the group topic (`spec.groups`) that the group stage cannot read.
+    #[error("group topic record: {0}")]
+    Group(String),
 }
 
 /// A decoded event, borrowing from the input bytes where it can.

@@ -41,15 +41,36 @@ impl Engine {
         out: &mut Outputs,
     ) {
         let tc = &self.cfg.tiers[tier];
-        let end = start + tc.size_ms;
         let Some(ks) = self.keys.get_mut(key_id) else {
             return;
         };
         ks.windows[tier].window_into(tc, start, self.with_sketch, merged, fields);
-        let fields = &*fields;
         if fields.is_empty() {
             return;
         }
+        if self.cfg.groups.is_some() && self.cfg.stage == crate::groups::Stage::Keys {
+            self.send_partials(tier, key_id, start, update, merged, out);
+        }
+        self.evaluate_window((tier, key_id, start, update, now_ms), fields, &[], out);
+    }
+
+    /// Emits the KPIs of a fired window of `key_id` (a key, or a group in the group stage) and
+    /// runs the tier's rules on it: the part of a firing after its features are known.
+    pub(super) fn evaluate_window(
+        &mut self,
+        (tier, key_id, start, update, now_ms): (usize, KeyId, i64, bool, i64),
+        fields: &[(u16, FeatureValues)],
+        kpis: &[(String, f64)],
+        out: &mut Outputs,
+    ) {
+        let tc = &self.cfg.tiers[tier];
+        let end = start + tc.size_ms;
+        let keys_id = (self.cfg.stage == crate::groups::Stage::Groups)
+            .then(|| self.table.get(crate::groups::KEYS_FIELD))
+            .flatten();
+        let Some(ks) = self.keys.get_mut(key_id) else {
+            return;
+        };
         let named = |ids: &mut dyn Iterator<Item = &(u16, FeatureValues)>| -> Vec<(String, f64)> {
             let mut v = Vec::new();
             for (id, fv) in ids {
@@ -63,12 +84,17 @@ impl Engine {
             v
         };
         if self.opts.emit_windows {
+            let mut features = named(&mut fields.iter());
+            features.extend(
+                kpis.iter()
+                    .map(|(k, v)| (format!("{}.{k}", crate::groups::KPI_PREFIX), *v)),
+            );
             out.windows.push(WindowResult {
                 tier: tc.name.clone(),
                 key: ks.name.to_string(),
                 start,
                 end,
-                features: named(&mut fields.iter()),
+                features,
                 update,
             });
         }
@@ -98,10 +124,16 @@ impl Engine {
             fields,
             table: &self.table,
             attributes: attributes.as_deref(),
+            kpis,
         };
-        for (idx, rule) in self.rules.iter().enumerate() {
-            let rule = &rule.compiled;
+        for (idx, loaded) in self.rules.iter().enumerate() {
+            let rule = &loaded.compiled;
             if rule.tier != tier {
+                continue;
+            }
+            if let Some(g) = &loaded.spec.group
+                && !crate::groups::in_grouping(&ks.name, g)
+            {
                 continue;
             }
             let state = &mut ks.rules[idx];
@@ -151,9 +183,21 @@ impl Engine {
                 &eval,
                 &at,
                 &mut self.counters,
-                || match rule.field() {
-                    Some(f) => named(&mut fields.iter().filter(|(id, _)| *id == f)),
-                    None => named(&mut fields.iter()),
+                || {
+                    // A group window's alert also carries its member count and KPIs.
+                    let mut v = match rule.field() {
+                        Some(f) => named(
+                            &mut fields
+                                .iter()
+                                .filter(|(id, _)| *id == f || Some(*id) == keys_id),
+                        ),
+                        None => named(&mut fields.iter()),
+                    };
+                    v.extend(
+                        kpis.iter()
+                            .map(|(k, x)| (format!("{}.{k}", crate::groups::KPI_PREFIX), *x)),
+                    );
+                    v
                 },
                 &[],
             );
@@ -220,6 +264,7 @@ impl Engine {
                 fields: &fields,
                 table: &self.table,
                 attributes: attributes.as_deref(),
+                kpis: &[],
             };
             for (idx, rule) in window_rules() {
                 scores[idx] = Some(rule.compiled.evaluate(&view, &mut ks.rules[idx]).score);

@@ -17,14 +17,17 @@ use super::{Evaluation, WindowView};
 use crate::config::InvalidSpec;
 
 /// Variables an expression may use.
-pub const VARIABLES: [&str; 6] = [
+pub const VARIABLES: [&str; 7] = [
     "key",
     "features",
     "baseline",
     "event",
     "window",
     "attributes",
+    "kpi",
 ];
+/// Variables a composite KPI (`spec.groups.kpis`) may use.
+pub const KPI_VARIABLES: [&str; 2] = ["features", "key"];
 /// Statistics of `baseline.<field>`.
 pub const BASELINE_STATS: [&str; 7] = ["mean", "stddev", "median", "mad", "q1", "q3", "samples"];
 /// Trailing history kept for `baseline` when `spec.expression.history` is unset.
@@ -172,6 +175,13 @@ impl Expression {
             })
             .unwrap_or_default();
         ctx.add_variable_from_value("attributes", attributes);
+        // Composite KPIs of group windows (`spec.groups.kpis`): name -> value.
+        let kpi: HashMap<String, Value> = w
+            .kpis
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::Float(*v)))
+            .collect();
+        ctx.add_variable_from_value("kpi", kpi);
         ctx
     }
 
@@ -286,6 +296,72 @@ fn chain(expr: &IdedExpr) -> Option<Vec<&str>> {
             Some(c)
         }
         _ => None,
+    }
+}
+
+/// Checks a composite KPI's CEL (`spec.groups.kpis[].expression`): it parses and uses only
+/// [`KPI_VARIABLES`].
+///
+/// # Errors
+/// A syntax error or another variable, at `at`.
+pub fn check_kpi(at: &str, src: &str) -> Result<Program, InvalidSpec> {
+    let program = Program::compile(src).map_err(|e| {
+        InvalidSpec::new(
+            at,
+            format!("CEL does not parse: {}", e.to_string().replace('\n', " ")),
+        )
+    })?;
+    let mut bound = Vec::new();
+    walk(program.expression(), &mut bound, &mut |chain| {
+        if KPI_VARIABLES.contains(&chain[0]) {
+            Ok(())
+        } else {
+            Err(InvalidSpec::new(
+                at,
+                format!(
+                    "unknown variable `{}`; a composite KPI reads {}",
+                    chain[0],
+                    KPI_VARIABLES.join(", ")
+                ),
+            ))
+        }
+    })?;
+    Ok(program)
+}
+
+/// Evaluates composite KPIs over a window's features: `(name, value)` of each that gives a
+/// finite number (a missing feature or a division by zero leaves the KPI out).
+pub fn eval_kpis(
+    kpis: &[(String, Program)],
+    w: &WindowView<'_>,
+    features: &[Feature],
+    out: &mut Vec<(String, f64)>,
+) {
+    out.clear();
+    if kpis.is_empty() {
+        return;
+    }
+    let mut map: HashMap<String, Value> = HashMap::new();
+    for (id, fv) in w.fields {
+        let per: HashMap<String, Value> = features
+            .iter()
+            .map(|f| (f.as_str().to_string(), Value::Float(fv.get(*f))))
+            .collect();
+        map.insert(w.table.name(*id).to_string(), per.into());
+    }
+    let mut ctx = Context::default();
+    ctx.add_variable_from_value("features", map);
+    ctx.add_variable_from_value("key", Value::String(Arc::new(w.key.to_string())));
+    for (name, p) in kpis {
+        let v = match p.execute(&ctx) {
+            Ok(Value::Float(f)) => f,
+            Ok(Value::Int(i)) => i as f64,
+            Ok(Value::UInt(u)) => u as f64,
+            _ => continue,
+        };
+        if v.is_finite() {
+            out.push((name.clone(), v));
+        }
     }
 }
 

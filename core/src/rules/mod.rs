@@ -140,6 +140,9 @@ pub struct WindowView<'a> {
     pub table: &'a FieldTable,
     /// The key's reference data attributes (`spec.enrichment`), if the pipeline has any.
     pub attributes: Option<&'a std::collections::BTreeMap<String, String>>,
+    /// Composite KPIs of a group window (`spec.groups.kpis`): `kpi.<name>` in CEL; empty for
+    /// key windows.
+    pub kpis: &'a [(String, f64)],
 }
 
 impl WindowView<'_> {
@@ -282,6 +285,51 @@ impl CompiledRule {
                 ),
             )
         })?;
+        if let Some(g) = &s.group {
+            let names: Vec<&str> = cfg
+                .groups
+                .iter()
+                .flat_map(|c| &c.by)
+                .map(|b| b.name.as_str())
+                .collect();
+            if !names.contains(&g.as_str()) {
+                return Err(InvalidSpec::new(
+                    "spec.group",
+                    if names.is_empty() {
+                        format!("grouping `{g}`: the pipeline declares no groups (spec.groups)")
+                    } else {
+                        format!(
+                            "grouping `{g}` is not one of the pipeline's ({})",
+                            names.join(", ")
+                        )
+                    },
+                ));
+            }
+            if !matches!(
+                kind,
+                RuleKindSpec::Threshold(_)
+                    | RuleKindSpec::Baseline(_)
+                    | RuleKindSpec::Expression(_)
+            ) {
+                return Err(InvalidSpec::new(
+                    "spec.group",
+                    format!(
+                        "group windows are read by threshold, baseline and expression rules, not {} rules",
+                        kind.name().field()
+                    ),
+                ));
+            }
+        }
+        // Group windows also have `keys` (member count): a group rule compiled against the
+        // key stage's table (the operator's and the supervisor's checks) sees it too.
+        let mut with_keys;
+        let table = if s.group.is_some() && table.get(crate::groups::KEYS_FIELD).is_none() {
+            with_keys = table.clone();
+            with_keys.intern_always(crate::groups::KEYS_FIELD);
+            &mut with_keys
+        } else {
+            table
+        };
         let mut scope = Scope {
             cfg,
             table,
@@ -311,6 +359,12 @@ impl CompiledRule {
             }
             crate::config::Layout::Narrow { .. } => None,
         };
+        let fields = fields.map(|mut f| {
+            if s.group.is_some() {
+                f.push(crate::groups::KEYS_FIELD);
+            }
+            f
+        });
         if let Some(fields) = fields {
             for (what, map) in [("labels", &s.labels), ("annotations", &s.annotations)] {
                 for (k, v) in map {

@@ -31,6 +31,7 @@ fn view<'a>(end: i64, fields: &'a [(u16, FeatureValues)], table: &'a FieldTable)
         fields,
         table,
         attributes: None,
+        kpis: &[],
     }
 }
 

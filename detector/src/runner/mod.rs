@@ -45,6 +45,7 @@ use crate::driver::Driver;
 use vigil_core::rules::RuleError;
 
 mod checkpointing;
+pub mod groups;
 mod repartition;
 
 /// Longest wait for model windows still being scored when the detector stops (within
@@ -115,6 +116,9 @@ pub enum RunError {
     /// The reference data could not be loaded.
     #[error("failed to load the reference data")]
     Enrichment(#[source] crate::enrichment::EnrichmentError),
+    /// The group topic (`spec.groups`) could not be set up.
+    #[error("failed to set up the group topic: {0}")]
+    Groups(String),
 }
 
 /// What a running pipeline can be told.
@@ -178,6 +182,9 @@ pub struct RunnerConfig {
     pub rollout_decisions: crate::scoring::RolloutDecisions,
     /// The reference data file of `spec.enrichment`. Default: `VIGIL_ENRICHMENT_FILE`.
     pub enrichment_file: Option<std::path::PathBuf>,
+    /// Run the pipeline's group stage (`spec.groups`; [`groups`]) instead of its key stage.
+    /// Set by the key stage when it starts its group stage. Default false.
+    pub group_stage: bool,
 }
 
 impl RunnerConfig {
@@ -202,6 +209,7 @@ impl RunnerConfig {
             rollout_decisions: crate::scoring::RolloutDecisions::default(),
             enrichment_file: std::env::var_os(vigil_api::contract::detector::env::ENRICHMENT_FILE)
                 .map(std::path::PathBuf::from),
+            group_stage: false,
         }
     }
 }
@@ -232,6 +240,10 @@ pub struct RunnerHandle {
     thread: std::thread::JoinHandle<Result<RunSummary, RunError>>,
     rule_errors: Vec<RuleError>,
     assignment: Assignment,
+    /// Group stage: the cluster and group topic, to drain it at the end of a bounded input.
+    drain_target: Option<(rdkafka::ClientConfig, String)>,
+    /// The group stage (`spec.groups`), started by the key stage.
+    companion: Option<Box<RunnerHandle>>,
 }
 
 impl RunnerHandle {
@@ -253,6 +265,9 @@ impl RunnerHandle {
     /// Asks the loop to stop: it flushes the outputs, commits and leaves the group.
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Relaxed);
+        if let Some(c) = &self.companion {
+            c.stop();
+        }
     }
 
     /// A flag that stops the loop when set.
@@ -269,8 +284,52 @@ impl RunnerHandle {
     ///
     /// # Errors
     /// The [`RunError`] that ended it.
+    /// A pipeline with groups: the key stage's summary with the group stage's alerts and dead
+    /// letters added. After a drained key stage (bounded input) the group stage drains the
+    /// group topic to its end first; otherwise it is stopped.
     pub fn join(self) -> Result<RunSummary, RunError> {
-        self.thread.join().map_err(|_| RunError::Panicked)?
+        let result = self.thread.join().map_err(|_| RunError::Panicked)?;
+        let Some(companion) = self.companion else {
+            return result;
+        };
+        match &result {
+            Ok(s) if s.drained => companion.drain_group_topic(),
+            _ => companion.stop(),
+        }
+        let groups = companion.join();
+        let mut summary = result?;
+        let g = groups?;
+        summary.alerts_sent += g.alerts_sent;
+        summary.dead_letters += g.dead_letters;
+        Ok(summary)
+    }
+
+    /// Group stage: stop once every record now in the group topic is processed.
+    fn drain_group_topic(&self) {
+        let Some((cluster, topic)) = &self.drain_target else {
+            self.stop();
+            return;
+        };
+        match crate::source::admin::high_watermarks(cluster, topic, Duration::from_secs(10)) {
+            Ok(ends) => {
+                let end_offsets = ends
+                    .into_iter()
+                    .filter(|(_, o)| *o > 0)
+                    .map(|(p, o)| (topic.clone(), p, o))
+                    .collect();
+                if self
+                    .control
+                    .send(Control::DrainAndStop { end_offsets })
+                    .is_err()
+                {
+                    self.stop();
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Group topic end offsets unknown; stopping the group stage.");
+                self.stop();
+            }
+        }
     }
 }
 
@@ -323,6 +382,11 @@ struct Core {
     notifier: Option<crate::notify::Notifier>,
     /// Window KPIs as Parquet (`spec.sinks.kpiStore`).
     kpi_store: Option<crate::kpi_store::KpiStore>,
+    /// Key stage of a pipeline with groups: the group topic.
+    group_link: Option<groups::GroupLink>,
+    /// Key stage of a pipeline with groups: the group stage's control channel (rule changes
+    /// go to both stages).
+    companion_control: Option<SyncSender<Control>>,
 }
 
 impl RebalanceHandler for Shared {
@@ -405,11 +469,7 @@ impl Core {
                     .stage_latency("event_to_kafka", (ts - et).max(0) as f64 / 1e3);
             }
         }
-        if !(self.out.alerts.is_empty()
-            && self.out.windows.is_empty()
-            && self.out.dead_letters.is_empty()
-            && self.out.model_inputs.is_empty())
-        {
+        if !self.out.is_empty() {
             self.emit(now_ms, ts);
         }
     }
@@ -435,6 +495,7 @@ impl Core {
             unsent_dead_letters_logged,
             notifier,
             kpi_store,
+            group_link,
             ..
         } = self;
         let origin = |p: i32| {
@@ -476,6 +537,9 @@ impl Core {
             if let Some(k) = kpi_store.as_ref() {
                 k.offer(w);
             }
+        }
+        if let Some(link) = group_link.as_ref() {
+            link.send_records(sinks, &out.group_records, now_ms, timer_origin);
         }
         for d in &out.dead_letters {
             *dead_letters += 1;
@@ -544,13 +608,10 @@ impl Core {
             self.sinks.send_shadow(&v, now_ms);
         }
         self.driver.advance(now_ms, &mut self.out);
-        if !(self.out.alerts.is_empty()
-            && self.out.windows.is_empty()
-            && self.out.dead_letters.is_empty()
-            && self.out.model_inputs.is_empty())
-        {
+        if !self.out.is_empty() {
             self.emit(now_ms, None);
         }
+        self.send_group_progress(now_ms, false);
         let c = self.driver.engine.counters();
         self.metrics.engine_progress(&self.prev, &c);
         self.prev = c;
@@ -563,6 +624,21 @@ impl Core {
         if now_ms - self.lag_refreshed_ms >= 1000 {
             self.lag_refreshed_ms = now_ms;
             self.metrics.lag().refresh(Instant::now());
+        }
+    }
+
+    /// Key stage of a pipeline with groups: reports the partitions' watermarks to the group
+    /// stage (rate-limited unless `force`).
+    fn send_group_progress(&mut self, now_ms: i64, force: bool) {
+        if let Some(link) = self.group_link.as_mut() {
+            let first = self.ids.kafka(0).map(|(t, _)| t).unwrap_or("");
+            let origin = Origin {
+                topic: first,
+                partition: -1,
+                processed: Instant::now(),
+                trigger_timestamp_ms: None,
+            };
+            link.send_progress(&self.sinks, &self.driver.engine, now_ms, force, origin);
         }
     }
 
@@ -656,7 +732,13 @@ fn undelivered(
 /// # Errors
 /// [`RunError`] for an invalid pipeline or source, or a client that cannot be created.
 pub fn spawn(cfg: RunnerConfig, metrics: Metrics) -> Result<RunnerHandle, RunError> {
-    let pcfg = PipelineConfig::from_resource(&cfg.pipeline).map_err(RunError::InvalidPipeline)?;
+    let mut pcfg =
+        PipelineConfig::from_resource(&cfg.pipeline).map_err(RunError::InvalidPipeline)?;
+    if cfg.group_stage {
+        pcfg = pcfg
+            .group_stage()
+            .ok_or_else(|| RunError::Groups("the pipeline has no spec.groups".into()))?;
+    }
     let trace_every = crate::traces::record_every().map_err(RunError::Tracing)?;
     let name = pcfg.name.clone();
     let tiers = pcfg.tiers.iter().map(|t| t.name.clone()).collect();
@@ -685,7 +767,36 @@ pub fn spawn(cfg: RunnerConfig, metrics: Metrics) -> Result<RunnerHandle, RunErr
     let rule_refs: Vec<&DetectionRule> = cfg.rules.iter().collect();
     let model_refs: Vec<&AnomalyModel> = cfg.models.iter().collect();
     let (mut engine, rule_errors) = Engine::new(pcfg, &rule_refs, &model_refs, opts);
-    if let Some(e) = &spec.enrichment {
+    // The key stage of a pipeline with groups: its group topic, then its group stage.
+    let group_topic = (!cfg.group_stage)
+        .then(|| engine.config().groups.as_ref().map(|g| g.topic.clone()))
+        .flatten();
+    let group_link = group_topic
+        .as_deref()
+        .map(|t| {
+            groups::GroupLink::open(
+                &settings.consumer_config(),
+                &settings.topics,
+                t,
+                cfg.connect_timeout,
+            )
+        })
+        .transpose()
+        .map_err(RunError::Groups)?;
+    let companion = match &group_topic {
+        Some(t) => {
+            let mut g = cfg.clone();
+            g.pipeline = groups::group_stage_pipeline(&cfg.pipeline, t);
+            g.group_stage = true;
+            g.latency_probe = None;
+            let mut h = spawn(g, metrics.clone())?;
+            h.drain_target = Some((settings.consumer_config(), t.clone()));
+            Some(Box::new(h))
+        }
+        None => None,
+    };
+    // Group windows' keys are groups, not entity keys: no reference data there.
+    if let Some(e) = spec.enrichment.as_ref().filter(|_| !cfg.group_stage) {
         let reference =
             crate::enrichment::follow(e, cfg.enrichment_file.as_deref(), metrics.clone())
                 .map_err(RunError::Enrichment)?;
@@ -709,7 +820,10 @@ pub fn spawn(cfg: RunnerConfig, metrics: Metrics) -> Result<RunnerHandle, RunErr
         .kpi_store
         .as_ref()
         .map(|k| {
-            let member = checkpointing::member_id(settings.group_instance_id.as_deref());
+            let mut member = checkpointing::member_id(settings.group_instance_id.as_deref());
+            if cfg.group_stage {
+                member.push_str("-groups");
+            }
             crate::kpi_store::KpiStore::open(k, &name, &member, metrics.clone())
         })
         .transpose()
@@ -756,6 +870,8 @@ pub fn spawn(cfg: RunnerConfig, metrics: Metrics) -> Result<RunnerHandle, RunErr
             repartition: repartition::Repartition::new(spec.source.kafka.partitioner),
             notifier,
             kpi_store,
+            companion_control: companion.as_ref().map(|c| c.control()),
+            group_link,
         }),
     });
     shared
@@ -781,7 +897,11 @@ pub fn spawn(cfg: RunnerConfig, metrics: Metrics) -> Result<RunnerHandle, RunErr
     let (tx, rx) = std::sync::mpsc::sync_channel(16);
     let loop_stop = stop.clone();
     let thread = std::thread::Builder::new()
-        .name(format!("vigil-{name}"))
+        .name(if cfg.group_stage {
+            format!("vigil-{name}-groups")
+        } else {
+            format!("vigil-{name}")
+        })
         .spawn(move || {
             run_loop(
                 consumer,
@@ -800,6 +920,8 @@ pub fn spawn(cfg: RunnerConfig, metrics: Metrics) -> Result<RunnerHandle, RunErr
         thread,
         rule_errors,
         assignment,
+        drain_target: None,
+        companion,
     })
 }
 
@@ -857,6 +979,13 @@ fn run_loop(
                     for e in &errors {
                         tracing::error!(error = %e, "A DetectionRule does not compile; it is left out.");
                     }
+                    if let Some(c) = &core.companion_control {
+                        let _ = c.try_send(Control::ReplaceRules {
+                            rules: rules.clone(),
+                            models: models.clone(),
+                            changed_at,
+                        });
+                    }
                     core.decisions.0.retain_rolled_out(&model_refs);
                     let (_, ds) = core.decisions.0.all();
                     crate::scoring::decisions::apply(&mut core.driver.engine, &ds);
@@ -894,6 +1023,8 @@ fn run_loop(
             c.settle_scoring(now_ms);
             c.emit(now_ms, None);
             core.tick(now_ms);
+            // Every window fired: the group stage may fire every group window.
+            core.send_group_progress(now_ms, true);
             drained = true;
             break Ok(());
         }

@@ -44,6 +44,8 @@ pub enum SinkKind {
     Kpis,
     /// `spec.sinks.deadLetter`.
     DeadLetters,
+    /// The group topic (`spec.groups`).
+    Groups,
 }
 
 impl SinkKind {
@@ -53,6 +55,7 @@ impl SinkKind {
             SinkKind::Alerts => "alerts",
             SinkKind::Kpis => "kpis",
             SinkKind::DeadLetters => "dead_letters",
+            SinkKind::Groups => "groups",
         }
     }
 }
@@ -613,10 +616,54 @@ impl Sinks {
         true
     }
 
+    /// Sends a record of the group topic (`spec.groups`): a partial keyed by its group, or a
+    /// progress record to partition `partition`.
+    pub fn send_group_record(
+        &self,
+        topic: &str,
+        partition: Option<i32>,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        now_ms: i64,
+        origin: Origin<'_>,
+    ) {
+        self.send_to(
+            (topic, partition),
+            key,
+            payload,
+            OwnedHeaders::new(),
+            now_ms,
+            SinkKind::Groups,
+            origin,
+        );
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn send(
         &self,
         topic: &str,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        headers: OwnedHeaders,
+        timestamp_ms: i64,
+        sink: SinkKind,
+        origin: Origin<'_>,
+    ) {
+        self.send_to(
+            (topic, None),
+            key,
+            payload,
+            headers,
+            timestamp_ms,
+            sink,
+            origin,
+        );
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn send_to(
+        &self,
+        (topic, partition): (&str, Option<i32>),
         key: Option<&[u8]>,
         payload: &[u8],
         headers: OwnedHeaders,
@@ -637,6 +684,9 @@ impl Sinks {
                 .timestamp(timestamp_ms);
         if let Some(k) = key {
             record = record.key(k);
+        }
+        if let Some(p) = partition {
+            record = record.partition(p);
         }
         self.tracker.sent(self.epoch);
         let mut waited = Duration::ZERO;

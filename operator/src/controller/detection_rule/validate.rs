@@ -237,4 +237,33 @@ spec:
         p.spec.format.narrow.as_mut().unwrap().parameters = vec!["CurrentDownstream".into()];
         assert!(alone(&p, spec).is_err());
     }
+
+    #[test]
+    fn group_rules_are_judged_against_the_pipelines_groupings() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../manifests/examples/cdn-regions.yaml"
+        );
+        let mut m = Manifests::default();
+        m.add_file(std::path::Path::new(path)).unwrap();
+        let p = m.pipelines[0].clone();
+        let rules: Vec<Arc<DetectionRule>> = m.rules.iter().cloned().map(Arc::new).collect();
+        let v = validate_rules_for_pipeline(&p, &rules, &BTreeMap::new()).unwrap();
+        assert!(v.values().all(Result::is_ok), "{v:?}");
+        assert!(v.contains_key("region-error-rate"));
+        // A grouping the pipeline does not declare, and `keys` on a per-key rule.
+        let bad = rule(
+            "{window: minute, group: site, threshold: {field: errors, feature: sum, operator: '>', value: 1}}",
+        );
+        let e = alone(&p, bad).unwrap_err();
+        assert_eq!(e.field, "spec.group");
+        assert!(
+            e.message.contains("not one of the pipeline's (region)"),
+            "{e:?}"
+        );
+        let keys = rule(
+            "{window: minute, threshold: {field: keys, feature: count, operator: '>', value: 1}}",
+        );
+        assert!(alone(&p, keys).is_err());
+    }
 }
