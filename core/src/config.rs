@@ -413,6 +413,15 @@ impl PipelineConfig {
                 idle_timeout_ms: w.idle_timeout_ms(),
             });
         }
+        if let Some(e) = &spec.enrichment {
+            let set = |o: &Option<String>| o.as_deref().is_some_and(|s| !s.is_empty());
+            if set(&e.config_map) == set(&e.topic) {
+                return Err(InvalidSpec::new(
+                    "spec.enrichment",
+                    "exactly one of configMap or topic must be set (and not empty)",
+                ));
+            }
+        }
         let groups = spec
             .groups
             .as_ref()
@@ -750,5 +759,19 @@ mod tests {
         .unwrap();
         let cfg = PipelineConfig::from_resource(&m.pipelines[0]).unwrap();
         assert_eq!(cfg.max_future_skew_ms, 3_600_000);
+    }
+
+    #[test]
+    fn enrichment_names_exactly_one_source() {
+        assert!(pipeline("  enrichment: {configMap: c}\n").is_ok());
+        assert!(pipeline("  enrichment: {topic: hosts}\n").is_ok());
+        for bad in ["{}", "{configMap: c, topic: t}", "{topic: ''}"] {
+            let e = pipeline(&format!("  enrichment: {bad}\n")).unwrap_err();
+            assert_eq!(e.field, "spec.enrichment");
+            assert!(
+                e.reason.contains("exactly one of configMap or topic"),
+                "{e}"
+            );
+        }
     }
 }

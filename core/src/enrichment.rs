@@ -29,24 +29,44 @@ pub fn parse(bytes: &[u8]) -> Result<HashMap<String, Attributes>, String> {
             .map_err(|e| format!("not a map of entity key to a map of attributes: {e}"))?;
     let mut out = HashMap::with_capacity(raw.len());
     for (key, attrs) in raw {
-        let mut m = BTreeMap::new();
-        for (name, v) in attrs {
-            let text = match v {
-                serde_norway::Value::String(s) => s,
-                serde_norway::Value::Number(n) => n.to_string(),
-                serde_norway::Value::Bool(b) => b.to_string(),
-                serde_norway::Value::Null => String::new(),
-                _ => {
-                    return Err(format!(
-                        "key `{key}`, attribute `{name}`: a value must be a string, number or boolean"
-                    ));
-                }
-            };
-            m.insert(name, text);
-        }
+        let m = texts(&key, attrs)?;
         out.insert(key, Arc::new(m));
     }
     Ok(out)
+}
+
+/// Parses one key's attributes: a record value of a reference data topic, a JSON (or YAML) map
+/// of attribute name to value.
+///
+/// # Errors
+/// What does not parse, naming the key.
+pub fn parse_attributes(key: &str, bytes: &[u8]) -> Result<Attributes, String> {
+    let raw: BTreeMap<String, serde_norway::Value> = serde_norway::from_slice(bytes)
+        .map_err(|e| format!("key `{key}`: not a map of attribute name to value: {e}"))?;
+    Ok(Arc::new(texts(key, raw)?))
+}
+
+/// Attribute values as text: strings, numbers, booleans (null: empty).
+fn texts(
+    key: &str,
+    attrs: BTreeMap<String, serde_norway::Value>,
+) -> Result<BTreeMap<String, String>, String> {
+    let mut m = BTreeMap::new();
+    for (name, v) in attrs {
+        let text = match v {
+            serde_norway::Value::String(s) => s,
+            serde_norway::Value::Number(n) => n.to_string(),
+            serde_norway::Value::Bool(b) => b.to_string(),
+            serde_norway::Value::Null => String::new(),
+            _ => {
+                return Err(format!(
+                    "key `{key}`, attribute `{name}`: a value must be a string, number or boolean"
+                ));
+            }
+        };
+        m.insert(name, text);
+    }
+    Ok(m)
 }
 
 impl ReferenceData {
@@ -76,6 +96,26 @@ impl ReferenceData {
             .entries
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(entries);
+    }
+
+    /// Applies changes of single keys (a reference data topic's records): `Some` sets a key's
+    /// attributes, `None` (a tombstone) removes the key.
+    pub fn apply(&self, changes: impl IntoIterator<Item = (String, Option<Attributes>)>) {
+        let mut guard = self
+            .entries
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let entries = Arc::make_mut(&mut guard);
+        for (k, v) in changes {
+            match v {
+                Some(a) => {
+                    entries.insert(k, a);
+                }
+                None => {
+                    entries.remove(&k);
+                }
+            }
+        }
     }
 
     /// Number of keys listed.
@@ -110,5 +150,19 @@ mod tests {
         let e = parse(b"pump-1: {site: [a, b]}").unwrap_err();
         assert!(e.contains("key `pump-1`, attribute `site`"), "{e}");
         assert!(parse(b"- a\n- b\n").is_err());
+        r.apply([
+            (
+                "pump-1".into(),
+                Some(parse_attributes("pump-1", br#"{"site":"oslo","n":3}"#).unwrap()),
+            ),
+            ("pump-9".into(), None),
+        ]);
+        assert_eq!(r.lookup("pump-1")["n"], "3");
+        assert_eq!(r.lookup("pump-9")["site"], "unknown");
+        assert!(
+            parse_attributes("k", b"[1]")
+                .unwrap_err()
+                .starts_with("key `k`")
+        );
     }
 }

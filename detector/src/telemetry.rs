@@ -317,7 +317,7 @@ impl Metrics {
         );
         r.register(
             "enrichment_loads",
-            "Reference data loads, by result (loaded, reloaded, invalid)",
+            "Reference data loads and changes, by result (loaded: at start; reloaded: the file changed; updated: topic records applied; invalid: a file or record that does not parse)",
             m.enrichment_loads.clone(),
         );
         r.register(
@@ -603,6 +603,14 @@ impl Metrics {
         self.enrichment_keys.set(keys as i64);
         self.enrichment_loads
             .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    /// A reference data topic record that does not parse (`result="invalid"`; the key count
+    /// stays).
+    pub fn enrichment_record_invalid(&self) {
+        self.enrichment_loads
+            .get_or_create(&ResultLabels { result: "invalid" })
             .inc();
     }
 

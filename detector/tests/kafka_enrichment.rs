@@ -196,3 +196,181 @@ fn a_pipeline_with_enrichment_and_no_file_stops_naming_the_variable() {
     );
     assert!(chain.contains("VIGIL_ENRICHMENT_FILE"), "{chain}");
 }
+
+/// Writes reference data records (`None`: a tombstone) to `topic`, in order.
+fn produce_reference(b: &str, topic: &str, records: &[(String, Option<String>)]) {
+    use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+    let p: ThreadedProducer<DefaultProducerContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", b)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()
+        .unwrap();
+    for (k, v) in records {
+        let mut r = BaseRecord::<str, str>::to(topic).key(k);
+        if let Some(v) = v {
+            r = r.payload(v);
+        }
+        p.send(r).map_err(|(e, _)| e).unwrap();
+    }
+    p.flush(Duration::from_secs(30)).unwrap();
+}
+
+#[test]
+fn reference_data_from_a_compacted_topic_is_loaded_then_followed() {
+    const KEYS: usize = 20_000;
+    let b = bootstrap();
+    let (src, group, alerts, refs) = (
+        unique("pumps"),
+        unique("enrich"),
+        unique("alerts"),
+        unique("pump-refs"),
+    );
+    create_topics(&b, &[(&src, 1), (&alerts, 1)]);
+    create_topic_with(&b, &refs, 2, &[("cleanup.policy", "compact")]);
+    // 20,000 keys; then pump-1 moves to Berlin, pump-5 is deleted (a tombstone) and pump-7 gets
+    // a record that does not parse (it keeps its attributes).
+    let mut records: Vec<(String, Option<String>)> = (0..KEYS)
+        .map(|i| {
+            (
+                format!("pump-{i}"),
+                Some(format!(
+                    r#"{{"site":"site-{}","owner":"crew-{i}"}}"#,
+                    i % 50
+                )),
+            )
+        })
+        .collect();
+    records.push((
+        "pump-1".into(),
+        Some(r#"{"site":"berlin","owner":"ana"}"#.into()),
+    ));
+    records.push(("pump-5".into(), None));
+    records.push(("pump-7".into(), Some("[1, 2]".into())));
+    let bytes: usize = records
+        .iter()
+        .map(|(k, v)| k.len() + v.as_ref().map_or(0, String::len))
+        .sum();
+    produce_reference(&b, &refs, &records);
+
+    let yaml = pipeline(&src, &group, &alerts).replace(
+        "enrichment: {configMap: pumps,",
+        &format!("enrichment: {{topic: {refs},"),
+    );
+    let (p, rules) = manifests(&yaml);
+    let mut cfg = RunnerConfig::new(p, rules, b.clone());
+    cfg.enrichment_file = None;
+    let m = Metrics::new();
+    let t0 = Instant::now();
+    let h = runner::spawn(cfg, m.clone()).unwrap();
+    let started = t0.elapsed();
+    let metrics = m.encode();
+    assert!(
+        metrics.contains(&format!("vigil_enrichment_keys {}", KEYS - 1)),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("vigil_enrichment_loads_total{result=\"invalid\"} 1"),
+        "{metrics}"
+    );
+
+    produce_episode(&b, &src, &["pump-1", "pump-5", "pump-7"], 0);
+    assert!(
+        wait_until(Duration::from_secs(60), || firing(&b, &alerts, "hot").len()
+            == 3),
+        "{:?}",
+        firing(&b, &alerts, "hot")
+    );
+    let mut hot = firing(&b, &alerts, "hot");
+    hot.sort();
+    assert_eq!(
+        hot,
+        vec![
+            (
+                "pump-1".into(),
+                "berlin".into(),
+                "pump-1 at berlin, call ana".into()
+            ),
+            (
+                "pump-5".into(),
+                "unknown".into(),
+                "pump-5 at unknown, call nobody".into()
+            ),
+            (
+                "pump-7".into(),
+                "site-7".into(),
+                "pump-7 at site-7, call crew-7".into()
+            ),
+        ]
+    );
+
+    // A live update: pump-2 moves to Berlin.
+    let written = Instant::now();
+    produce_reference(
+        &b,
+        &refs,
+        &[(
+            "pump-2".into(),
+            Some(r#"{"site":"berlin","owner":"ben"}"#.into()),
+        )],
+    );
+    let updated = "vigil_enrichment_loads_total{result=\"updated\"} 1";
+    assert!(
+        wait_until(Duration::from_secs(10), || m.encode().contains(updated)),
+        "{}",
+        m.encode()
+    );
+    let update_latency = written.elapsed();
+    produce_episode(&b, &src, &["pump-2"], 10);
+    assert!(
+        wait_until(Duration::from_secs(60), || firing(&b, &alerts, "hot").len()
+            == 4),
+        "{:?}",
+        firing(&b, &alerts, "hot")
+    );
+    let to_alert = written.elapsed();
+    let last = firing(&b, &alerts, "hot").pop().unwrap();
+    assert_eq!(
+        last,
+        (
+            "pump-2".into(),
+            "berlin".into(),
+            "pump-2 at berlin, call ben".into()
+        )
+    );
+    println!(
+        "MEASURED enrichment topic: {} records ({} keys, {:.1} MB of keys and values) loaded before the start: spawn took {:.0} ms; record written -> applied {:.0} ms (includes producing it); -> first alert with the new labels {:.0} ms (including producing the events)",
+        records.len(),
+        KEYS - 1,
+        bytes as f64 / 1e6,
+        started.as_secs_f64() * 1e3,
+        update_latency.as_secs_f64() * 1e3,
+        to_alert.as_secs_f64() * 1e3
+    );
+    h.stop();
+    h.join().unwrap();
+}
+
+#[test]
+fn a_missing_reference_data_topic_stops_the_run_naming_it() {
+    let b = bootstrap();
+    let refs = unique("no-such-refs");
+    let yaml = pipeline(&unique("pumps"), &unique("g"), &unique("alerts")).replace(
+        "enrichment: {configMap: pumps,",
+        &format!("enrichment: {{topic: {refs},"),
+    );
+    let (p, rules) = manifests(&yaml);
+    let mut cfg = RunnerConfig::new(p, rules, b);
+    cfg.enrichment_file = None;
+    let e = runner::spawn(cfg, Metrics::new()).err().unwrap();
+    let chain = format!(
+        "{e}: {}",
+        std::error::Error::source(&e)
+            .map(|s| s.to_string())
+            .unwrap_or_default()
+    );
+    assert!(
+        chain.contains(&format!("spec.enrichment.topic {refs}")),
+        "{chain}"
+    );
+}

@@ -203,15 +203,23 @@ impl LagThresholds {
     }
 }
 
-/// Where the attributes of the entity keys come from.
+/// Where the attributes of the entity keys come from: a ConfigMap or a compacted Kafka topic.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new("has(self.configMap) != has(self.topic)").message("exactly one of configMap or topic must be set"))]
 pub struct EnrichmentSpec {
     /// Name of a ConfigMap with key `attributes.yaml`: a YAML (or JSON) map from entity key to
     /// a map of attribute name to string value. The operator mounts it; detectors read the file
     /// named by `VIGIL_ENRICHMENT_FILE` (set it for `vigil run`) and reload it when it changes
     /// (kubelet refreshes mounted ConfigMaps within about a minute).
-    pub config_map: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map: Option<String>,
+    /// A Kafka topic of the source's cluster holding the reference data as a changelog,
+    /// usually compacted (`cleanup.policy=compact`): record key = entity key, value = a JSON
+    /// (or YAML) map of attribute name to value; a record with no value (a tombstone) removes
+    /// the key. Detectors read it from the beginning before they start and follow it live.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
     /// Attributes of a key the reference data does not list (e.g. `{site: unknown}`): a
     /// missing key is a labelled default, never a failure. Default: none.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

@@ -797,9 +797,17 @@ pub fn spawn(cfg: RunnerConfig, metrics: Metrics) -> Result<RunnerHandle, RunErr
     };
     // Group windows' keys are groups, not entity keys: no reference data there.
     if let Some(e) = spec.enrichment.as_ref().filter(|_| !cfg.group_stage) {
-        let reference =
-            crate::enrichment::follow(e, cfg.enrichment_file.as_deref(), metrics.clone())
-                .map_err(RunError::Enrichment)?;
+        let reference = match &e.topic {
+            Some(topic) => crate::enrichment::follow_topic(
+                e,
+                topic,
+                settings.consumer_config(),
+                cfg.connect_timeout,
+                metrics.clone(),
+            ),
+            None => crate::enrichment::follow(e, cfg.enrichment_file.as_deref(), metrics.clone()),
+        }
+        .map_err(RunError::Enrichment)?;
         engine.set_reference(Some(reference));
     }
     for e in &rule_errors {

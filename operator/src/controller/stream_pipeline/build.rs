@@ -266,7 +266,15 @@ fn detector_pod(
         ..Volume::default()
     }];
     // The reference data ConfigMap, as a whole directory (kubelet refreshes it in place).
-    if let Some(e) = &v.pipeline.spec.enrichment {
+    // (Reference data from a topic needs nothing here: detectors read it with their source's
+    // client settings.)
+    if let Some(cm) = v
+        .pipeline
+        .spec
+        .enrichment
+        .as_ref()
+        .and_then(|e| e.config_map.as_ref())
+    {
         mounts.push(VolumeMount {
             name: "enrichment".into(),
             mount_path: contract::ENRICHMENT_DIR.into(),
@@ -276,7 +284,7 @@ fn detector_pod(
         volumes.push(Volume {
             name: "enrichment".into(),
             config_map: Some(ConfigMapVolumeSource {
-                name: e.config_map.clone(),
+                name: cm.clone(),
                 ..ConfigMapVolumeSource::default()
             }),
             ..Volume::default()
@@ -741,6 +749,24 @@ mod tests {
         assert_eq!(
             file.value.as_deref(),
             Some("/etc/vigil-enrichment/attributes.yaml")
+        );
+        // Reference data from a topic: detectors read it with their source's client; nothing
+        // is mounted.
+        let p = crate::controller::test_fixtures::parse_pipeline(|s| {
+            s.replace(
+                "sinks: {alerts: {topic: nab-alerts}}",
+                "sinks: {alerts: {topic: nab-alerts}}\n  enrichment: {topic: machines}",
+            )
+        });
+        let pod = pod_of(&p, &d);
+        assert!(!pod.volumes.unwrap().iter().any(|v| v.name == "enrichment"));
+        assert!(
+            !pod.containers[0]
+                .env
+                .as_ref()
+                .unwrap()
+                .iter()
+                .any(|e| e.name == contract_env::ENRICHMENT_FILE)
         );
         // The KPI store's credentials Secret: its keys become the environment.
         let p = crate::controller::test_fixtures::parse_pipeline(|s| {
