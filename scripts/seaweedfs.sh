@@ -46,8 +46,11 @@ build() {
 	local dir
 	dir=$(go mod download -json "github.com/seaweedfs/seaweedfs@$VERSION" |
 		python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
-	rm -rf "$src" && cp -r "$dir" "$src" && chmod -R u+w "$src"
-	mkdir -p "$(dirname "$BIN")"
+	[[ -n "$dir" ]] || die "go mod download found no module directory"
+	mkdir -p "$HOME_DIR" "$(dirname "$BIN")"
+	rm -rf "$src"
+	cp -r "$dir" "$src" || die "copying the module source failed"
+	chmod -R u+w "$src"
 	(cd "$src" && go build -o "$BIN.tmp" ./weed) || die "go build failed"
 	mv "$BIN.tmp" "$BIN"
 	rm -rf "$src"
