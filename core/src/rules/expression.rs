@@ -51,15 +51,20 @@ impl std::fmt::Debug for Expression {
     }
 }
 
-/// Parses one expression and checks its references; with a scope, also the fields, features
-/// and statistics they select.
-fn compile_one(at: &str, src: &str, scope: Option<&mut Scope<'_>>) -> Result<Program, InvalidSpec> {
-    let program = Program::compile(src).map_err(|e| {
+/// Parses CEL, naming `at` when it does not parse.
+fn parse(at: &str, src: &str) -> Result<Program, InvalidSpec> {
+    Program::compile(src).map_err(|e| {
         InvalidSpec::new(
             at,
             format!("CEL does not parse: {}", e.to_string().replace('\n', " ")),
         )
-    })?;
+    })
+}
+
+/// Parses one expression and checks its references; with a scope, also the fields, features
+/// and statistics they select.
+fn compile_one(at: &str, src: &str, scope: Option<&mut Scope<'_>>) -> Result<Program, InvalidSpec> {
+    let program = parse(at, src)?;
     let mut bound = Vec::new();
     let mut scope = scope;
     walk(program.expression(), &mut bound, &mut |chain| {
@@ -305,12 +310,7 @@ fn chain(expr: &IdedExpr) -> Option<Vec<&str>> {
 /// # Errors
 /// A syntax error or another variable, at `at`.
 pub fn check_kpi(at: &str, src: &str) -> Result<Program, InvalidSpec> {
-    let program = Program::compile(src).map_err(|e| {
-        InvalidSpec::new(
-            at,
-            format!("CEL does not parse: {}", e.to_string().replace('\n', " ")),
-        )
-    })?;
+    let program = parse(at, src)?;
     let mut bound = Vec::new();
     walk(program.expression(), &mut bound, &mut |chain| {
         if KPI_VARIABLES.contains(&chain[0]) {

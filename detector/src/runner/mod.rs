@@ -588,13 +588,7 @@ impl Core {
 
     fn tick(&mut self, now_ms: i64) {
         if let Some(n) = &self.notifier {
-            let first = self.ids.kafka(0).map(|(t, _)| t).unwrap_or("");
-            let origin = Origin {
-                topic: first,
-                partition: -1,
-                processed: Instant::now(),
-                trigger_timestamp_ms: None,
-            };
+            let origin = timer_origin(&self.ids);
             for u in n.undelivered() {
                 undelivered(&self.sinks, &self.metrics, &u, origin);
             }
@@ -631,13 +625,7 @@ impl Core {
     /// stage (rate-limited unless `force`).
     fn send_group_progress(&mut self, now_ms: i64, force: bool) {
         if let Some(link) = self.group_link.as_mut() {
-            let first = self.ids.kafka(0).map(|(t, _)| t).unwrap_or("");
-            let origin = Origin {
-                topic: first,
-                partition: -1,
-                processed: Instant::now(),
-                trigger_timestamp_ms: None,
-            };
+            let origin = timer_origin(&self.ids);
             link.send_progress(&self.sinks, &self.driver.engine, now_ms, force, origin);
         }
     }
@@ -708,6 +696,16 @@ impl Core {
     fn drained(&self, end: &[(i32, i64)]) -> bool {
         end.iter()
             .all(|(p, o)| self.positions.iter().any(|(q, n)| q == p && n >= o))
+    }
+}
+
+/// The origin of outputs no record triggered (a tick): the first source topic, no partition.
+fn timer_origin(ids: &PartitionIds) -> Origin<'_> {
+    Origin {
+        topic: ids.kafka(0).map(|(t, _)| t).unwrap_or(""),
+        partition: -1,
+        processed: Instant::now(),
+        trigger_timestamp_ms: None,
     }
 }
 
