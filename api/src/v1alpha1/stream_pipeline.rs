@@ -118,15 +118,14 @@ pub struct StreamPipelineSpec {
 /// Entity groupings of a pipeline and their composite KPIs.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[x_kube(validation = Rule::new("self.by.all(g, self.by.exists_one(h, h.name == g.name))").message("grouping names must be unique"))]
 pub struct GroupsSpec {
     /// Topic through which detectors send each key's fired windows to the detector that owns
     /// the group (keyed by group). Default `<pipeline>.groups`; created with the source's
     /// partition count when missing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub topic: Option<String>,
-    /// Groupings: how keys are grouped.
-    #[schemars(length(min = 1))]
+    /// Groupings: how keys are grouped (names unique: a duplicate gets a condition naming it).
+    #[schemars(length(min = 1, max = 16))]
     pub by: Vec<GroupingSpec>,
     /// Composite KPIs of every group window: CEL over its features, e.g.
     /// `errors.sum / requests.sum`; emitted as `kpi.<name>` and readable by rules as the field
