@@ -14,6 +14,11 @@
 #   --threshold T     score at this fixed threshold instead of NAB's per-profile optimum
 #   --scorer FILE     NAB scorer (default: ../shared/bench/nab_score.py)
 #   --json FILE       also write the scorer's results as JSON
+#   --loo             out-of-sample figures instead (scripts/nab_loo.py): the threshold chosen
+#                     leaving each series, then each category, out; with --threshold also the
+#                     score at that threshold
+#   --null SPEC       with --loo: anomaly-free files also scored, alarms at --threshold counted
+#                     (e.g. artificialNoAnomaly)
 # Environment: VIGIL_BIN (a built `vigil`; default: `cargo build --release -p vigil`),
 # VIGIL_CACHE (default ~/.cache/vigil; the scorer's Python venv lives in $VIGIL_CACHE/venv),
 # JOBS (parallel files; default: number of CPUs).
@@ -30,6 +35,8 @@ out=""
 threshold=""
 scorer="$root/../shared/bench/nab_score.py"
 json=""
+loo=""
+null=""
 extra=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -42,8 +49,10 @@ while [[ $# -gt 0 ]]; do
     --threshold) threshold=$2; shift 2 ;;
     --scorer) scorer=$2; shift 2 ;;
     --json) json=$2; shift 2 ;;
+    --loo) loo=1; shift ;;
+    --null) null=$2; shift 2 ;;
     --) shift; extra=("$@"); break ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
     *) echo "nab-eval: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -65,11 +74,13 @@ if [[ -z "${VIGIL_BIN:-}" ]]; then
 fi
 
 # The data files to score: the scorer's list (files, or folders meaning every labelled file under them).
-mapfile -t rel < <("$venv/bin/python" - "$scorer" "$nab/combined_windows.json" "$files" <<'PY'
+mapfile -t rel < <("$venv/bin/python" - "$scorer" "$nab/combined_windows.json" "$files" "$null" <<'PY'
 import importlib.util, json, sys
 spec = importlib.util.spec_from_file_location("nab_score", sys.argv[1])
 m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
-print("\n".join(m.expand_files(sys.argv[3], json.load(open(sys.argv[2])))))
+labels = json.load(open(sys.argv[2]))
+files = m.expand_files(sys.argv[3], labels) + (m.expand_files(sys.argv[4], labels) if sys.argv[4] else [])
+print("\n".join(dict.fromkeys(files)))
 PY
 )
 [[ ${#rel[@]} -gt 0 ]] || { echo "nab-eval: no files selected by $files" >&2; exit 2; }
@@ -89,4 +100,8 @@ echo "scored ${#rel[@]} files in $((ms / 1000)).$(printf %03d $((ms % 1000))) s 
 args=(--data "$nab/data" --labels "$nab/combined_windows.json" --results "$out" --files "$files")
 [[ -n "$threshold" ]] && args+=(--threshold "$threshold")
 [[ -n "$json" ]] && args+=(--json "$json")
+if [[ -n "$loo" ]]; then
+  [[ -n "$null" ]] && args+=(--null "$null")
+  exec "$venv/bin/python" "$root/scripts/nab_loo.py" --scorer "$scorer" "${args[@]}" "${extra[@]}"
+fi
 "$venv/bin/python" "$scorer" "${args[@]}" "${extra[@]}"

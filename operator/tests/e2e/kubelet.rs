@@ -1,5 +1,5 @@
 //! The harness plays kubelet for a rendered pod (pods do not run under kwok): every volume is
-//! laid out in a temporary directory (ConfigMaps and Secrets written as files, `items` honoured
+//! laid out in a temporary directory once its source exists (ConfigMaps and Secrets written as files, `items` honoured
 //! for ConfigMaps; emptyDirs empty), each init container's command runs to completion, then the first container starts,
 //! all with the rendered command, arguments and environment, where mount paths are mapped to
 //! the local directories and `0.0.0.0:<port>` listen addresses to free loopback ports (many
@@ -8,10 +8,11 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Container, PodSpec, Secret};
 
-use crate::harness::{TestNamespace, free_port};
+use crate::harness::{TestNamespace, free_port, wait_for};
 
 /// A binary built next to this test (`target/<profile>/<name>`).
 pub fn target_bin(name: &str) -> PathBuf {
@@ -65,7 +66,14 @@ async fn write_volumes(ns: &TestNamespace, spec: &PodSpec, dir: &Path) {
         let local = dir.join(&v.name);
         std::fs::create_dir_all(&local).unwrap();
         if let Some(source) = &v.config_map {
-            let cm = ns.api::<ConfigMap>().get(&source.name).await.unwrap();
+            // Like kubelet, wait for the volume's source: the operator applies a workload and
+            // its ConfigMaps in separate calls.
+            let cm = wait_for(
+                &format!("ConfigMap {} for volume {}", source.name, v.name),
+                Duration::from_secs(30),
+                || async { ns.api::<ConfigMap>().get_opt(&source.name).await.ok()? },
+            )
+            .await;
             let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
             for (k, s) in cm.data.unwrap_or_default() {
                 files.insert(k, s.into_bytes());
@@ -87,7 +95,12 @@ async fn write_volumes(ns: &TestNamespace, spec: &PodSpec, dir: &Path) {
             }
         } else if let Some(source) = &v.secret {
             let name = source.secret_name.clone().unwrap_or_default();
-            let secret = ns.api::<Secret>().get(&name).await.unwrap();
+            let secret = wait_for(
+                &format!("Secret {name} for volume {}", v.name),
+                Duration::from_secs(30),
+                || async { ns.api::<Secret>().get_opt(&name).await.ok()? },
+            )
+            .await;
             for (k, b) in secret.data.unwrap_or_default() {
                 std::fs::write(local.join(k), b.0).unwrap();
             }

@@ -71,8 +71,9 @@ pub async fn reconcile(model: Arc<AnomalyModel>, ctx: Arc<Context>) -> Result<Ac
             if let Some(np) = &children.network_policy {
                 apply(client, np).await?;
             }
-            let (_, deployment, _) = tokio::try_join!(
-                apply(client, &children.config_map),
+            // The config first: a pod of a new revision then never waits on its volume.
+            apply(client, &children.config_map).await?;
+            let (deployment, _) = tokio::try_join!(
                 apply(client, &children.deployment),
                 apply(client, &children.service),
             )?;
