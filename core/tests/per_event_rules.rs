@@ -125,7 +125,12 @@ fn a_cooldown_reports_zero_after_an_alarm() {
     };
     let cooled = feed(&mut e, "a", 0, 700, series, &mut out);
     let raw = feed(&mut plain, "a", 0, 700, series, &mut out);
-    assert!(raw[600] > 0.5 && raw[610] > 0.5);
+    assert!(
+        raw[600] > 0.5 && raw[610] > 0.5,
+        "{} {}",
+        raw[600],
+        raw[610]
+    );
     assert_eq!(cooled[600], raw[600]);
     assert_eq!(cooled[610], 0.0, "within 30 min of the alarm");
     assert_eq!(cooled[650..], raw[650..], "after the cooldown");

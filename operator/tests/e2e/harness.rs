@@ -215,6 +215,42 @@ pub fn pod_ip(seed: u8, port: u16) -> String {
     panic!("no loopback address 127.0.0.2..=251 has port {port} free");
 }
 
+/// Waits for pod `name` to be Ready (kwok's `pod-ready` stage done) and accepted by `accept`
+/// (not being deleted), then gives it `ip` as its pod IP, so that the operator and the
+/// detector's reports reach the local process standing in for it. Patching earlier races kwok,
+/// whose own `pod-ready` patch then adds a second IPv4 address, is refused, and leaves the pod
+/// unready (the StatefulSet then reports no ready replica).
+pub async fn ready_pod_with_ip(
+    ns: &TestNamespace,
+    name: &str,
+    ip: &str,
+    accept: impl Fn(&k8s_openapi::api::core::v1::Pod) -> bool,
+) -> k8s_openapi::api::core::v1::Pod {
+    use k8s_openapi::api::core::v1::Pod;
+    let api = ns.api::<Pod>();
+    let pod = wait_for(
+        &format!("pod {name} Ready"),
+        Duration::from_secs(60),
+        || async {
+            let pod = api.get_opt(name).await.ok()??;
+            let ready = pod
+                .status
+                .as_ref()?
+                .conditions
+                .as_ref()?
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            (ready && pod.metadata.deletion_timestamp.is_none() && accept(&pod)).then_some(pod)
+        },
+    )
+    .await;
+    let patch = serde_json::json!({"status": {"podIP": ip, "podIPs": [{"ip": ip}]}});
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap_or_else(|e| panic!("pod {name} IP {ip}: {e}"));
+    pod
+}
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

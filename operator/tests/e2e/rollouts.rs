@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Patch, PatchParams};
 use sha2::{Digest, Sha256};
 use vigil_api::manifest::Manifests;
@@ -232,19 +232,7 @@ async fn a_flooding_candidate_is_rolled_back_and_a_good_one_promoted() {
 
     let (_flooding_server, flooding_grpc) = model_server(&ns, "flooding").await;
     let (_steady_server, steady_grpc) = model_server(&ns, "steady").await;
-    let pod = wait_for("the detector pod", Duration::from_secs(60), || async {
-        ns.api::<Pod>().get_opt("rolling-detector-0").await.ok()?
-    })
-    .await;
-    let patch = serde_json::json!({"status": {"podIP": ip, "podIPs": [{"ip": ip}]}});
-    ns.api::<Pod>()
-        .patch_status(
-            "rolling-detector-0",
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await
-        .unwrap();
+    let pod = crate::harness::ready_pod_with_ip(&ns, "rolling-detector-0", &ip, |_| true).await;
     let hosts = [
         (
             format!("flooding-model-server.{}.svc:8001", ns.name),

@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Patch, PatchParams};
 use vigil_api::v1alpha1::{Savepoint, SavepointPhase, StreamPipeline};
 
 use crate::datapath::LocalDetector;
@@ -74,31 +73,14 @@ fn template_annotation(sts: &StatefulSet, key: &str) -> Option<String> {
 
 /// The detector pod with the StatefulSet's current template, given `ip` as its pod IP.
 async fn pod_with_ip(ns: &TestNamespace, config_hash: &str, ip: &str) -> Pod {
-    let pod = wait_for(
-        "the detector pod of the current template",
-        Duration::from_secs(60),
-        || async {
-            let pod = ns.api::<Pod>().get_opt("durable-detector-0").await.ok()??;
-            let hash = pod
-                .metadata
-                .annotations
-                .as_ref()?
-                .get("vigil.dev/config-hash")?
-                .clone();
-            (hash == config_hash && pod.metadata.deletion_timestamp.is_none()).then_some(pod)
-        },
-    )
-    .await;
-    let patch = serde_json::json!({"status": {"podIP": ip, "podIPs": [{"ip": ip}]}});
-    ns.api::<Pod>()
-        .patch_status(
-            "durable-detector-0",
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await
-        .unwrap();
-    pod
+    crate::harness::ready_pod_with_ip(ns, "durable-detector-0", ip, |pod| {
+        pod.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("vigil.dev/config-hash"))
+            .is_some_and(|h| h == config_hash)
+    })
+    .await
 }
 
 /// Produces `n` events per key (one per second of event time from `from`), keys k0..k3.
@@ -169,6 +151,17 @@ async fn an_upgrade_waits_for_its_savepoint_and_a_failed_one_rolls_nothing() {
                         && !l.ends_with(" 0")
                 })
                 .then_some(())
+        },
+    )
+    .await;
+
+    // The operator takes a savepoint only for running detectors (ready replicas).
+    wait_for(
+        "the StatefulSet to report its ready detector",
+        Duration::from_secs(60),
+        || async {
+            let sts = sts_api.get("durable-detector").await.ok()?;
+            (sts.status?.ready_replicas? >= 1).then_some(())
         },
     )
     .await;
