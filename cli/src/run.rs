@@ -87,6 +87,11 @@ pub struct RunArgs {
     /// --model-repository, each AnomalyModel's `vigil.dev/model-server` annotation is used.
     #[arg(long, env = contract_env::MODEL_SERVER)]
     pub model_server: Option<String>,
+    /// Engine workers, each a member of the consumer group with its own consumer and thread
+    /// (like Kafka Streams' `num.stream.threads`): the source partitions spread over them, so
+    /// the detector uses up to this many cores. More workers than partitions leaves some idle.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub workers: u16,
 }
 
 enum Event {
@@ -244,12 +249,14 @@ pub fn run(a: &RunArgs) -> anyhow::Result<()> {
         .map(|e| e.uri.clone())
         .or_else(|| a.model_server.clone());
     let group_instance_id = a.detector.group_instance_id.clone();
+    let workers = a.workers;
     let spawn = |l: &supervisor::Config| -> Result<RunnerHandle, runner::RunError> {
         let mut cfg = RunnerConfig::new(l.pipeline.clone(), l.rules.clone(), bootstrap.clone());
         cfg.models = l.models.clone();
         cfg.model_server = model_server.clone();
         cfg.group_instance_id = group_instance_id.clone();
         cfg.rollout_decisions = decisions.clone();
+        cfg.workers = usize::from(workers);
         runner::spawn(cfg, metrics.clone())
     };
     let replay_topic = loaded.pipeline.spec.source.kafka.topics[0].clone();

@@ -189,6 +189,20 @@ impl DeadLetterTally {
         }
     }
 
+    /// Adds the counts of `other` (another engine's).
+    pub fn merge(&mut self, other: &DeadLetterTally) {
+        for (text, n) in &other.counts {
+            if let Some(c) = self.counts.iter_mut().find(|(t, _)| t == text) {
+                c.1 += n;
+            } else if self.counts.len() < Self::MAX_REASONS {
+                self.counts.push((text.clone(), *n));
+            } else {
+                self.other += n;
+            }
+        }
+        self.other += other.other;
+    }
+
     /// Dead letters counted.
     pub fn total(&self) -> u64 {
         self.counts.iter().map(|c| c.1).sum::<u64>() + self.other
@@ -361,6 +375,40 @@ pub struct Counters {
     pub moved_keys: u64,
 }
 
+impl Counters {
+    /// Adds `o` to these (the counters of several engines, e.g. a detector's workers).
+    pub fn add(&mut self, o: &Counters) {
+        let Counters {
+            records,
+            decode_errors,
+            late_dropped,
+            future_dropped,
+            late_updates,
+            windows_fired,
+            alerts_firing,
+            alerts_resolved,
+            model_windows_undefined,
+            replay_skipped,
+            keys_expired,
+            keys_refused,
+            moved_keys,
+        } = o;
+        self.records += records;
+        self.decode_errors += decode_errors;
+        self.late_dropped += late_dropped;
+        self.future_dropped += future_dropped;
+        self.late_updates += late_updates;
+        self.windows_fired += windows_fired;
+        self.alerts_firing += alerts_firing;
+        self.alerts_resolved += alerts_resolved;
+        self.model_windows_undefined += model_windows_undefined;
+        self.replay_skipped += replay_skipped;
+        self.keys_expired += keys_expired;
+        self.keys_refused += keys_refused;
+        self.moved_keys += moved_keys;
+    }
+}
+
 struct LoadedRule {
     compiled: CompiledRule,
     spec: DetectionRuleSpec,
@@ -400,6 +448,8 @@ pub struct Engine {
     group_stage: Option<groups::GroupStage>,
     /// Composite KPIs of group windows (`spec.groups.kpis`), compiled.
     kpis: Vec<(String, cel::Program)>,
+    /// Partitions whose watermark moves in [`Self::advance`] (reused).
+    watermark_moves: Vec<(i32, Watermark)>,
 }
 
 impl Engine {
@@ -442,6 +492,7 @@ impl Engine {
             reference: None,
             group_stage: None,
             kpis,
+            watermark_moves: Vec::new(),
             cfg,
         };
         let errors = engine.replace_rules(rules, models);
@@ -818,14 +869,30 @@ impl Engine {
             return;
         }
         for tier in 0..self.cfg.tiers.len() {
-            for (partition, wm) in
-                partitions::targets(&self.partitions, tier, &self.cfg.tiers[tier], now_ms)
-            {
-                if let Some(p) = self.partitions.get_mut(&partition) {
-                    p.tiers[tier].watermark = wm;
+            // Called per record: the targets go in a reused buffer, and a partition without a
+            // due timer costs no more than the watermark update.
+            let mut moved = std::mem::take(&mut self.watermark_moves);
+            partitions::targets_into(
+                &self.partitions,
+                tier,
+                &self.cfg.tiers[tier],
+                now_ms,
+                &mut moved,
+            );
+            for &(partition, wm) in &moved {
+                let Some(p) = self.partitions.get_mut(&partition) else {
+                    continue;
+                };
+                p.tiers[tier].watermark = wm;
+                if p.tiers[tier]
+                    .timers
+                    .next_at()
+                    .is_some_and(|at| at <= wm.as_ms())
+                {
+                    self.fire_due(partition, tier, wm.as_ms(), now_ms, out);
                 }
-                self.fire_due(partition, tier, wm.as_ms(), now_ms, out);
             }
+            self.watermark_moves = moved;
         }
     }
 

@@ -121,6 +121,26 @@ pub struct Metrics {
     client_error_log: Arc<ClientErrorLog>,
     scoring: crate::scoring::ScoringMetrics,
     lag: crate::lag::LagMonitor,
+    /// The engine worker this handle reports for ([`Self::for_worker`]); gauges of several
+    /// workers are combined in `workers`.
+    worker: usize,
+    workers: Arc<std::sync::Mutex<WorkerGauges>>,
+}
+
+/// Per-worker values of the gauges several engine workers of one process report: the
+/// exported gauge is their sum (partitions, keys) or maximum (watermark delay).
+#[derive(Default)]
+struct WorkerGauges {
+    assigned: Vec<i64>,
+    keys: Vec<i64>,
+    watermark_delay: std::collections::HashMap<String, Vec<Option<f64>>>,
+}
+
+fn slot<T: Default + Clone>(v: &mut Vec<T>, i: usize) -> &mut T {
+    if v.len() <= i {
+        v.resize(i + 1, T::default());
+    }
+    &mut v[i]
 }
 
 /// Labels of `vigil_kpi_rows_total`.
@@ -246,6 +266,8 @@ impl Metrics {
             checkpoint_bytes: Gauge::default(),
             restored_keys: Counter::default(),
             client_error_log: Arc::default(),
+            worker: 0,
+            workers: Arc::default(),
             commits: Counter::default(),
             commit_errors: Counter::default(),
             rebalances: Counter::default(),
@@ -636,12 +658,41 @@ impl Metrics {
     /// A rebalance event; `assigned` is the number of partitions held afterwards.
     pub fn rebalance(&self, assigned: usize) {
         self.rebalances.inc();
-        self.assigned_partitions.set(assigned as i64);
+        let mut w = self.worker_gauges();
+        *slot(&mut w.assigned, self.worker) = assigned as i64;
+        self.assigned_partitions.set(w.assigned.iter().sum());
     }
 
-    /// Live keys and rules of the engine.
+    /// The handle engine worker `worker` of this process reports through: counters are
+    /// shared, and the gauges of the workers are combined (partitions and keys summed,
+    /// watermark delay the largest).
+    pub fn for_worker(&self, worker: usize) -> Self {
+        let mut m = self.clone();
+        m.worker = worker;
+        m
+    }
+
+    /// The worker stopped: its partitions, keys and watermark delays no longer count.
+    pub fn worker_stopped(&self) {
+        let mut w = self.worker_gauges();
+        *slot(&mut w.assigned, self.worker) = 0;
+        *slot(&mut w.keys, self.worker) = 0;
+        self.assigned_partitions.set(w.assigned.iter().sum());
+        self.keys.set(w.keys.iter().sum());
+        for v in w.watermark_delay.values_mut() {
+            *slot(v, self.worker) = None;
+        }
+    }
+
+    fn worker_gauges(&self) -> std::sync::MutexGuard<'_, WorkerGauges> {
+        self.workers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Live keys and rules of the engine (with several workers: keys summed over them).
     pub fn engine_size(&self, keys: usize, rules: usize) {
-        self.keys.set(keys as i64);
+        let mut w = self.worker_gauges();
+        *slot(&mut w.keys, self.worker) = keys as i64;
+        self.keys.set(w.keys.iter().sum());
         self.rules_loaded.set(rules as i64);
     }
 
@@ -668,13 +719,22 @@ impl Metrics {
         });
     }
 
-    /// Processing time minus the watermark of a tier, in seconds.
+    /// Processing time minus the watermark of a tier, in seconds (with several workers: the
+    /// largest, the worker furthest behind).
     pub fn watermark_delay(&self, tier: &str, seconds: f64) {
+        let mut w = self.worker_gauges();
+        let v = w.watermark_delay.entry(tier.to_string()).or_default();
+        *slot(v, self.worker) = Some(seconds);
+        let max = v
+            .iter()
+            .flatten()
+            .copied()
+            .fold(f64::NEG_INFINITY, f64::max);
         self.watermark_delay
             .get_or_create(&TierLabels {
                 tier: tier.to_string(),
             })
-            .set(seconds);
+            .set(max);
     }
 
     /// One latency observation of a stage, in seconds (see [`StageLabels`]).

@@ -153,3 +153,106 @@ fn two_detectors_split_the_partitions_and_give_the_same_alerts_as_one() {
     assert_eq!(one.len(), EXPECTED_ALERTS, "no duplicate ids");
     assert_eq!(one, two, "same alerts, by event id");
 }
+
+/// Drains the source: every record written so far, then end of input.
+fn drain(h: &RunnerHandle, b: &str, src: &str) {
+    let ends = vigil_detector::source::admin::high_watermarks(b, src, Duration::from_secs(10))
+        .unwrap()
+        .into_iter()
+        .map(|(p, o)| (src.to_string(), p, o))
+        .collect();
+    h.control()
+        .send(runner::Control::DrainAndStop { end_offsets: ends })
+        .unwrap();
+}
+
+#[test]
+fn engine_workers_in_one_process_split_the_partitions_and_end_a_bounded_input_together() {
+    let b = bootstrap();
+    let (src, alerts_one, alerts_two) = (unique("src"), unique("alerts-one"), unique("alerts-two"));
+    create_topics(
+        &b,
+        &[(&src, PARTITIONS), (&alerts_one, 1), (&alerts_two, 1)],
+    );
+    let dir = std::env::temp_dir().join(unique("workers-checkpoints"));
+    let with_checkpoints = |yaml: String| {
+        yaml.replace(
+            "  sinks:",
+            &format!(
+                "  checkpointing: {{interval: 1s, location: \"file://{}\"}}\n  sinks:",
+                dir.display()
+            ),
+        )
+    };
+
+    // Two workers in one process, one handle.
+    let (p, rules) = manifests(&with_checkpoints(pipeline(
+        &src,
+        &unique("workers"),
+        &alerts_two,
+    )));
+    let m = Metrics::new();
+    let mut cfg = RunnerConfig::new(p, rules, b.clone());
+    cfg.workers = 2;
+    let h = runner::spawn(cfg, m.clone()).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            let a = h.worker_assignments();
+            a.len() == 2
+                && a.iter().all(|w| !w.is_empty())
+                && a.iter().map(Vec::len).sum::<usize>() == PARTITIONS as usize
+        }),
+        "the workers did not split the partitions: {:?}",
+        h.worker_assignments()
+    );
+    let a = h.worker_assignments();
+    assert!(
+        a[0].iter().all(|p| !a[1].contains(p)),
+        "a partition is assigned twice: {a:?}"
+    );
+    assert_eq!(h.assignment().len(), PARTITIONS as usize);
+    let total = produce_fleet(&b, &src) as u64;
+    assert!(
+        wait_until(Duration::from_secs(30), || m.events_in() >= total),
+        "the workers read {} of {total}",
+        m.events_in()
+    );
+
+    // A savepoint is one part per worker, answered together: every partition, every key.
+    let (reply, answer) = std::sync::mpsc::sync_channel(1);
+    h.control()
+        .send(runner::Control::Savepoint {
+            name: "workers".into(),
+            reply,
+        })
+        .unwrap();
+    let sp = answer
+        .recv_timeout(Duration::from_secs(60))
+        .unwrap()
+        .expect("savepoint of both workers");
+    let mut parts: Vec<i32> = sp.partitions.iter().map(|p| p.partition).collect();
+    parts.sort_unstable();
+    assert_eq!(parts, (0..PARTITIONS).collect::<Vec<_>>(), "{sp:?}");
+    assert_eq!(sp.keys, KEYS as u64, "{sp:?}");
+
+    // End of input: both workers fire their last windows and stop.
+    drain(&h, &b, &src);
+    let summary = h.join().expect("clean end");
+    assert!(summary.drained, "both workers drained: {summary:?}");
+    assert_eq!(summary.counters.records, total, "no record processed twice");
+    let two = alert_ids(&b, &alerts_two);
+
+    // One worker, in another group, over the same input.
+    let (p, rules) = manifests(&pipeline(&src, &unique("one"), &alerts_one));
+    let h = runner::spawn(RunnerConfig::new(p, rules, b.clone()), Metrics::new()).unwrap();
+    drain(&h, &b, &src);
+    let one_summary = h.join().expect("clean end");
+    assert!(one_summary.drained);
+    let one = alert_ids(&b, &alerts_one);
+    assert!(one.len() > EXPECTED_ALERTS, "the last windows fired too");
+    assert_eq!(summary.alerts_sent, one_summary.alerts_sent);
+    let (one, two): (BTreeSet<String>, BTreeSet<String>) =
+        (one.into_iter().collect(), two.into_iter().collect());
+    assert_eq!(one, two, "same alerts, by event id");
+    let _ = std::fs::remove_dir_all(&dir);
+}

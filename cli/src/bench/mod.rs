@@ -22,7 +22,7 @@
 //!    costs the engine (encode CPU-seconds / 10 s of a saturated engine thread).
 //!
 //! Uses the broker in `--bootstrap-servers`/`KAFKA_BOOTSTRAP`, else an embedded mock cluster.
-//! Ends with one line `BENCH workload=W events_per_cpu_s=N raw_consume_per_cpu_s=N ratio=R
+//! Ends with one line `BENCH workload=W workers=N events_per_cpu_s=N raw_consume_per_cpu_s=N ratio=R
 //! flink_per_cpu_s=N p99_ms=X ...`: events per CPU-second of the whole detector process and of a
 //! raw consumer with its settings (robust on a shared machine), their ratio, Flink's figure
 //! when given (`--flink-per-cpu-s`, from the peer runner), the latency phase's p99; then p50,
@@ -104,6 +104,9 @@ pub struct BenchArgs {
     /// figure; `na` without it.
     #[arg(long)]
     pub flink_per_cpu_s: Option<f64>,
+    /// Engine workers of the detector and latency phases (`vigil run --workers`).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub workers: u16,
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
@@ -330,10 +333,12 @@ fn detector_phase(
     alerts: &str,
     n: usize,
     props: &[(String, String)],
+    workers: usize,
 ) -> anyhow::Result<(f64, f64)> {
     let m = w.manifests(topic, &format!("{topic}-detector"), alerts, false)?;
     let rules = m.rules_for(&m.pipelines[0]).into_iter().cloned().collect();
     let mut cfg = RunnerConfig::new(m.pipelines[0].clone(), rules, bootstrap);
+    cfg.workers = workers;
     cfg.pipeline
         .spec
         .source
@@ -717,6 +722,7 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
             &alerts,
             events,
             &a.consumer_properties,
+            usize::from(a.workers),
         )?;
         let rate = a.latency_rate.unwrap_or(e2e / 2.0);
         let (lat, lat_rate) = if a.latency_seconds == 0 {
@@ -747,8 +753,9 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
             .flink_per_cpu_s
             .map_or_else(|| "na".to_string(), |f| format!("{f:.0}"));
         println!(
-            "BENCH workload={} events_per_cpu_s={per_cpu:.0} raw_consume_per_cpu_s={raw_per_cpu:.0} ratio={:.2} flink_per_cpu_s={flink} p99_ms={p99:.2} p50_ms={p50:.2} latency_rate={lat_rate:.0} saturated={} engine_eps_per_core={:.0} e2e_eps={e2e:.0} raw_consume_eps={raw:.0} state_bytes_per_key={}",
+            "BENCH workload={} workers={} events_per_cpu_s={per_cpu:.0} raw_consume_per_cpu_s={raw_per_cpu:.0} ratio={:.2} flink_per_cpu_s={flink} p99_ms={p99:.2} p50_ms={p50:.2} latency_rate={lat_rate:.0} saturated={} engine_eps_per_core={:.0} e2e_eps={e2e:.0} raw_consume_eps={raw:.0} state_bytes_per_key={}",
             a.workload.name(),
+            a.workers,
             per_cpu / raw_per_cpu,
             lat.saturated,
             engine.eps_per_cpu,

@@ -14,10 +14,11 @@ pub(super) struct KeyState {
     pub name: Box<str>,
     /// The partition it was read from.
     pub partition: i32,
-    /// Open panes per tier.
-    pub windows: Vec<KeyWindows>,
-    /// Per-rule state, indexed like the engine's rules.
-    pub rules: Vec<RuleState>,
+    /// Open panes per tier. Inline for up to two tiers: a firing reads them right after the
+    /// key's slot, and a separate allocation cost a cache miss per fired window.
+    pub windows: TierWindows,
+    /// Per-rule state, indexed like the engine's rules; inline for up to two rules, likewise.
+    pub rules: RuleStates,
     /// Greatest event time of the key's events (for idle expiry).
     pub last_event: i64,
     /// Timers registered for the key and not yet popped (it is only dropped at zero, so no
@@ -28,6 +29,11 @@ pub(super) struct KeyState {
     /// Idle for `spec.keyState.idleTimeout`: dropped once nothing of it is pending.
     pub expired: bool,
 }
+
+/// A key's panes per tier.
+pub(super) type TierWindows = smallvec::SmallVec<[KeyWindows; 2]>;
+/// A key's state per rule.
+pub(super) type RuleStates = smallvec::SmallVec<[RuleState; 2]>;
 
 type KeyMap = HashMap<Box<str>, KeyId, foldhash::fast::RandomState>;
 
@@ -128,10 +134,14 @@ impl KeyTable {
         let total: usize = live
             .iter()
             .map(|k| {
+                // Inline tiers and rules are part of the KeyState's size already.
+                let inline = |spilled: bool, n: usize, size: usize| if spilled { 0 } else { n * size };
                 std::mem::size_of::<KeyState>()
                     + k.name.len()
                     + k.windows.iter().map(KeyWindows::state_bytes).sum::<usize>()
                     + k.rules.iter().map(RuleState::state_bytes).sum::<usize>()
+                    - inline(k.windows.spilled(), k.windows.len(), std::mem::size_of::<KeyWindows>())
+                    - inline(k.rules.spilled(), k.rules.len(), std::mem::size_of::<RuleState>())
                     // the key's hash-map entry: boxed name pointer, length and id
                     + 24
             })

@@ -67,13 +67,15 @@ pub(super) type Partitions = BTreeMap<i32, PartitionState>;
 /// The watermark each partition may advance to for tier `tier` at processing time `now_ms`:
 /// its own for an active partition; for an idle one the greater of its own and the minimum
 /// over the active partitions (the maximum over all when none is active). Partitions that
-/// would not move are left out.
-pub(super) fn targets(
+/// would not move are left out. Into `out` (cleared first).
+pub(super) fn targets_into(
     parts: &Partitions,
     tier: usize,
     tc: &TierConfig,
     now_ms: i64,
-) -> Vec<(i32, Watermark)> {
+    out: &mut Vec<(i32, Watermark)>,
+) {
+    out.clear();
     let mut active_min: Option<i64> = None;
     let mut any_active = false;
     let mut all_max: Option<i64> = None;
@@ -89,19 +91,16 @@ pub(super) fn targets(
         }
     }
     let others = if any_active { active_min } else { all_max };
-    parts
-        .iter()
-        .filter_map(|(&id, p)| {
-            // A partition without an event yet has no keys and must not move: its backlog
-            // (a partition just taken over) would be late.
-            let own = p.own(tc)?;
-            let target = if p.is_idle(now_ms, tc) {
-                others.map_or(own, |o| o.max(own))
-            } else {
-                own
-            };
-            let wm = Watermark::EventTime(target);
-            (wm > p.tiers[tier].watermark).then_some((id, wm))
-        })
-        .collect()
+    out.extend(parts.iter().filter_map(|(&id, p)| {
+        // A partition without an event yet has no keys and must not move: its backlog
+        // (a partition just taken over) would be late.
+        let own = p.own(tc)?;
+        let target = if p.is_idle(now_ms, tc) {
+            others.map_or(own, |o| o.max(own))
+        } else {
+            own
+        };
+        let wm = Watermark::EventTime(target);
+        (wm > p.tiers[tier].watermark).then_some((id, wm))
+    }));
 }

@@ -204,10 +204,10 @@ impl Engine {
             rule.observe(&view, state);
             state.last_end = Some(end);
             state.last_window_score = Some(eval.score);
-            out.alerts.extend(alert.map(|mut a| {
+            if let Some(mut a) = alert {
                 a.trace = trace.clone();
-                a
-            }));
+                out.alerts.push(a);
+            }
         }
     }
 

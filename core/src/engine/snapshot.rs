@@ -469,7 +469,7 @@ impl Engine {
                 .into_iter()
                 .map(Some)
                 .collect();
-            let mut windows: Vec<KeyWindows> = tier_map
+            let mut windows: super::keys::TierWindows = tier_map
                 .iter()
                 .map(|m| {
                     m.and_then(|j| saved.get_mut(j).and_then(Option::take))
@@ -481,7 +481,7 @@ impl Engine {
                     w.remap_fields(&field_map, self.with_sketch);
                 }
             }
-            let mut rule_states: Vec<RuleState> =
+            let mut rule_states: super::keys::RuleStates =
                 (0..n_rules).map(|_| RuleState::default()).collect();
             for (j, r) in std::mem::take(&mut k.rules) {
                 if let Some(Some(i)) = rule_map.get(j as usize) {
@@ -492,8 +492,8 @@ impl Engine {
             let id = self.keys.id(target, &name, || KeyState {
                 name: name.clone(),
                 partition: target,
-                windows: Vec::new(),
-                rules: Vec::new(),
+                windows: Default::default(),
+                rules: Default::default(),
                 last_event: i64::MIN,
                 timers: 0,
                 expire_at: None,

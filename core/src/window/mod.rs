@@ -207,8 +207,14 @@ impl KeyWindows {
         out.clear();
         merged.clear();
         let end = start + cfg.size_ms;
-        let from = self.panes.partition_point(|p| p.start < start);
-        for pane in self.panes.range(from..).take_while(|p| p.start < end) {
+        // A window fires before its panes are purged, so the panes before it are few (at
+        // most a window's worth): a scan from the front beats a binary search here.
+        for pane in self
+            .panes
+            .iter()
+            .skip_while(|p| p.start < start)
+            .take_while(|p| p.start < end)
+        {
             if merged.len() < pane.aggs.len() {
                 merged.resize_with(pane.aggs.len(), || Agg::new(with_sketch));
             }
@@ -330,6 +336,11 @@ impl Timers {
         } else {
             None
         }
+    }
+
+    /// Time of the earliest pending timer.
+    pub fn next_at(&self) -> Option<i64> {
+        self.by_end.first_key_value().map(|(at, _)| *at)
     }
 
     /// Number of pending window ends.

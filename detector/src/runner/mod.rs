@@ -47,6 +47,7 @@ use vigil_core::rules::RuleError;
 mod checkpointing;
 pub mod groups;
 mod repartition;
+pub mod workers;
 
 /// Longest wait for model windows still being scored when the detector stops (within
 /// Kubernetes' default 30 s termination grace period, with room for the checkpoint).
@@ -185,6 +186,14 @@ pub struct RunnerConfig {
     /// Run the pipeline's group stage (`spec.groups`; [`groups`]) instead of its key stage.
     /// Set by the key stage when it starts its group stage. Default false.
     pub group_stage: bool,
+    /// Engine workers in this process ([`workers`]): each is a member of the consumer group
+    /// with its own consumer, engine and loop thread, so the partitions spread over cores.
+    /// Default 1.
+    pub workers: usize,
+    /// Which worker this is, when [`workers`] started it (its member names get `-w<i>`).
+    pub worker: Option<usize>,
+    /// The workers' common end of a bounded input ([`workers::DrainBarrier`]).
+    pub drain_barrier: Option<Arc<workers::DrainBarrier>>,
 }
 
 impl RunnerConfig {
@@ -210,6 +219,9 @@ impl RunnerConfig {
             enrichment_file: std::env::var_os(vigil_api::contract::detector::env::ENRICHMENT_FILE)
                 .map(std::path::PathBuf::from),
             group_stage: false,
+            workers: 1,
+            worker: None,
+            drain_barrier: None,
         }
     }
 }
@@ -244,6 +256,8 @@ pub struct RunnerHandle {
     drain_target: Option<(rdkafka::ClientConfig, String)>,
     /// The group stage (`spec.groups`), started by the key stage.
     companion: Option<Box<RunnerHandle>>,
+    /// The other engine workers of this process ([`workers`]); `control` then goes to all.
+    siblings: Vec<RunnerHandle>,
 }
 
 impl RunnerHandle {
@@ -252,9 +266,21 @@ impl RunnerHandle {
         &self.rule_errors
     }
 
-    /// Source partitions assigned to this detector now.
+    /// Source partitions assigned to this detector now (every worker's).
     pub fn assignment(&self) -> Vec<(String, i32)> {
-        self.assignment.get()
+        let mut a = self.assignment.get();
+        for s in &self.siblings {
+            a.extend(s.assignment());
+        }
+        a.sort();
+        a
+    }
+
+    /// Source partitions assigned to each engine worker now (one list without [`workers`]).
+    pub fn worker_assignments(&self) -> Vec<Vec<(String, i32)>> {
+        std::iter::once(self.assignment.get())
+            .chain(self.siblings.iter().map(|s| s.assignment.get()))
+            .collect()
     }
 
     /// A sender for [`Control`] messages (bounded; a full channel blocks the sender).
@@ -268,6 +294,9 @@ impl RunnerHandle {
         if let Some(c) = &self.companion {
             c.stop();
         }
+        for s in &self.siblings {
+            s.stop();
+        }
     }
 
     /// A flag that stops the loop when set.
@@ -275,9 +304,9 @@ impl RunnerHandle {
         self.stop.clone()
     }
 
-    /// Whether the loop has ended.
+    /// Whether the loop has ended (with several workers: whether one has, e.g. failed).
     pub fn is_finished(&self) -> bool {
-        self.thread.is_finished()
+        self.thread.is_finished() || self.siblings.iter().any(RunnerHandle::is_finished)
     }
 
     /// Waits for the loop to end.
@@ -287,7 +316,11 @@ impl RunnerHandle {
     /// A pipeline with groups: the key stage's summary with the group stage's alerts and dead
     /// letters added. After a drained key stage (bounded input) the group stage drains the
     /// group topic to its end first; otherwise it is stopped.
-    pub fn join(self) -> Result<RunSummary, RunError> {
+    pub fn join(mut self) -> Result<RunSummary, RunError> {
+        if !self.siblings.is_empty() {
+            let siblings = std::mem::take(&mut self.siblings);
+            return workers::join(self, siblings);
+        }
         let result = self.thread.join().map_err(|_| RunError::Panicked)?;
         let Some(companion) = self.companion else {
             return result;
@@ -387,6 +420,8 @@ struct Core {
     /// Key stage of a pipeline with groups: the group stage's control channel (rule changes
     /// go to both stages).
     companion_control: Option<SyncSender<Control>>,
+    /// One of several workers: which, and their common end of a bounded input.
+    drain_barrier: Option<(usize, Arc<workers::DrainBarrier>)>,
 }
 
 impl RebalanceHandler for Shared {
@@ -407,6 +442,10 @@ impl RebalanceHandler for Shared {
         c.driver.engine.revoke_partitions(&ids);
         c.repartition.revoked(&ids);
         c.positions.retain(|(p, _)| !ids.contains(p));
+        if let Some((worker, b)) = &c.drain_barrier {
+            // What it had read of them counts no more: their next owner reads on.
+            b.publish(*worker, &[]);
+        }
     }
 
     fn assign(&self, consumer: &GroupConsumer, partitions: &[(String, i32)]) {
@@ -694,8 +733,17 @@ impl Core {
     }
 
     fn drained(&self, end: &[(i32, i64)]) -> bool {
-        end.iter()
-            .all(|(p, o)| self.positions.iter().any(|(q, n)| q == p && n >= o))
+        let read = |(p, o): &(i32, i64)| self.positions.iter().any(|(q, n)| q == p && n >= o);
+        match &self.drain_barrier {
+            None => end.iter().all(read),
+            // One of several workers: the input ends for all of them together, once every
+            // partition was read to its end by whichever worker owns it.
+            Some((worker, b)) => {
+                let mine: Vec<i32> = end.iter().filter(|e| read(e)).map(|e| e.0).collect();
+                b.publish(*worker, &mine);
+                b.complete(end.iter().map(|e| e.0))
+            }
+        }
     }
 }
 
@@ -730,6 +778,10 @@ fn undelivered(
 /// # Errors
 /// [`RunError`] for an invalid pipeline or source, or a client that cannot be created.
 pub fn spawn(cfg: RunnerConfig, metrics: Metrics) -> Result<RunnerHandle, RunError> {
+    if cfg.workers > 1 && cfg.worker.is_none() && !cfg.group_stage {
+        return workers::spawn(cfg, metrics);
+    }
+    let metrics = metrics.for_worker(cfg.worker.unwrap_or(0));
     let mut pcfg =
         PipelineConfig::from_resource(&cfg.pipeline).map_err(RunError::InvalidPipeline)?;
     if cfg.group_stage {
@@ -741,13 +793,23 @@ pub fn spawn(cfg: RunnerConfig, metrics: Metrics) -> Result<RunnerHandle, RunErr
     let name = pcfg.name.clone();
     let tiers = pcfg.tiers.iter().map(|t| t.name.clone()).collect();
     let spec = &cfg.pipeline.spec;
-    let settings = SourceSettings::from_spec(
+    // A worker is a group member of its own: its instance id, client id and member name say
+    // which.
+    let suffix = cfg.worker.map(|i| format!("-w{i}")).unwrap_or_default();
+    let mut settings = SourceSettings::from_spec(
         &name,
         &spec.source.kafka,
         &cfg.bootstrap_servers,
-        cfg.group_instance_id.clone(),
+        cfg.group_instance_id
+            .as_ref()
+            .map(|g| format!("{g}{suffix}")),
     )
     .map_err(RunError::Source)?;
+    settings.client_id.push_str(&suffix);
+    let member = match &settings.group_instance_id {
+        Some(_) => checkpointing::member_id(settings.group_instance_id.as_deref()),
+        None => checkpointing::member_id(None) + &suffix,
+    };
     // Fail fast and say why when the brokers cannot be reached, rather than a consumer that
     // retries forever in silence.
     crate::source::admin::check_reachable(&settings.consumer_config(), cfg.connect_timeout)?;
@@ -826,7 +888,7 @@ pub fn spawn(cfg: RunnerConfig, metrics: Metrics) -> Result<RunnerHandle, RunErr
         .kpi_store
         .as_ref()
         .map(|k| {
-            let mut member = checkpointing::member_id(settings.group_instance_id.as_deref());
+            let mut member = member.clone();
             if cfg.group_stage {
                 member.push_str("-groups");
             }
@@ -838,7 +900,7 @@ pub fn spawn(cfg: RunnerConfig, metrics: Metrics) -> Result<RunnerHandle, RunErr
         Some(c) => Some(checkpointing::Checkpointing {
             store: checkpointing::open_store(c, &name).map_err(RunError::Checkpoints)?,
             cfg: c.clone(),
-            member: checkpointing::member_id(settings.group_instance_id.as_deref()),
+            member,
             spec_fingerprint: vigil_core::engine::snapshot::spec_fingerprint(&cfg.pipeline.spec),
             upgrade_mode: engine.config().upgrade_mode,
             pipeline: name.clone(),
@@ -878,6 +940,10 @@ pub fn spawn(cfg: RunnerConfig, metrics: Metrics) -> Result<RunnerHandle, RunErr
             kpi_store,
             companion_control: companion.as_ref().map(|c| c.control()),
             group_link,
+            drain_barrier: cfg
+                .drain_barrier
+                .clone()
+                .map(|b| (cfg.worker.unwrap_or(0), b)),
         }),
     });
     shared
@@ -904,9 +970,9 @@ pub fn spawn(cfg: RunnerConfig, metrics: Metrics) -> Result<RunnerHandle, RunErr
     let loop_stop = stop.clone();
     let thread = std::thread::Builder::new()
         .name(if cfg.group_stage {
-            format!("vigil-{name}-groups")
+            format!("vigil-{name}-groups{suffix}")
         } else {
-            format!("vigil-{name}")
+            format!("vigil-{name}{suffix}")
         })
         .spawn(move || {
             run_loop(
@@ -928,6 +994,7 @@ pub fn spawn(cfg: RunnerConfig, metrics: Metrics) -> Result<RunnerHandle, RunErr
         assignment,
         drain_target: None,
         companion,
+        siblings: Vec::new(),
     })
 }
 
@@ -1088,6 +1155,7 @@ fn run_loop(
         } else {
             core.checkpoint_sync(&consumer, None, "shutdown")
         };
+        core.metrics.worker_stopped();
         RunSummary {
             dead_letter_reasons: core.driver.engine.dead_letter_reasons().clone(),
             counters: core.driver.engine.counters(),
@@ -1098,6 +1166,11 @@ fn run_loop(
             last_record_ms: core.last_record_ms,
         }
     };
+    if drained && let Some((_, b)) = shared.lock().drain_barrier.clone() {
+        // Leaving the group now would hand this worker's partitions to a worker still firing
+        // its own: wait (bounded) until every worker is done.
+        b.finished(Duration::from_secs(30));
+    }
     drop(consumer);
     if committed {
         tracing::info!(
