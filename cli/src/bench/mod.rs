@@ -392,18 +392,31 @@ fn latency_phase(
     (topic, alerts, group): (&str, &str, &str),
     rate: f64,
     seconds: u64,
-    keys: usize,
+    (keys, workers, partitions): (usize, usize, usize),
 ) -> anyhow::Result<Latency> {
     let m = manifests(topic, group, alerts, true)?;
     let rules = m.rules_for(&m.pipelines[0]).into_iter().cloned().collect();
     let mut cfg = RunnerConfig::new(m.pipelines[0].clone(), rules, bootstrap);
+    cfg.workers = workers;
     let probe = Arc::new(LatencyProbe::default());
     cfg.latency_probe = Some(probe.clone());
     cfg.pipeline.spec.source.kafka.start_offset = vigil_api::v1alpha1::StartOffset::Latest;
     let metrics = Metrics::new();
     let h = runner::spawn(cfg, metrics.clone())?;
-    // Let the group form before the load starts.
+    // Let the group form before the load starts: every worker holds partitions (a worker
+    // joining after the first took them all costs a cooperative rebalance of two rounds, a
+    // few seconds in which the moving partitions are read by nobody).
     std::thread::sleep(Duration::from_secs(3));
+    let formed = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < formed {
+        let a = h.worker_assignments();
+        let held: usize = a.iter().map(Vec::len).sum();
+        let busy = a.iter().filter(|w| !w.is_empty()).count();
+        if held == partitions && busy == a.len().min(partitions) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // No batching delay in the load generator: the latency is the detector's, not the client's.
     let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
@@ -469,13 +482,19 @@ fn latency_below_saturation(
     alerts: &str,
     rate: f64,
     seconds: u64,
-    keys: usize,
+    (keys, workers, partitions): (usize, usize, usize),
 ) -> anyhow::Result<(Latency, f64)> {
     let mut rate = rate;
     for attempt in 0..4 {
         // A fresh group per attempt, reading from the latest offset: the same topics serve.
         let group = format!("{topic}-latency-{attempt}");
-        let lat = latency_phase(bootstrap, (topic, alerts, &group), rate, seconds, keys)?;
+        let lat = latency_phase(
+            bootstrap,
+            (topic, alerts, &group),
+            rate,
+            seconds,
+            (keys, workers, partitions),
+        )?;
         if !lat.saturated || attempt == 3 {
             return Ok((lat, rate));
         }
@@ -741,7 +760,11 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
                 &lat_alerts,
                 rate,
                 a.latency_seconds,
-                100,
+                (
+                    100,
+                    usize::from(a.workers),
+                    usize::try_from(a.partitions).unwrap_or(1),
+                ),
             )?
         };
         let (p50, p99) = (lat.p50_ms, lat.p99_ms);

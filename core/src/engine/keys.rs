@@ -17,7 +17,7 @@ pub(super) struct KeyState {
     /// Open panes per tier. Inline for up to two tiers: a firing reads them right after the
     /// key's slot, and a separate allocation cost a cache miss per fired window.
     pub windows: TierWindows,
-    /// Per-rule state, indexed like the engine's rules; inline for up to two rules, likewise.
+    /// Per-rule state, indexed like the engine's rules.
     pub rules: RuleStates,
     /// Greatest event time of the key's events (for idle expiry).
     pub last_event: i64,
@@ -33,7 +33,9 @@ pub(super) struct KeyState {
 /// A key's panes per tier.
 pub(super) type TierWindows = smallvec::SmallVec<[KeyWindows; 2]>;
 /// A key's state per rule.
-pub(super) type RuleStates = smallvec::SmallVec<[RuleState; 2]>;
+// Rules stay on the heap: inline, a pipeline with more rules than the inline ones would carry
+// the unused slots (152 bytes each) in every key, and no gain showed on this noisy machine.
+pub(super) type RuleStates = Vec<RuleState>;
 
 type KeyMap = HashMap<Box<str>, KeyId, foldhash::fast::RandomState>;
 
@@ -141,7 +143,7 @@ impl KeyTable {
                     + k.windows.iter().map(KeyWindows::state_bytes).sum::<usize>()
                     + k.rules.iter().map(RuleState::state_bytes).sum::<usize>()
                     - inline(k.windows.spilled(), k.windows.len(), std::mem::size_of::<KeyWindows>())
-                    - inline(k.rules.spilled(), k.rules.len(), std::mem::size_of::<RuleState>())
+
                     // the key's hash-map entry: boxed name pointer, length and id
                     + 24
             })
