@@ -3,7 +3,9 @@
 //! both. Their group stages assemble each region's windows from both detectors' partials
 //! through the group topic: the region windows on the KPI topic equal the sums over the
 //! produced events, a region-wide rise in errors that no single host crosses fires the group
-//! rule for that region only, and a composite KPI (error rate) is on the records.
+//! rule for that region only, and a composite KPI (error rate) is on the records. The same
+//! holds for two engine workers of one process (`RunnerConfig::workers`), whose one group stage
+//! takes both workers' partials.
 
 mod kafka_support;
 
@@ -13,6 +15,7 @@ use std::time::Duration;
 use kafka_support::*;
 use rdkafka::ClientConfig;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use vigil_api::v1alpha1::{DetectionRule, StreamPipeline};
 use vigil_detector::runner::{self, RunnerConfig};
 use vigil_detector::telemetry::Metrics;
 
@@ -118,18 +121,8 @@ fn region_windows(b: &str, kpis: &str) -> BTreeMap<(String, i64), serde_json::Va
 
 #[test]
 fn region_windows_span_detectors_and_group_rules_fire_on_them() {
-    let b = bootstrap();
-    let (src, group, alerts, kpis) = (
-        unique("cdn"),
-        unique("groups"),
-        unique("alerts"),
-        unique("kpis"),
-    );
-    create_topics(&b, &[(&src, 2), (&alerts, 1), (&kpis, 1)]);
-    let dir = tempfile::tempdir().unwrap();
+    let (b, [src, alerts, kpis], dir, (p, rules)) = setup();
     let file = dir.path().join("attributes.yaml");
-    std::fs::write(&file, REFERENCE).unwrap();
-    let (p, rules) = manifests(&pipeline(&src, &group, &alerts, &kpis));
     let start = |member: &str| {
         let mut cfg = RunnerConfig::new(p.clone(), rules.clone(), b.clone());
         cfg.enrichment_file = Some(file.clone());
@@ -145,17 +138,68 @@ fn region_windows_span_detectors_and_group_rules_fire_on_them() {
         d0.assignment(),
         d1.assignment()
     );
-    produce_traffic(&b, &src);
+    check_regions(&b, (&src, &alerts, &kpis));
+    d0.stop();
+    d1.stop();
+    d0.join().unwrap();
+    d1.join().unwrap();
+}
+
+#[test]
+fn region_windows_span_the_engine_workers_of_one_process() {
+    let (b, [src, alerts, kpis], dir, (p, rules)) = setup();
+    let file = dir.path().join("attributes.yaml");
+    let mut cfg = RunnerConfig::new(p, rules, b.clone());
+    cfg.enrichment_file = Some(file);
+    cfg.workers = 2;
+    let d = runner::spawn(cfg, Metrics::new()).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(60), || d
+            .worker_assignments()
+            .iter()
+            .all(|w| w.len() == 1)),
+        "{:?}",
+        d.worker_assignments()
+    );
+    check_regions(&b, (&src, &alerts, &kpis));
+    d.stop();
+    d.join().unwrap();
+}
+
+/// Topics (source, alerts, KPIs), the reference data file's folder and the manifests.
+fn setup() -> (
+    String,
+    [String; 3],
+    tempfile::TempDir,
+    (StreamPipeline, Vec<DetectionRule>),
+) {
+    let b = bootstrap();
+    let (src, group, alerts, kpis) = (
+        unique("cdn"),
+        unique("groups"),
+        unique("alerts"),
+        unique("kpis"),
+    );
+    create_topics(&b, &[(&src, 2), (&alerts, 1), (&kpis, 1)]);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("attributes.yaml"), REFERENCE).unwrap();
+    let m = manifests(&pipeline(&src, &group, &alerts, &kpis));
+    (b, [src, alerts, kpis], dir, m)
+}
+
+/// Writes the traffic and checks the region windows and the group rule's alerts.
+fn check_regions(b: &str, (src, alerts, kpis): (&str, &str, &str)) {
+    produce_traffic(b, src);
 
     // Windows of seconds 0..SECONDS-1 close (the last second's windows wait for later events).
     let want = 2 * (SECONDS - 1) as usize;
     assert!(
-        wait_until(Duration::from_secs(90), || region_windows(&b, &kpis).len()
+        wait_until(Duration::from_secs(90), || region_windows(b, kpis).len()
             >= want),
         "{:?}",
-        region_windows(&b, &kpis).keys().collect::<Vec<_>>()
+        region_windows(b, kpis).keys().collect::<Vec<_>>()
     );
-    let windows = region_windows(&b, &kpis);
+    let windows = region_windows(b, kpis);
     assert_eq!(
         windows.len(),
         want,
@@ -179,7 +223,7 @@ fn region_windows_span_detectors_and_group_rules_fire_on_them() {
     }
 
     // The group rule fired for eu at the incident and resolved; no host rule fired.
-    let all: Vec<serde_json::Value> = read_all(&b, &alerts).iter().map(json).collect();
+    let all: Vec<serde_json::Value> = read_all(b, alerts).iter().map(json).collect();
     let transitions: Vec<(String, String, String, i64)> = all
         .iter()
         .map(|j| {
@@ -199,10 +243,10 @@ fn region_windows_span_detectors_and_group_rules_fire_on_them() {
         "{transitions:?}"
     );
     assert!(
-        wait_until(Duration::from_secs(30), || read_all(&b, &alerts).len() >= 2),
+        wait_until(Duration::from_secs(30), || read_all(b, alerts).len() >= 2),
         "{transitions:?}"
     );
-    let all: Vec<serde_json::Value> = read_all(&b, &alerts).iter().map(json).collect();
+    let all: Vec<serde_json::Value> = read_all(b, alerts).iter().map(json).collect();
     let firing = all
         .iter()
         .find(|j| j["data"]["status"] == "firing")
@@ -212,9 +256,4 @@ fn region_windows_span_detectors_and_group_rules_fire_on_them() {
         "region/eu: 20 errors on 4 hosts"
     );
     assert!(all.iter().any(|j| j["data"]["status"] == "resolved"));
-
-    d0.stop();
-    d1.stop();
-    d0.join().unwrap();
-    d1.join().unwrap();
 }

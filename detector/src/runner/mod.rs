@@ -844,16 +844,20 @@ pub fn spawn(cfg: RunnerConfig, metrics: Metrics) -> Result<RunnerHandle, RunErr
         .transpose()
         .map_err(RunError::Groups)?;
     let companion = match &group_topic {
-        Some(t) => {
+        // One group stage per process: with several workers, worker 0 runs it. It waits for
+        // every source partition's progress, whichever worker reports it, and a bounded input
+        // drains it after every worker flushed (see workers::DrainBarrier).
+        Some(t) if cfg.worker.is_none_or(|w| w == 0) => {
             let mut g = cfg.clone();
             g.pipeline = groups::group_stage_pipeline(&cfg.pipeline, t);
             g.group_stage = true;
             g.latency_probe = None;
+            g.drain_barrier = None;
             let mut h = spawn(g, metrics.clone())?;
             h.drain_target = Some((settings.consumer_config(), t.clone()));
             Some(Box::new(h))
         }
-        None => None,
+        _ => None,
     };
     // Group windows' keys are groups, not entity keys: no reference data there.
     if let Some(e) = spec.enrichment.as_ref().filter(|_| !cfg.group_stage) {
