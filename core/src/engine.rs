@@ -179,26 +179,23 @@ impl DeadLetterTally {
 
     /// Counts one dead letter under its [`DeadLetterReason::class`].
     pub fn add(&mut self, reason: &DeadLetterReason) {
-        let text = reason.class();
+        self.count(reason.class(), 1);
+    }
+
+    fn count(&mut self, text: String, n: u64) {
         if let Some(c) = self.counts.iter_mut().find(|(t, _)| *t == text) {
-            c.1 += 1;
+            c.1 += n;
         } else if self.counts.len() < Self::MAX_REASONS {
-            self.counts.push((text, 1));
+            self.counts.push((text, n));
         } else {
-            self.other += 1;
+            self.other += n;
         }
     }
 
     /// Adds the counts of `other` (another engine's).
     pub fn merge(&mut self, other: &DeadLetterTally) {
         for (text, n) in &other.counts {
-            if let Some(c) = self.counts.iter_mut().find(|(t, _)| t == text) {
-                c.1 += n;
-            } else if self.counts.len() < Self::MAX_REASONS {
-                self.counts.push((text.clone(), *n));
-            } else {
-                self.other += n;
-            }
+            self.count(text.clone(), *n);
         }
         self.other += other.other;
     }

@@ -962,6 +962,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn gauges_of_engine_workers_are_summed_or_the_largest_and_a_stopped_one_leaves() {
+        let m = Metrics::new();
+        let (w0, w1) = (m.for_worker(0), m.for_worker(1));
+        w0.rebalance(3);
+        w1.rebalance(1);
+        w0.engine_size(100, 2);
+        w1.engine_size(50, 2);
+        w0.watermark_delay("fast", 2.0);
+        w1.watermark_delay("fast", 7.5);
+        w0.watermark_delay("fast", 1.0);
+        let text = m.encode();
+        assert!(text.contains("vigil_assigned_partitions 4"), "{text}");
+        assert!(text.contains("vigil_keys 150"), "{text}");
+        assert!(
+            text.contains("vigil_watermark_delay_seconds{tier=\"fast\"} 7.5"),
+            "{text}"
+        );
+        w1.worker_stopped();
+        w0.watermark_delay("fast", 1.0);
+        let text = m.encode();
+        assert!(text.contains("vigil_assigned_partitions 3"), "{text}");
+        assert!(text.contains("vigil_keys 100"), "{text}");
+        assert!(
+            text.contains("vigil_watermark_delay_seconds{tier=\"fast\"} 1.0"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn engine_progress_adds_deltas_and_encodes_labelled_series() {
         let m = Metrics::new();
         let a = Counters {

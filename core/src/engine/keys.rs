@@ -18,7 +18,7 @@ pub(super) struct KeyState {
     /// key's slot, and a separate allocation cost a cache miss per fired window.
     pub windows: TierWindows,
     /// Per-rule state, indexed like the engine's rules.
-    pub rules: RuleStates,
+    pub rules: Vec<RuleState>,
     /// Greatest event time of the key's events (for idle expiry).
     pub last_event: i64,
     /// Timers registered for the key and not yet popped (it is only dropped at zero, so no
@@ -32,10 +32,6 @@ pub(super) struct KeyState {
 
 /// A key's panes per tier.
 pub(super) type TierWindows = smallvec::SmallVec<[KeyWindows; 2]>;
-/// A key's state per rule.
-// Rules stay on the heap: inline, a pipeline with more rules than the inline ones would carry
-// the unused slots (152 bytes each) in every key, and no gain showed on this noisy machine.
-pub(super) type RuleStates = Vec<RuleState>;
 
 type KeyMap = HashMap<Box<str>, KeyId, foldhash::fast::RandomState>;
 
@@ -136,14 +132,17 @@ impl KeyTable {
         let total: usize = live
             .iter()
             .map(|k| {
-                // Inline tiers and rules are part of the KeyState's size already.
-                let inline = |spilled: bool, n: usize, size: usize| if spilled { 0 } else { n * size };
+                // Inline tiers are part of the KeyState's size already.
+                let inline_tiers = if k.windows.spilled() {
+                    0
+                } else {
+                    k.windows.len() * std::mem::size_of::<KeyWindows>()
+                };
                 std::mem::size_of::<KeyState>()
                     + k.name.len()
                     + k.windows.iter().map(KeyWindows::state_bytes).sum::<usize>()
                     + k.rules.iter().map(RuleState::state_bytes).sum::<usize>()
-                    - inline(k.windows.spilled(), k.windows.len(), std::mem::size_of::<KeyWindows>())
-
+                    - inline_tiers
                     // the key's hash-map entry: boxed name pointer, length and id
                     + 24
             })

@@ -481,7 +481,7 @@ impl Engine {
                     w.remap_fields(&field_map, self.with_sketch);
                 }
             }
-            let mut rule_states: super::keys::RuleStates =
+            let mut rule_states: Vec<RuleState> =
                 (0..n_rules).map(|_| RuleState::default()).collect();
             for (j, r) in std::mem::take(&mut k.rules) {
                 if let Some(Some(i)) = rule_map.get(j as usize) {

@@ -806,10 +806,10 @@ pub fn spawn(cfg: RunnerConfig, metrics: Metrics) -> Result<RunnerHandle, RunErr
     )
     .map_err(RunError::Source)?;
     settings.client_id.push_str(&suffix);
-    let member = match &settings.group_instance_id {
-        Some(_) => checkpointing::member_id(settings.group_instance_id.as_deref()),
-        None => checkpointing::member_id(None) + &suffix,
-    };
+    let mut member = checkpointing::member_id(settings.group_instance_id.as_deref());
+    if settings.group_instance_id.is_none() {
+        member.push_str(&suffix); // an instance id already carries it
+    }
     // Fail fast and say why when the brokers cannot be reached, rather than a consumer that
     // retries forever in silence.
     crate::source::admin::check_reachable(&settings.consumer_config(), cfg.connect_timeout)?;
