@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The NAB machine-temperature series end to end on the embedded broker (librdkafka's in-process
 # mock cluster), scored by the recommended rules for a metric of unknown kind
-# (manifests/examples/nab/: the ensemble of the seasonal baseline and the random cut forest,
-# nothing tuned to this series; docs/quality.md): the series is replayed into a topic with its
+# (manifests/examples/nab/: the ensemble of the seasonal baseline, the random cut forest and the
+# contextual memory, nothing tuned to this series; docs/quality.md): the series is replayed into a topic with its
 # event timestamps, the detector consumes it in a consumer group, alerts are produced to the
 # alerts topic, read back and printed next to the labelled anomaly windows, and a SUMMARY line
 # counts the labelled windows alerted on and the alerts outside them. No external service is

@@ -175,6 +175,14 @@ fn invalid_ensembles_and_detectors_are_reported_with_their_field() {
             "spec.detector.field",
         ),
         (
+            "  detector:\n    field: v\n    contextual: {levels: 0}\n",
+            "spec.detector.contextual.levels",
+        ),
+        (
+            "  detector:\n    field: v\n    contextual: {order: 5}\n",
+            "spec.detector.contextual.order",
+        ),
+        (
             "  ensemble:\n    members: [{rule: level}]\n    votes: 1\n",
             "spec.ensemble.votes",
         ),
@@ -217,6 +225,10 @@ fn unchanged_detectors_keep_their_state_across_rule_reloads_and_replays_repeat()
         + &rule(
             "forest",
             "  detector:\n    field: v\n    randomCutForest: {trees: 10, sampleSize: 32}\n",
+        )
+        + &rule(
+            "contextual",
+            "  detector:\n    field: v\n    contextual: {warmupEvents: 50}\n    calibration: {minEvents: 50}\n",
         );
     let m = manifests(&rules);
     let refs: Vec<&DetectionRule> = m.rules.iter().collect();

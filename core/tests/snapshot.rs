@@ -26,15 +26,20 @@ fn repo(rel: &str) -> PathBuf {
 }
 
 /// The golden machine-temperature pipeline (two tiers, allowed lateness, baselines with `for`)
-/// plus the recommended NAB per-event rules (seasonal, random cut forest, ensemble) retargeted
-/// at its `fast` tier, with a smaller forest (10 trees of 64 points: its state is most of a
-/// snapshot, about 1.8 MB per key with the default 50 x 256), and a change-point detector.
+/// plus the recommended NAB per-event rules (seasonal, random cut forest, contextual memory,
+/// ensemble) retargeted at its `fast` tier, with a smaller forest (10 trees of 64 points: its
+/// state is most of a snapshot, about 1.8 MB per key with the default 50 x 256), and a
+/// change-point detector.
 fn manifests() -> Manifests {
+    manifests_with(|nab| nab)
+}
+
+/// [`manifests`] with the NAB rules passed through `edit` first.
+fn manifests_with(edit: impl Fn(String) -> String) -> Manifests {
     let mut m = Manifests::default();
     m.add_file(&repo("core/tests/golden/machine-temperature.yaml"))
         .unwrap();
-    let nab = std::fs::read_to_string(repo("manifests/examples/nab/rules.yaml"))
-        .unwrap()
+    let nab = edit(std::fs::read_to_string(repo("manifests/examples/nab/rules.yaml")).unwrap())
         .replace("window: alarms", "window: fast")
         .replace("part-of: nab\n", "part-of: nab-demo\n")
         .replace(
@@ -128,8 +133,8 @@ fn a_restored_engine_continues_exactly_like_an_uninterrupted_one() {
     let rules = m.rules_for(&m.pipelines[0]);
     assert_eq!(
         rules.len(),
-        8,
-        "4 golden rules + 3 NAB rules + change point"
+        9,
+        "4 golden rules + 4 NAB rules + change point"
     );
     let rows = rows();
     let n = rows.len();
@@ -298,7 +303,15 @@ fn foreign_and_future_bytes_are_refused_with_a_reason() {
 #[test]
 fn a_committed_version_1_snapshot_restores() {
     let fixture = repo("core/tests/fixtures/snapshot-v1.bin");
-    let m = manifests();
+    // The rules it was written with: the NAB ensemble had no contextual member yet.
+    let m = manifests_with(|nab| {
+        nab.split("\n---\n")
+            .filter(|doc| !doc.contains("name: nab-contextual\n"))
+            .collect::<Vec<_>>()
+            .join("\n---\n")
+            .replace("      - rule: nab-contextual\n", "")
+    });
+    assert_eq!(m.rules_for(&m.pipelines[0]).len(), 8);
     let rules = m.rules_for(&m.pipelines[0]);
     let rows = rows();
     let cut = 3_000;

@@ -10,11 +10,11 @@ use serde::{Deserialize, Serialize};
 
 /// A streaming detector updated with every event of one numeric field, per key, in arrival
 /// order. Each event is scored from the events before it, then learned. Exactly one of
-/// `seasonal`, `randomCutForest` or `changePoint` is set. The rule matches a window when an
-/// event of the window scored at least `threshold`.
+/// `seasonal`, `randomCutForest`, `changePoint` or `contextual` is set. The rule matches a
+/// window when an event of the window scored at least `threshold`.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[x_kube(validation = Rule::new("[has(self.seasonal), has(self.randomCutForest), has(self.changePoint)].filter(x, x).size() == 1").message("exactly one of seasonal, randomCutForest or changePoint must be set"))]
+#[x_kube(validation = Rule::new("[has(self.seasonal), has(self.randomCutForest), has(self.changePoint), has(self.contextual)].filter(x, x).size() == 1").message("exactly one of seasonal, randomCutForest, changePoint or contextual must be set"))]
 pub struct DetectorRule {
     /// Numeric field of the pipeline, e.g. `value`.
     pub field: String,
@@ -28,6 +28,10 @@ pub struct DetectorRule {
     /// Bayesian online change-point detection: shifts of the mean or variance.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub change_point: Option<ChangePointDetector>,
+    /// Contextual novelty: a sequence memory of the field's coarse levels; scores an event by
+    /// how rarely its level has followed the key's previous levels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contextual: Option<ContextualDetector>,
     /// How the detector's raw output becomes a score (defaults on each field).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub calibration: Option<Calibration>,
@@ -121,9 +125,35 @@ pub struct ChangePointDetector {
     pub scale_events: Option<u32>,
 }
 
+/// Contextual novelty, a sequence memory in the spirit of the Contextual Anomaly Detector (CAD
+/// OSE, NAB 2016) and of variable-order Markov prediction (PPM; Cleary and Witten 1984). The
+/// first `warmupEvents` values fix `levels` equal-width levels over their range (values beyond
+/// it get further levels of the same width, clamped at +/- 255); the memory counts which level
+/// followed each context of the last 0..=`order` levels (at most 4096 counts per key, halved
+/// when full). The raw output is the surprise `-ln((c + 1/2) / (n + A/2))` of the event's level
+/// under the longest context seen at least twice (`c` pair count, `n` context count, `A`
+/// distinct levels: the Krichevsky-Trofimov estimator).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ContextualDetector {
+    /// Equal-width levels over the warm-up range. Default 12 (chosen by leave-one-out on NAB's
+    /// development series, docs/quality.md; CAD OSE uses 8 over the whole file's range).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 256))]
+    pub levels: Option<u32>,
+    /// Longest context, in previous levels; 0 scores the level's overall rarity. Default 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 4))]
+    pub order: Option<u32>,
+    /// Values that fix the levels before it scores. Default 150.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 2, max = 100000))]
+    pub warmup_events: Option<u32>,
+}
+
 /// Calibration of raw detector outputs into scores, per key: the rarity of the raw output among
-/// the key's last `events` raw outputs, with an exponential tail fitted above the `quantile`
-/// (peaks over threshold, as in SPOT: Siffer et al., KDD 2017).
+/// the key's last `events` raw outputs, with a generalised Pareto tail fitted above the
+/// `quantile` (peaks over threshold, as in SPOT: Siffer et al., KDD 2017).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Calibration {

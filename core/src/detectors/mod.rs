@@ -6,21 +6,23 @@
 //! What this module leaves to others: choosing the field and the key (the engine), the alert
 //! lifecycle (`rules::alert`), combining detectors ([`combine`], used by ensemble rules).
 //!
-//! Models ([`seasonal`], [`forest`], [`changepoint`]) produce a raw output per event; the
-//! key's [`tail`] calibration turns it into a probability `p` of an output at least as extreme
-//! under the key's recent outputs. Every detector reports on one scale, the *surprise* of the
-//! event: `s = min(1, -log10(p) / 10)`; `s = 0.3` means "one in a thousand", `0.5` "one in
-//! 100 000", `1` "one in 10^10 or rarer". This is the log scale of
-//! Numenta's anomaly likelihood (Ahmad, Lavin, Purdy and Agha, "Unsupervised real-time anomaly
-//! detection for streaming data", Neurocomputing 262, 2017; `computeLogLikelihood` in
-//! numenta/nupic), so one threshold means the same rarity for every detector and every key.
+//! Models ([`seasonal`], [`forest`], [`changepoint`], [`contextual`]) produce a raw output per
+//! event; the key's [`tail`] calibration turns it into a probability `p` of an output at least
+//! as extreme under the key's recent outputs. Every detector reports on one scale, the
+//! *surprise* of the event: `s = min(1, -log10(p) / 10)`; `s = 0.3` means "one in a thousand",
+//! `0.5` "one in 100 000", `1` "one in 10^10 or rarer". This is the log scale of Numenta's
+//! anomaly likelihood (Ahmad, Lavin, Purdy and Agha, "Unsupervised real-time anomaly detection
+//! for streaming data", Neurocomputing 262, 2017; `computeLogLikelihood` in numenta/nupic), so
+//! one threshold means the same rarity for every detector and every key.
 
 pub mod changepoint;
+pub mod contextual;
 pub mod forest;
 pub mod seasonal;
 pub mod tail;
 
 use changepoint::{ChangePoint, ChangePointConfig};
+use contextual::{Contextual, ContextualConfig};
 use forest::{ForestConfig, RandomCutForest};
 use seasonal::{Seasonal, SeasonalConfig};
 use tail::{Tail, TailConfig};
@@ -34,6 +36,8 @@ pub enum ModelConfig {
     RandomCutForest(ForestConfig),
     /// Bayesian online change points; raw output: probability of a recent change.
     ChangePoint(ChangePointConfig),
+    /// Sequence memory of coarse levels; raw output: surprise of the level after its context.
+    Contextual(ContextualConfig),
 }
 
 /// A detector ready to run: its model and the calibration of the model's raw output.
@@ -50,6 +54,7 @@ enum ModelState {
     Seasonal(Seasonal),
     RandomCutForest(RandomCutForest),
     ChangePoint(ChangePoint),
+    Contextual(Contextual),
 }
 
 /// Per-(rule, key) state of a detector: the model, built on the first event, and the
@@ -71,6 +76,7 @@ impl DetectorState {
                 ModelState::RandomCutForest(RandomCutForest::default())
             }
             ModelConfig::ChangePoint(_) => ModelState::ChangePoint(ChangePoint::default()),
+            ModelConfig::Contextual(_) => ModelState::Contextual(Contextual::default()),
         });
         let raw = match (model, &cfg.model) {
             (ModelState::Seasonal(m), ModelConfig::Seasonal(c)) => {
@@ -80,6 +86,7 @@ impl DetectorState {
                 m.update(c, seed, x)
             }
             (ModelState::ChangePoint(m), ModelConfig::ChangePoint(c)) => m.update(c, x),
+            (ModelState::Contextual(m), ModelConfig::Contextual(c)) => m.update(c, x),
             // The settings changed kind: start over (a changed rule normally gets fresh state).
             _ => {
                 self.model = None;
@@ -96,6 +103,7 @@ impl DetectorState {
             Some(ModelState::Seasonal(m)) => m.state_bytes(),
             Some(ModelState::RandomCutForest(m)) => m.state_bytes(),
             Some(ModelState::ChangePoint(m)) => m.state_bytes(),
+            Some(ModelState::Contextual(m)) => m.state_bytes(),
             None => 0,
         };
         std::mem::size_of::<Self>() + model + self.tail.state_bytes()

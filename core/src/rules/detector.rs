@@ -1,7 +1,7 @@
 //! `spec.detector`: a streaming detector ([`crate::detectors`]: seasonal baseline, random cut
-//! forest, change point) scores every event of one field from the key's earlier events; its
-//! settings are compiled here with defaults applied in one place (each with its source in the
-//! CRD docs) and cross-field checks the schema cannot express.
+//! forest, change point, contextual memory) scores every event of one field from the key's
+//! earlier events; its settings are compiled here with defaults applied in one place (each with
+//! its source in the CRD docs) and cross-field checks the schema cannot express.
 
 use vigil_api::v1alpha1::{DetectorRule, duration_ms};
 
@@ -10,6 +10,7 @@ use super::per_event::{self, Alarm};
 use super::scope::Scope;
 use crate::config::InvalidSpec;
 use crate::detectors::changepoint::ChangePointConfig;
+use crate::detectors::contextual::{ContextualConfig, MAX_ORDER};
 use crate::detectors::forest::{ForestConfig, RandomCutForest};
 use crate::detectors::seasonal::{MAX_PERIODS, SeasonalConfig};
 use crate::detectors::tail::TailConfig;
@@ -89,8 +90,13 @@ impl Detector {
 
 /// The model and calibration settings of a detector rule, with defaults applied.
 fn detector_config(d: &DetectorRule) -> Result<DetectorConfig, InvalidSpec> {
-    let model = match (&d.seasonal, &d.random_cut_forest, &d.change_point) {
-        (Some(s), None, None) => {
+    let model = match (
+        &d.seasonal,
+        &d.random_cut_forest,
+        &d.change_point,
+        &d.contextual,
+    ) {
+        (Some(s), None, None, None) => {
             let resolution_ms = s.resolution.as_ref().map_or(300_000, duration_ms);
             if resolution_ms <= 0 {
                 return Err(invalid(
@@ -135,7 +141,7 @@ fn detector_config(d: &DetectorRule) -> Result<DetectorConfig, InvalidSpec> {
                 min_events: s.min_events.unwrap_or(100) as usize,
             })
         }
-        (None, Some(f), None) => {
+        (None, Some(f), None, None) => {
             let sample_size = f.sample_size.unwrap_or(256) as usize;
             let cfg = ForestConfig {
                 shingle_size: positive(
@@ -151,7 +157,7 @@ fn detector_config(d: &DetectorRule) -> Result<DetectorConfig, InvalidSpec> {
                 .map_err(|e| invalid("spec.detector.randomCutForest", format!("{e}: {}", e.0)))?;
             ModelConfig::RandomCutForest(cfg)
         }
-        (None, None, Some(c)) => {
+        (None, None, Some(c), None) => {
             let hazard_events = c.hazard_events.unwrap_or(1000.0);
             if !(hazard_events >= 2.0 && hazard_events.is_finite()) {
                 return Err(invalid(
@@ -180,10 +186,36 @@ fn detector_config(d: &DetectorRule) -> Result<DetectorConfig, InvalidSpec> {
                 min_events: 100,
             })
         }
+        (None, None, None, Some(c)) => {
+            let levels = positive("spec.detector.contextual.levels", c.levels, 12)?;
+            if levels > 256 {
+                return Err(invalid(
+                    "spec.detector.contextual.levels",
+                    "must be at most 256",
+                ));
+            }
+            let order = c.order.unwrap_or(2) as usize;
+            if order > MAX_ORDER {
+                return Err(invalid(
+                    "spec.detector.contextual.order",
+                    format!("must be at most {MAX_ORDER}"),
+                ));
+            }
+            ModelConfig::Contextual(ContextualConfig {
+                levels: levels as u32,
+                order,
+                warmup_events: positive(
+                    "spec.detector.contextual.warmupEvents",
+                    c.warmup_events,
+                    150,
+                )?
+                .max(2),
+            })
+        }
         _ => {
             return Err(invalid(
                 "spec.detector",
-                "exactly one of seasonal, randomCutForest or changePoint must be set",
+                "exactly one of seasonal, randomCutForest, changePoint or contextual must be set",
             ));
         }
     };

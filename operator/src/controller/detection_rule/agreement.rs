@@ -149,6 +149,14 @@ fn cases(kind: RuleKindName) -> Vec<(&'static str, Option<&'static str>)> {
                 Some("spec.detector.threshold"),
             ),
             (
+                "{window: fast, detector: {field: value, contextual: {levels: 8, order: 1}}}",
+                None,
+            ),
+            (
+                "{window: fast, detector: {field: value, contextual: {order: 5}}}",
+                Some("spec.detector.contextual.order"),
+            ),
+            (
                 "{window: fast, detector: {field: value}}",
                 Some("spec.detector"),
             ),
