@@ -7,9 +7,10 @@
 //! drift to a level never reached from here) are what it sees and magnitude-based detectors
 //! miss; a pattern that repeats stops being novel, so its score decays as it is learned.
 //!
-//! Algorithm (written here from the published description of variable-order Markov
-//! prediction, "prediction by partial matching": Cleary and Witten, IEEE Trans. Comm. 32(4),
-//! 1984):
+//! Algorithm (written here; a simplified variable-order Markov predictor after "prediction by
+//! partial matching", Cleary and Witten, IEEE Trans. Comm. 32(4), 1984: the longest context
+//! seen often enough predicts alone, without PPM's escape blending, which measured worse in
+//! the ensemble, docs/quality.md):
 //! - **Levels.** The first `warmup_events` values fix the quantisation: `levels` equal-width
 //!   bins over their range (CAD OSE uses equal-width bins over the file's range, which a
 //!   stream does not know in advance). Values outside it get further bins of the same width,
