@@ -183,6 +183,10 @@ fn invalid_ensembles_and_detectors_are_reported_with_their_field() {
             "spec.detector.contextual.order",
         ),
         (
+            "  detector:\n    field: v\n    contextual: {warmupEvents: 1}\n",
+            "spec.detector.contextual.warmupEvents",
+        ),
+        (
             "  ensemble:\n    members: [{rule: level}]\n    votes: 1\n",
             "spec.ensemble.votes",
         ),

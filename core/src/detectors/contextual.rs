@@ -45,9 +45,10 @@ pub const MIN_CONTEXT_EVENTS: u32 = 2;
 pub struct ContextualConfig {
     /// Equal-width levels over the warm-up range.
     pub levels: u32,
-    /// Longest context, in previous levels (at most [`MAX_ORDER`]).
+    /// Longest context, in previous levels (at most [`MAX_ORDER`], checked when the rule is
+    /// compiled).
     pub order: usize,
-    /// Values that fix the quantisation before it scores.
+    /// Values that fix the quantisation before it scores (at least 2).
     pub warmup_events: usize,
 }
 
@@ -72,6 +73,10 @@ pub struct Contextual {
 const LEVEL_BITS: u32 = 9;
 /// The "next level" of a context's own count.
 const CONTEXT_ONLY: u64 = 1 << LEVEL_BITS;
+/// Where a key holds the next level (10 bits) and the order (3 bits); the context levels
+/// take the bits below [`NEXT_SHIFT`].
+const NEXT_SHIFT: u32 = LEVEL_BITS * MAX_ORDER as u32;
+const ORDER_SHIFT: u32 = NEXT_SHIFT + LEVEL_BITS + 1;
 
 /// Exact key of the context of order `k` (the last `k` levels of `history`) followed by
 /// `next` (an offset level, or [`CONTEXT_ONLY`]): `k` (3 bits), `next` (10 bits), the context
@@ -80,7 +85,12 @@ fn key(history: &[i16], k: usize, next: u64) -> u64 {
     let ctx = history[history.len() - k..]
         .iter()
         .fold(0u64, |acc, &l| (acc << LEVEL_BITS) | offset(l));
-    ((k as u64) << 46) | (next << 36) | ctx
+    ((k as u64) << ORDER_SHIFT) | (next << NEXT_SHIFT) | ctx
+}
+
+/// Whether `key` counts a level after the empty context (one per distinct level seen).
+fn is_level_count(key: u64) -> bool {
+    key >> ORDER_SHIFT == 0 && (key >> NEXT_SHIFT) & ((1 << (LEVEL_BITS + 1)) - 1) != CONTEXT_ONLY
 }
 
 fn offset(level: i16) -> u64 {
@@ -96,7 +106,7 @@ impl Contextual {
         }
         if self.step <= 0.0 {
             self.warmup.push(x);
-            if self.warmup.len() < cfg.warmup_events.max(2) {
+            if self.warmup.len() < cfg.warmup_events {
                 return None;
             }
             self.fix_levels(cfg);
@@ -140,9 +150,8 @@ impl Contextual {
     /// Surprise in nats of `level` under the longest context seen at least
     /// [`MIN_CONTEXT_EVENTS`] times.
     fn surprise(&self, cfg: &ContextualConfig, level: i16) -> f64 {
-        let longest = cfg.order.min(MAX_ORDER).min(self.history.len());
         let alphabet = f64::from(self.alphabet.max(2));
-        for k in (0..=longest).rev() {
+        for k in (0..=self.longest(cfg)).rev() {
             let n = self.count(key(&self.history, k, CONTEXT_ONLY));
             if n >= MIN_CONTEXT_EVENTS {
                 let c = self.count(key(&self.history, k, offset(level)));
@@ -152,14 +161,18 @@ impl Contextual {
         0.0
     }
 
+    /// The longest context the history holds now, in levels.
+    fn longest(&self, cfg: &ContextualConfig) -> usize {
+        cfg.order.min(self.history.len())
+    }
+
     fn count(&self, key: u64) -> u32 {
         self.counts.get(&key).copied().unwrap_or(0)
     }
 
     /// Counts `level` after every context of its history, then appends it to the history.
     fn learn(&mut self, cfg: &ContextualConfig, level: i16) {
-        let longest = cfg.order.min(MAX_ORDER).min(self.history.len());
-        for k in 0..=longest {
+        for k in 0..=self.longest(cfg) {
             *self
                 .counts
                 .entry(key(&self.history, k, CONTEXT_ONLY))
@@ -173,10 +186,9 @@ impl Contextual {
             }
             *pair += 1;
         }
-        let order = cfg.order.min(MAX_ORDER);
-        if order > 0 {
-            if self.history.len() >= order {
-                self.history.drain(..=self.history.len() - order);
+        if cfg.order > 0 {
+            if self.history.len() >= cfg.order {
+                self.history.drain(..=self.history.len() - cfg.order);
             }
             self.history.push(level);
         }
@@ -185,11 +197,7 @@ impl Contextual {
                 *c /= 2;
                 *c > 0
             });
-            self.alphabet = self
-                .counts
-                .keys()
-                .filter(|&&k| k >> 46 == 0 && (k >> 36) & 0x3ff != CONTEXT_ONLY)
-                .count() as u32;
+            self.alphabet = self.counts.keys().filter(|&&k| is_level_count(k)).count() as u32;
         }
     }
 

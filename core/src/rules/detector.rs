@@ -201,15 +201,17 @@ fn detector_config(d: &DetectorRule) -> Result<DetectorConfig, InvalidSpec> {
                     format!("must be at most {MAX_ORDER}"),
                 ));
             }
+            let warmup_events = c.warmup_events.unwrap_or(150) as usize;
+            if warmup_events < 2 {
+                return Err(invalid(
+                    "spec.detector.contextual.warmupEvents",
+                    "must be at least 2",
+                ));
+            }
             ModelConfig::Contextual(ContextualConfig {
                 levels: levels as u32,
                 order,
-                warmup_events: positive(
-                    "spec.detector.contextual.warmupEvents",
-                    c.warmup_events,
-                    150,
-                )?
-                .max(2),
+                warmup_events,
             })
         }
         _ => {
