@@ -311,8 +311,8 @@ fn a_committed_version_1_snapshot_restores() {
             .join("\n---\n")
             .replace("      - rule: nab-contextual\n", "")
     });
-    assert_eq!(m.rules_for(&m.pipelines[0]).len(), 8);
     let rules = m.rules_for(&m.pipelines[0]);
+    assert_eq!(rules.len(), 8);
     let rows = rows();
     let cut = 3_000;
     if std::env::var_os("UPDATE_SNAPSHOT_FIXTURE").is_some() {

@@ -972,22 +972,22 @@ mod tests {
         w0.watermark_delay("fast", 2.0);
         w1.watermark_delay("fast", 7.5);
         w0.watermark_delay("fast", 1.0);
-        let text = m.encode();
-        assert!(text.contains("vigil_assigned_partitions 4"), "{text}");
-        assert!(text.contains("vigil_keys 150"), "{text}");
-        assert!(
-            text.contains("vigil_watermark_delay_seconds{tier=\"fast\"} 7.5"),
-            "{text}"
-        );
+        assert_gauges(&m, 4, 150, "7.5");
         w1.worker_stopped();
         w0.watermark_delay("fast", 1.0);
+        assert_gauges(&m, 3, 100, "1.0");
+    }
+
+    /// The process's partitions, keys and the `fast` tier's watermark delay as encoded.
+    fn assert_gauges(m: &Metrics, partitions: u32, keys: u32, delay: &str) {
         let text = m.encode();
-        assert!(text.contains("vigil_assigned_partitions 3"), "{text}");
-        assert!(text.contains("vigil_keys 100"), "{text}");
-        assert!(
-            text.contains("vigil_watermark_delay_seconds{tier=\"fast\"} 1.0"),
-            "{text}"
-        );
+        for line in [
+            format!("vigil_assigned_partitions {partitions}"),
+            format!("vigil_keys {keys}"),
+            format!("vigil_watermark_delay_seconds{{tier=\"fast\"}} {delay}"),
+        ] {
+            assert!(text.contains(&line), "{line} not in {text}");
+        }
     }
 
     #[test]
