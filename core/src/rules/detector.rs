@@ -236,3 +236,35 @@ fn detector_config(d: &DetectorRule) -> Result<DetectorConfig, InvalidSpec> {
     };
     Ok(DetectorConfig { model, calibration })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contextual_settings_reach_the_model_and_defaults_fill_the_rest() {
+        let rule = |contextual: serde_json::Value| -> DetectorRule {
+            serde_json::from_value(serde_json::json!({"field": "v", "contextual": contextual}))
+                .unwrap()
+        };
+        let model = |d: &DetectorRule| validate(d).unwrap().1.model;
+        assert_eq!(
+            model(&rule(
+                serde_json::json!({"levels": 5, "order": 3, "warmupEvents": 40})
+            )),
+            ModelConfig::Contextual(ContextualConfig {
+                levels: 5,
+                order: 3,
+                warmup_events: 40
+            })
+        );
+        assert_eq!(
+            model(&rule(serde_json::json!({}))),
+            ModelConfig::Contextual(ContextualConfig {
+                levels: 12,
+                order: 2,
+                warmup_events: 150
+            })
+        );
+    }
+}
