@@ -576,7 +576,7 @@ fn nab_bytes_per_key() -> anyhow::Result<(usize, usize)> {
 fn state_phase(keys: usize) -> anyhow::Result<()> {
     let (nab, rows) = nab_bytes_per_key()?;
     println!(
-        "state: nab_recommended_rules snapshot_bytes_per_key={nab} (seasonal + random cut forest 50x256 + contextual + ensemble, after {rows} events)"
+        "state: nab_recommended_rules snapshot_bytes_per_key={nab} (manifests/examples/nab/rules.yaml: seasonal + random cut forest + contextual + ensemble, after {rows} events)"
     );
     // The bench pipeline after 10 minutes and after 1 hour of events per key (the 1 h
     // baselines full).
