@@ -10,6 +10,8 @@
 #   --pipeline FILE   StreamPipeline manifest (default: manifests/examples/nab/pipeline.yaml)
 #   --rules FILE      DetectionRule manifest (default: manifests/examples/nab/rules.yaml)
 #   --rule NAME       score only this rule (repeatable; an ensemble brings its members)
+#   --key NAME        entity key of every file's events (default: the file name); the random
+#                     cut forest is seeded from the key, so other keys give other forests
 #   --out DIR         where per-file results go (default: a fresh temporary folder)
 #   --threshold T     score at this fixed threshold instead of NAB's per-profile optimum
 #   --scorer FILE     NAB scorer (default: ../shared/bench/nab_score.py)
@@ -30,7 +32,7 @@ nab="${VIGIL_NAB_DATA:-$root/data/nab}"
 files=""
 pipeline="$root/manifests/examples/nab/pipeline.yaml"
 rules="$root/manifests/examples/nab/rules.yaml"
-only=()
+score_args=()
 out=""
 threshold=""
 scorer="$root/../shared/bench/nab_score.py"
@@ -44,7 +46,8 @@ while [[ $# -gt 0 ]]; do
     --files) files=$2; shift 2 ;;
     --pipeline) pipeline=$2; shift 2 ;;
     --rules) rules=$2; shift 2 ;;
-    --rule) only+=(--rule "$2"); shift 2 ;;
+    --rule) score_args+=(--rule "$2"); shift 2 ;;
+    --key) score_args+=(--key "$2"); shift 2 ;;
     --out) out=$2; shift 2 ;;
     --threshold) threshold=$2; shift 2 ;;
     --scorer) scorer=$2; shift 2 ;;
@@ -52,7 +55,7 @@ while [[ $# -gt 0 ]]; do
     --loo) loo=1; shift ;;
     --null) null=$2; shift 2 ;;
     --) shift; extra=("$@"); break ;;
-    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
     *) echo "nab-eval: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -92,7 +95,7 @@ export VIGIL_BIN nab out pipeline rules RUST_LOG=${RUST_LOG:-warn}
 printf '%s\n' "${rel[@]}" | xargs -P "${JOBS:-$(nproc)}" -I{} bash -c '
   mkdir -p "$(dirname "$out/$1")"
   "$VIGIL_BIN" score --pipeline "$pipeline" --rules "$rules" "${@:2}" --input "$nab/data/$1" --output "$out/$1"
-' _ {} "${only[@]}"
+' _ {} "${score_args[@]}"
 end=$(date +%s%N)
 ms=$(( (end - start) / 1000000 ))
 echo "scored ${#rel[@]} files in $((ms / 1000)).$(printf %03d $((ms % 1000))) s -> $out"
