@@ -18,6 +18,7 @@ mod groups;
 mod io;
 mod keys;
 mod partitions;
+mod prefetch;
 mod rules;
 pub mod snapshot;
 mod traces;
@@ -32,6 +33,11 @@ pub use dead_letters::{DeadLetter, DeadLetterReason, DeadLetterTally};
 pub use io::{Counters, EngineOptions, FiredTrace, KeyPlacement, Outputs, RawRecord, WindowResult};
 use keys::{KeyState, KeyTable};
 use partitions::{PartitionState, Partitions};
+
+/// How many due timers ahead `fire_due` asks the cache for a key's state (its panes and rules
+/// at half this distance): far enough for a memory load to arrive while the windows between
+/// fire, near enough that the lines are still cached when the key's turn comes.
+const PREFETCH_AHEAD: usize = 16;
 
 struct LoadedRule {
     compiled: CompiledRule,
@@ -545,7 +551,16 @@ impl Engine {
             .get_mut(&partition)
             .and_then(|p| p.tiers[tier].timers.pop_due(wm))
         {
-            for (key_id, kind) in timers {
+            for (i, &(key_id, kind)) in timers.iter().enumerate() {
+                // Memory latency bounds this loop (keys are cold): ask for the slots of the
+                // keys PREFETCH_AHEAD timers ahead, and for the panes and rule states of the
+                // keys half as far ahead, whose slots have arrived by now.
+                if let Some(&(ahead, _)) = timers.get(i + PREFETCH_AHEAD) {
+                    self.keys.prefetch_slot(ahead);
+                }
+                if let Some(&(ahead, _)) = timers.get(i + PREFETCH_AHEAD / 2) {
+                    self.keys.prefetch_firing(ahead, tier);
+                }
                 let Some(ks) = self.keys.get_mut(key_id) else {
                     continue;
                 };

@@ -33,7 +33,15 @@ pub(super) struct KeyState {
 /// A key's panes per tier.
 pub(super) type TierWindows = smallvec::SmallVec<[KeyWindows; 2]>;
 
-type KeyMap = HashMap<Box<str>, KeyId, foldhash::fast::RandomState>;
+/// Keys of up to 24 bytes are held inline in the map's entries ([`compact_str`]): a lookup
+/// compares the probed entry's key without following a pointer to another cache line.
+type KeyMap = HashMap<compact_str::CompactString, KeyId, foldhash::fast::RandomState>;
+
+/// Bytes of a key's panes prefetched before a firing: the panes of a window of 5 panes and a
+/// few before it (a pane of a one-field pipeline is 72 bytes).
+const PANE_PREFETCH_BYTES: usize = 8 * 64;
+/// Bytes of a key's rule states prefetched before a firing.
+const RULES_PREFETCH_BYTES: usize = 4 * 64;
 
 /// Key ids per partition and the states they point to.
 #[derive(Default)]
@@ -80,7 +88,7 @@ impl KeyTable {
             return;
         };
         if let Some(m) = self.keys.get_mut(&state.partition) {
-            m.remove(&state.name);
+            m.remove(&*state.name);
         }
         self.free.push(id);
         self.live -= 1;
@@ -89,6 +97,28 @@ impl KeyTable {
     /// The live state of `id`, read-only.
     pub fn get_by_id(&self, id: KeyId) -> Option<&KeyState> {
         self.states.get(id as usize).and_then(Option::as_ref)
+    }
+
+    /// Asks the cache for key `id`'s slot (see [`super::prefetch`]).
+    pub fn prefetch_slot(&self, id: KeyId) {
+        if let Some(slot) = self.states.get(id as usize) {
+            super::prefetch::prefetch(slot, std::mem::size_of::<Option<KeyState>>());
+        }
+    }
+
+    /// Asks the cache for what firing a window of tier `tier` of key `id` reads next: the
+    /// key's first panes in that tier and its rule states. Reads the slot, so call it once
+    /// [`Self::prefetch_slot`] has had time to bring that in.
+    pub fn prefetch_firing(&self, id: KeyId, tier: usize) {
+        if let Some(ks) = self.get_by_id(id) {
+            if let Some(w) = ks.windows.get(tier) {
+                for (panes, bytes) in w.pane_memory(PANE_PREFETCH_BYTES) {
+                    super::prefetch::prefetch(panes, bytes);
+                }
+            }
+            let rules = std::mem::size_of_val(ks.rules.as_slice());
+            super::prefetch::prefetch(ks.rules.as_ptr(), rules.min(RULES_PREFETCH_BYTES));
+        }
     }
 
     /// The live state of `id`.

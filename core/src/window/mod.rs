@@ -231,6 +231,15 @@ impl KeyWindows {
         );
     }
 
+    /// Where the panes are, for a cache prefetch before a firing: the (pointer, bytes) of the
+    /// two parts of the ring buffer, at most `max_bytes` in all, oldest panes first.
+    pub fn pane_memory(&self, max_bytes: usize) -> [(*const Pane, usize); 2] {
+        let (a, b) = self.panes.as_slices();
+        let a_bytes = std::mem::size_of_val(a).min(max_bytes);
+        let b_bytes = std::mem::size_of_val(b).min(max_bytes - a_bytes);
+        [(a.as_ptr(), a_bytes), (b.as_ptr(), b_bytes)]
+    }
+
     /// Drops panes whose every window has fired (ends at or before `last_fired_end`) and is
     /// past `allowedLateness` at `watermark`.
     pub fn purge(&mut self, cfg: &TierConfig, watermark: i64) {
