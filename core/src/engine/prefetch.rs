@@ -7,10 +7,10 @@
 //! pane). The timers due at one time are known in advance, so the engine asks for the state
 //! of the keys a few timers ahead while it evaluates the current one.
 //!
-//! This is the workspace's only `unsafe` (its lints deny it elsewhere): `_mm_prefetch` is an SSE intrinsic (part of every
-//! x86-64 CPU) and a pure hint: it never dereferences the pointer architecturally, cannot
-//! fault, and does not change what any later load returns. On other architectures the hint
-//! is a no-op.
+//! This is the workspace's only `unsafe` (its lints deny it elsewhere): `_mm_prefetch` is an
+//! SSE intrinsic (part of every x86-64 CPU) and a pure hint: it never dereferences the pointer
+//! architecturally, cannot fault, and does not change what any later load returns. On other
+//! architectures the hint is a no-op.
 
 /// Bytes per cache line on the targets Vigil runs on.
 const LINE: usize = 64;
