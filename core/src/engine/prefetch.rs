@@ -49,12 +49,14 @@ fn line(_p: *const i8) {}
 mod tests {
     use super::*;
 
+    /// The safety argument of `line`: a hint never faults, whatever the pointer. A load
+    /// through these pointers would kill the test process (SIGSEGV).
     #[test]
     fn null_and_wild_pointers_do_not_fault() {
         let v = vec![7u64; 64];
         prefetch(v.as_ptr(), std::mem::size_of_val(v.as_slice()));
         prefetch(std::ptr::null::<u64>(), 256);
         prefetch(v.as_ptr().wrapping_add(1 << 40), 64);
-        assert!(v.iter().all(|&x| x == 7));
+        prefetch(usize::MAX as *const u8, 4096);
     }
 }

@@ -105,3 +105,33 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn pane_memory_covers_the_held_panes_up_to_the_bound() {
+    let t = tier(300_000, 60_000, 0, 0);
+    let pane = std::mem::size_of::<Pane>();
+    let mut w = KeyWindows::new();
+    assert_eq!(w.pane_memory(4096).map(|(_, b)| b), [0, 0]);
+    for i in 0..6 {
+        w.add(&t, i * 60_000, 0, 1.0, i, false);
+    }
+    // Purging the oldest panes and adding new ones wraps the ring buffer around.
+    w.last_fired_end = 360_000;
+    w.purge(&t, 360_000);
+    for i in 6..9 {
+        w.add(&t, i * 60_000, 0, 1.0, i, false);
+    }
+    let held = w.pane_count();
+    let [(a, a_bytes), (b, b_bytes)] = w.pane_memory(usize::MAX);
+    assert_eq!(a_bytes + b_bytes, held * pane);
+    let (front, back) = w.panes.as_slices();
+    assert!(
+        !back.is_empty(),
+        "the ring buffer wraps: both parts are covered"
+    );
+    assert_eq!((a, b), (front.as_ptr(), back.as_ptr()));
+    let bound = 2 * pane + 1;
+    let [(_, a_bytes), (_, b_bytes)] = w.pane_memory(bound);
+    assert_eq!(a_bytes + b_bytes, bound.min(held * pane));
+    assert!(a_bytes <= bound && b_bytes <= bound - a_bytes);
+}
